@@ -1,0 +1,116 @@
+//! Entry points for the fuzz targets in `fuzz/` (one line each there). Not public API.
+
+use crate::descriptor::{ArenaBounds, RawDescriptor};
+use crate::layout::{Layout, RawHeader};
+
+fn descriptor_from(data: &[u8]) -> Option<RawDescriptor> {
+    let b = data.get(..32)?;
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().expect("2"));
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
+    Some(RawDescriptor {
+        session: u32_at(0),
+        kind: u16_at(4),
+        flags: u16_at(6),
+        segment: u32_at(8),
+        len: u32_at(12),
+        offset: u64_at(16),
+        aux: u64_at(24),
+    })
+}
+
+/// Parses arbitrary bytes as node and engine control frames, to the end of the buffer.
+pub fn control_msg(data: &[u8]) {
+    let mut at = 0;
+    while let Ok(Some((_, used))) = crate::control::decode_node_frame(&data[at..]) {
+        at += used;
+    }
+    let _ = crate::control::decode_engine_frame(data);
+}
+
+/// Validates arbitrary bytes as descriptors of every ring.
+pub fn descriptor(data: &[u8]) {
+    let bounds = ArenaBounds {
+        size: 1 << 20,
+        align: 64,
+    };
+    for chunk in data.chunks(32) {
+        if let Some(raw) = descriptor_from(chunk) {
+            let _ = crate::descriptor::validate_submit(&raw, &bounds);
+            let _ = crate::descriptor::validate_release(&raw, &bounds);
+            let _ = crate::descriptor::validate_deliver(&raw, &bounds, &bounds);
+        }
+    }
+}
+
+/// Validates arbitrary bytes as a block header against a size taken from the input.
+pub fn header(data: &[u8]) {
+    if data.len() < 8 + size_of::<RawHeader>() {
+        return;
+    }
+    let actual = u64::from_le_bytes(data[..8].try_into().expect("8"));
+    let mut raw = RawHeader::default();
+    let bytes = &data[8..8 + size_of::<RawHeader>()];
+    // Field by field, so no unsafe transmute is needed.
+    let mut words = bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8")));
+    let mut next = || words.next().unwrap_or(0);
+    raw.magic = next();
+    let w = next();
+    raw.layout_version = w as u32;
+    raw.header_size = (w >> 32) as u32;
+    raw.total_size = next();
+    let w = next();
+    raw.segment = w as u32;
+    raw.descriptor_size = (w >> 32) as u32;
+    raw.submit.offset = next();
+    raw.submit.capacity = next() as u32;
+    raw.deliver.offset = next();
+    raw.deliver.capacity = next() as u32;
+    raw.release.offset = next();
+    raw.release.capacity = next() as u32;
+    raw.tx_tree_offset = next();
+    raw.tx_tree_len = next();
+    raw.tx.offset = next();
+    raw.tx.size = next();
+    raw.tx.min_block = next();
+    raw.rx.offset = next();
+    raw.rx.size = next();
+    raw.rx.min_block = next();
+    let _ = Layout::from_header(&raw, actual);
+}
+
+/// Drives a consumer over a heap ring whose indices and slots come from the input.
+pub fn ring_drain(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::ring::{Consumer, HeapRing, Producer};
+    let ring = Arc::new(HeapRing::new(8));
+    let mut consumer = Consumer::new(ring.clone());
+    let mut producer = Producer::new(ring);
+    let bounds = ArenaBounds {
+        size: 1 << 16,
+        align: 64,
+    };
+    for chunk in data.chunks(33) {
+        let Some(raw) = descriptor_from(chunk) else {
+            break;
+        };
+        match chunk.get(32).copied().unwrap_or(0) % 3 {
+            0 => {
+                let _ = producer.push(raw);
+            }
+            1 => {
+                if let Ok(Some(d)) = consumer.pop() {
+                    let _ = crate::descriptor::validate_submit(&d, &bounds);
+                }
+            }
+            _ => {
+                let _ = consumer.prepare_sleep();
+                let _ = producer.needs_wake();
+                consumer.woke();
+            }
+        }
+    }
+}

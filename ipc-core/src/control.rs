@@ -1,0 +1,655 @@
+//! The control protocol: frames on the node's Unix socket.
+//!
+//! Every frame is `[len: u32 LE][version: u8][tag: u8][fields…]`, where `len` counts the bytes
+//! after itself. Integers are little-endian; strings are `[len: u16][UTF-8]`. The engine parses
+//! every frame a node sends with [`decode_node_frame`]: a frame longer than [`MAX_FRAME`], of
+//! another version, with an unknown tag, cut short, with bytes left over, or with a name that
+//! is empty, too long or not UTF-8 is a [`FrameError`], never a panic.
+//!
+//! Setup travels here (hello, serve, open); everything whose order matters relative to data
+//! (data, half-close, close, credits) travels in the rings.
+
+use thiserror::Error;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame body accepted.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Longest node, service or type name.
+pub const MAX_NAME: usize = 255;
+/// Longest error message.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// A message type as one end of a session declares it: its name and schema fingerprint.
+/// Untyped byte sessions use [`MessageType::bytes`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MessageType {
+    /// The type's name.
+    pub name: String,
+    /// Its schema fingerprint.
+    pub fingerprint: u64,
+}
+
+impl MessageType {
+    /// The type of raw byte payloads.
+    pub fn bytes() -> Self {
+        Self {
+            name: "bytes".to_owned(),
+            fingerprint: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for MessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:#018x})", self.name, self.fingerprint)
+    }
+}
+
+/// What each end sends and receives on a session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Schema {
+    /// The type this end sends.
+    pub send: MessageType,
+    /// The type this end receives.
+    pub recv: MessageType,
+}
+
+impl Schema {
+    /// A byte session both ways.
+    pub fn bytes() -> Self {
+        Self {
+            send: MessageType::bytes(),
+            recv: MessageType::bytes(),
+        }
+    }
+
+    /// Whether `self` (one end) and `other` (the other end) agree: each receives what the
+    /// other sends.
+    pub fn matches(&self, other: &Schema) -> bool {
+        self.send == other.recv && self.recv == other.send
+    }
+}
+
+/// Frames a node sends to the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeFrame {
+    /// First frame: the node's name.
+    Hello {
+        /// The node's name (for logs and the inspector).
+        name: String,
+    },
+    /// The node mapped and validated its block.
+    Ready,
+    /// Serve `service` with this schema (as the server end sees it).
+    Serve {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The service name.
+        service: String,
+        /// What the server end sends and receives.
+        schema: Schema,
+    },
+    /// Stop serving the service with this id.
+    Unserve {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The id from `ServeOk`.
+        service: u32,
+    },
+    /// Open a session to `service` (as the client end sees it).
+    Open {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The service name.
+        service: String,
+        /// What the client end sends and receives.
+        schema: Schema,
+    },
+}
+
+/// Frames the engine sends to a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineFrame {
+    /// Answer to `Hello`; the block and both doorbells ride with it (SCM_RIGHTS).
+    Welcome {
+        /// The node's id in the registry.
+        node: u32,
+        /// Messages a session end may have in flight before the peer releases them.
+        credits: u32,
+    },
+    /// A `Serve` succeeded.
+    ServeOk {
+        /// The request id.
+        req: u32,
+        /// The service's id.
+        service: u32,
+    },
+    /// An `Unserve` succeeded.
+    UnserveOk {
+        /// The request id.
+        req: u32,
+    },
+    /// An `Open` succeeded: `session` is the client's end.
+    OpenOk {
+        /// The request id.
+        req: u32,
+        /// The client's session end.
+        session: u32,
+        /// The serving node's name.
+        peer: String,
+    },
+    /// A client opened a session to a service this node serves: `session` is the server's end.
+    Accept {
+        /// The service's id.
+        service: u32,
+        /// The server's session end.
+        session: u32,
+        /// The client node's name.
+        peer: String,
+    },
+    /// A request failed (`req` is 0 for errors not tied to a request, after which the engine
+    /// closes the connection).
+    Error {
+        /// The request id, or 0.
+        req: u32,
+        /// What kind of failure: an [`ErrorCode`] value.
+        code: u16,
+        /// A sentence for humans.
+        message: String,
+    },
+}
+
+/// The failures the engine reports in [`EngineFrame::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame could not be parsed or was not valid in this state.
+    BadFrame = 1,
+    /// The node speaks another protocol version.
+    Version = 2,
+    /// The peer's credentials are not allowed by the engine's policy.
+    Denied = 3,
+    /// The service name is served already.
+    AlreadyServed = 4,
+    /// Nobody serves that name.
+    NotServed = 5,
+    /// The two ends declare different message types.
+    SchemaMismatch = 6,
+    /// The engine could not set the node up (out of memory or file descriptors).
+    Resources = 7,
+}
+
+impl ErrorCode {
+    /// The code for a wire value, if known.
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Some(match value {
+            1 => Self::BadFrame,
+            2 => Self::Version,
+            3 => Self::Denied,
+            4 => Self::AlreadyServed,
+            5 => Self::NotServed,
+            6 => Self::SchemaMismatch,
+            7 => Self::Resources,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix exceeds [`MAX_FRAME`] (or is too small to hold version and tag).
+    #[error("frame length {len} is out of range (2..={MAX_FRAME})")]
+    Length {
+        /// The length found.
+        len: u32,
+    },
+    /// The version byte is not [`PROTOCOL_VERSION`].
+    #[error("protocol version {found} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version found.
+        found: u8,
+    },
+    /// The tag names no frame.
+    #[error("unknown frame tag {tag}")]
+    Tag {
+        /// The tag found.
+        tag: u8,
+    },
+    /// The frame ended before its fields did.
+    #[error("frame truncated")]
+    Truncated,
+    /// Bytes were left after the last field.
+    #[error("{0} trailing bytes after the frame's fields")]
+    Trailing(usize),
+    /// A string is empty, too long, or not UTF-8.
+    #[error("invalid string field: {0}")]
+    String(&'static str),
+}
+
+// ===== encoding =====
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(tag: u8) -> Self {
+        Self(vec![0, 0, 0, 0, PROTOCOL_VERSION, tag])
+    }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        let bytes = &s.as_bytes()[..s.len().min(MAX_MESSAGE)];
+        self.u16(bytes.len() as u16);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn schema(&mut self, s: &Schema) -> &mut Self {
+        self.str(&s.send.name).u64(s.send.fingerprint);
+        self.str(&s.recv.name).u64(s.recv.fingerprint)
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        let len = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        std::mem::take(&mut self.0)
+    }
+}
+
+mod tag {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const READY: u8 = 2;
+    pub(super) const SERVE: u8 = 3;
+    pub(super) const UNSERVE: u8 = 4;
+    pub(super) const OPEN: u8 = 5;
+    pub(super) const WELCOME: u8 = 64;
+    pub(super) const SERVE_OK: u8 = 65;
+    pub(super) const UNSERVE_OK: u8 = 66;
+    pub(super) const OPEN_OK: u8 = 67;
+    pub(super) const ACCEPT: u8 = 68;
+    pub(super) const ERROR: u8 = 69;
+}
+
+impl NodeFrame {
+    /// The frame's bytes, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Hello { name } => Writer::new(tag::HELLO).str(name).finish(),
+            Self::Ready => Writer::new(tag::READY).finish(),
+            Self::Serve {
+                req,
+                service,
+                schema,
+            } => Writer::new(tag::SERVE)
+                .u32(*req)
+                .str(service)
+                .schema(schema)
+                .finish(),
+            Self::Unserve { req, service } => {
+                Writer::new(tag::UNSERVE).u32(*req).u32(*service).finish()
+            }
+            Self::Open {
+                req,
+                service,
+                schema,
+            } => Writer::new(tag::OPEN)
+                .u32(*req)
+                .str(service)
+                .schema(schema)
+                .finish(),
+        }
+    }
+}
+
+impl EngineFrame {
+    /// The frame's bytes, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Welcome { node, credits } => {
+                Writer::new(tag::WELCOME).u32(*node).u32(*credits).finish()
+            }
+            Self::ServeOk { req, service } => {
+                Writer::new(tag::SERVE_OK).u32(*req).u32(*service).finish()
+            }
+            Self::UnserveOk { req } => Writer::new(tag::UNSERVE_OK).u32(*req).finish(),
+            Self::OpenOk { req, session, peer } => Writer::new(tag::OPEN_OK)
+                .u32(*req)
+                .u32(*session)
+                .str(peer)
+                .finish(),
+            Self::Accept {
+                service,
+                session,
+                peer,
+            } => Writer::new(tag::ACCEPT)
+                .u32(*service)
+                .u32(*session)
+                .str(peer)
+                .finish(),
+            Self::Error { req, code, message } => Writer::new(tag::ERROR)
+                .u32(*req)
+                .u16(*code)
+                .str(message)
+                .finish(),
+        }
+    }
+}
+
+// ===== decoding =====
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn text(&mut self, max: usize, allow_empty: bool) -> Result<String, FrameError> {
+        let len = self.u16()? as usize;
+        if len > max {
+            return Err(FrameError::String("too long"));
+        }
+        if len == 0 && !allow_empty {
+            return Err(FrameError::String("empty"));
+        }
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::String("not UTF-8"))
+    }
+    fn name(&mut self) -> Result<String, FrameError> {
+        self.text(MAX_NAME, false)
+    }
+    fn schema(&mut self) -> Result<Schema, FrameError> {
+        let send = MessageType {
+            name: self.name()?,
+            fingerprint: self.u64()?,
+        };
+        let recv = MessageType {
+            name: self.name()?,
+            fingerprint: self.u64()?,
+        };
+        Ok(Schema { send, recv })
+    }
+    fn end(self) -> Result<(), FrameError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(FrameError::Trailing(n)),
+        }
+    }
+}
+
+/// Splits one frame off the front of `buf`: `Ok(None)` if more bytes are needed, otherwise the
+/// frame's version-and-fields part and the total bytes it took.
+fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes"));
+    if !(2..=MAX_FRAME as u32).contains(&len) {
+        return Err(FrameError::Length { len });
+    }
+    let total = 4 + len as usize;
+    Ok(buf.get(4..total).map(|body| (body, total)))
+}
+
+fn open_body(body: &[u8]) -> Result<(u8, Reader<'_>), FrameError> {
+    let mut r = Reader(body);
+    let version = r.take(1)?[0];
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version { found: version });
+    }
+    let tag = r.take(1)?[0];
+    Ok((tag, r))
+}
+
+/// Decodes one node frame from the front of `buf`: `Ok(None)` when `buf` holds only part of a
+/// frame; otherwise the frame and how many bytes it used.
+///
+/// # Errors
+///
+/// The [`FrameError`] that disqualifies the frame; the connection should then be closed.
+pub fn decode_node_frame(buf: &[u8]) -> Result<Option<(NodeFrame, usize)>, FrameError> {
+    let Some((body, used)) = split_frame(buf)? else {
+        return Ok(None);
+    };
+    let (t, mut r) = open_body(body)?;
+    let frame = match t {
+        tag::HELLO => NodeFrame::Hello { name: r.name()? },
+        tag::READY => NodeFrame::Ready,
+        tag::SERVE => NodeFrame::Serve {
+            req: r.u32()?,
+            service: r.name()?,
+            schema: r.schema()?,
+        },
+        tag::UNSERVE => NodeFrame::Unserve {
+            req: r.u32()?,
+            service: r.u32()?,
+        },
+        tag::OPEN => NodeFrame::Open {
+            req: r.u32()?,
+            service: r.name()?,
+            schema: r.schema()?,
+        },
+        tag => return Err(FrameError::Tag { tag }),
+    };
+    r.end()?;
+    Ok(Some((frame, used)))
+}
+
+/// Decodes one engine frame from the front of `buf` (the node side); as [`decode_node_frame`].
+///
+/// # Errors
+///
+/// The [`FrameError`] that disqualifies the frame.
+pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, FrameError> {
+    let Some((body, used)) = split_frame(buf)? else {
+        return Ok(None);
+    };
+    let (t, mut r) = open_body(body)?;
+    let frame = match t {
+        tag::WELCOME => EngineFrame::Welcome {
+            node: r.u32()?,
+            credits: r.u32()?,
+        },
+        tag::SERVE_OK => EngineFrame::ServeOk {
+            req: r.u32()?,
+            service: r.u32()?,
+        },
+        tag::UNSERVE_OK => EngineFrame::UnserveOk { req: r.u32()? },
+        tag::OPEN_OK => EngineFrame::OpenOk {
+            req: r.u32()?,
+            session: r.u32()?,
+            peer: r.name()?,
+        },
+        tag::ACCEPT => EngineFrame::Accept {
+            service: r.u32()?,
+            session: r.u32()?,
+            peer: r.name()?,
+        },
+        tag::ERROR => EngineFrame::Error {
+            req: r.u32()?,
+            code: r.u16()?,
+            message: r.text(MAX_MESSAGE, true)?,
+        },
+        tag => return Err(FrameError::Tag { tag }),
+    };
+    r.end()?;
+    Ok(Some((frame, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema {
+            send: MessageType {
+                name: "Req".into(),
+                fingerprint: 1,
+            },
+            recv: MessageType {
+                name: "Resp".into(),
+                fingerprint: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn node_frames_round_trip() {
+        let frames = [
+            NodeFrame::Hello {
+                name: "billing".into(),
+            },
+            NodeFrame::Ready,
+            NodeFrame::Serve {
+                req: 1,
+                service: "quotes".into(),
+                schema: schema(),
+            },
+            NodeFrame::Unserve { req: 2, service: 9 },
+            NodeFrame::Open {
+                req: 3,
+                service: "quotes".into(),
+                schema: Schema::bytes(),
+            },
+        ];
+        let mut stream = Vec::new();
+        for f in &frames {
+            stream.extend(f.encode());
+        }
+        let mut at = 0;
+        for f in &frames {
+            let (got, used) = decode_node_frame(&stream[at..]).unwrap().unwrap();
+            assert_eq!(&got, f);
+            at += used;
+        }
+        assert_eq!(at, stream.len());
+        // Every strict prefix of a frame asks for more bytes.
+        let one = frames[2].encode();
+        for cut in 0..one.len() {
+            assert_eq!(decode_node_frame(&one[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn engine_frames_round_trip() {
+        let frames = [
+            EngineFrame::Welcome {
+                node: 4,
+                credits: 64,
+            },
+            EngineFrame::ServeOk { req: 1, service: 2 },
+            EngineFrame::UnserveOk { req: 1 },
+            EngineFrame::OpenOk {
+                req: 3,
+                session: 4,
+                peer: "p".into(),
+            },
+            EngineFrame::Accept {
+                service: 1,
+                session: 5,
+                peer: "c".into(),
+            },
+            EngineFrame::Error {
+                req: 0,
+                code: ErrorCode::NotServed as u16,
+                message: String::new(),
+            },
+        ];
+        for f in frames {
+            let bytes = f.encode();
+            assert_eq!(decode_engine_frame(&bytes).unwrap(), Some((f, bytes.len())));
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        let huge = [0xff, 0xff, 0xff, 0x7f, 1, 1];
+        assert!(matches!(
+            decode_node_frame(&huge),
+            Err(FrameError::Length { .. })
+        ));
+        let short = [1, 0, 0, 0, 1];
+        assert!(matches!(
+            decode_node_frame(&short),
+            Err(FrameError::Length { len: 1 })
+        ));
+        let mut wrong_version = NodeFrame::Ready.encode();
+        wrong_version[4] = 9;
+        assert_eq!(
+            decode_node_frame(&wrong_version),
+            Err(FrameError::Version { found: 9 })
+        );
+        let mut unknown = NodeFrame::Ready.encode();
+        unknown[5] = 200;
+        assert_eq!(
+            decode_node_frame(&unknown),
+            Err(FrameError::Tag { tag: 200 })
+        );
+        // A Hello whose string claims more bytes than the frame holds.
+        let lying = [5, 0, 0, 0, 1, 1, 10, 0, b'a'];
+        assert_eq!(decode_node_frame(&lying), Err(FrameError::Truncated));
+        // Trailing bytes.
+        let mut trailing = NodeFrame::Ready.encode();
+        trailing.push(0);
+        trailing[0] += 1;
+        assert_eq!(decode_node_frame(&trailing), Err(FrameError::Trailing(1)));
+        // Empty name and invalid UTF-8.
+        let empty = NodeFrame::Hello {
+            name: String::new(),
+        }
+        .encode();
+        assert!(matches!(
+            decode_node_frame(&empty),
+            Err(FrameError::String(_))
+        ));
+        let bad_utf8 = [5, 0, 0, 0, 1, 1, 1, 0, 0xff];
+        assert_eq!(
+            decode_node_frame(&bad_utf8),
+            Err(FrameError::String("not UTF-8"))
+        );
+    }
+
+    #[test]
+    fn schemas_match_crosswise() {
+        let server = schema();
+        let client = Schema {
+            send: server.recv.clone(),
+            recv: server.send.clone(),
+        };
+        assert!(client.matches(&server));
+        assert!(!server.matches(&server));
+        assert!(Schema::bytes().matches(&Schema::bytes()));
+    }
+}

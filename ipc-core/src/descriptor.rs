@@ -1,0 +1,458 @@
+//! The descriptor: the fixed-size location record that travels in every ring.
+//!
+//! A descriptor names a sub-block of an arena by offset (relative to the arena, never a
+//! pointer) and length, together with the session it belongs to and its kind. It is made
+//! of integers only, so any bit pattern a peer writes is a valid `RawDescriptor`; whether it
+//! means anything is decided by [`validate_submit`], [`validate_release`] and
+//! [`validate_deliver`], which return the only types the rest of the system acts on.
+//!
+//! ```text
+//!  0        4      6      8        12       16               24               32
+//!  +--------+------+------+--------+--------+----------------+----------------+
+//!  |session | kind |flags |segment |  len   |     offset     |      aux       |
+//!  +--------+------+------+--------+--------+----------------+----------------+
+//! ```
+
+use std::mem::{offset_of, size_of};
+
+use thiserror::Error;
+
+/// A descriptor as it lies in shared memory: plain integers, any bits allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RawDescriptor {
+    /// Session end this entry belongs to (the sender's end on the submit ring, the
+    /// receiver's end on the deliver ring).
+    pub session: u32,
+    /// What the entry means: one of the constants in [`kind`].
+    pub kind: u16,
+    /// Reserved for per-kind flags; must be zero for now.
+    pub flags: u16,
+    /// Index of the segment the offset refers to (always 0 until blocks can grow).
+    pub segment: u32,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Offset of the payload from the start of its arena.
+    pub offset: u64,
+    /// Per-kind extra word (a credit count, a close reason, a caller's tag).
+    pub aux: u64,
+}
+
+const _: () = assert!(size_of::<RawDescriptor>() == 32);
+const _: () = assert!(offset_of!(RawDescriptor, kind) == 4);
+const _: () = assert!(offset_of!(RawDescriptor, segment) == 8);
+const _: () = assert!(offset_of!(RawDescriptor, len) == 12);
+const _: () = assert!(offset_of!(RawDescriptor, offset) == 16);
+const _: () = assert!(offset_of!(RawDescriptor, aux) == 24);
+
+/// Descriptor kinds. Submit ring: `DATA`, `FIN`, `CLOSE`. Release ring: `RELEASE`.
+/// Deliver ring: `DATA`, `FIN`, `CLOSED`, `TX_DONE`, `CREDIT`.
+pub mod kind {
+    /// A payload in the sender's transmit arena (submit) or the receiver's receive arena (deliver).
+    pub const DATA: u16 = 1;
+    /// The sender will send no more on this session (half-close); the peer's stream ends.
+    pub const FIN: u16 = 2;
+    /// Submit: the node closes its end. Deliver (`CLOSED`): the peer end is gone; `aux` says why.
+    pub const CLOSE: u16 = 3;
+    /// Deliver: the session ended; `aux` is a [`super::close_reason`].
+    pub const CLOSED: u16 = 3;
+    /// Release ring: the node is done with a receive sub-block at `offset`.
+    pub const RELEASE: u16 = 4;
+    /// Deliver: the engine has copied the transmit sub-block at `offset`; the node may free it.
+    pub const TX_DONE: u16 = 5;
+    /// Deliver: the peer released `aux` messages of this session; the sender may send that many more.
+    pub const CREDIT: u16 = 6;
+}
+
+/// Why a session ended, carried in `aux` of a `CLOSED` entry.
+pub mod close_reason {
+    /// The peer closed its end.
+    pub const PEER_CLOSED: u64 = 1;
+    /// The peer's process went away (exit, crash, SIGKILL, or it broke the protocol).
+    pub const PEER_DISCONNECTED: u64 = 2;
+    /// The engine is shutting down.
+    pub const ENGINE_SHUTDOWN: u64 = 3;
+}
+
+/// The bounds a descriptor is checked against: state the checking side owns, never state
+/// the peer wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaBounds {
+    /// Size of the arena the offset must point into.
+    pub size: u64,
+    /// Alignment every sub-block start must have (the arena's minimum block).
+    pub align: u64,
+}
+
+/// An entry from a node's submit ring that passed validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submission {
+    /// Send `len` bytes at `offset` of the node's transmit arena on session end `session`.
+    Data {
+        /// The sender's session end.
+        session: u32,
+        /// Offset in the transmit arena.
+        offset: u64,
+        /// Payload length.
+        len: u32,
+    },
+    /// Half-close of `session`.
+    Fin {
+        /// The sender's session end.
+        session: u32,
+    },
+    /// Full close of `session`.
+    Close {
+        /// The sender's session end.
+        session: u32,
+    },
+}
+
+/// An entry from the engine's deliver ring that passed validation (the node side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A payload at `offset` of the receive arena for session end `session`.
+    Data {
+        /// The receiver's session end.
+        session: u32,
+        /// Offset in the receive arena.
+        offset: u64,
+        /// Payload length.
+        len: u32,
+    },
+    /// The peer half-closed: no more data will arrive on `session`.
+    Fin {
+        /// The receiver's session end.
+        session: u32,
+    },
+    /// The session is over; `reason` is a [`close_reason`] value.
+    Closed {
+        /// The receiver's session end.
+        session: u32,
+        /// Why.
+        reason: u64,
+    },
+    /// The transmit sub-block at `offset` has been copied and may be freed.
+    TxDone {
+        /// Offset in the transmit arena.
+        offset: u64,
+    },
+    /// `count` more messages may be sent on `session`.
+    Credit {
+        /// The sender's session end.
+        session: u32,
+        /// How many credits come back.
+        count: u32,
+    },
+}
+
+/// What was wrong with a descriptor. The engine logs it and closes the node that wrote it.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// The kind is not one this ring carries.
+    #[error("unknown descriptor kind {kind}")]
+    UnknownKind {
+        /// The kind found.
+        kind: u16,
+    },
+    /// Flags must be zero.
+    #[error("reserved flags set: {flags:#x}")]
+    Flags {
+        /// The flags found.
+        flags: u16,
+    },
+    /// The segment index names no segment.
+    #[error("segment {segment} does not exist")]
+    Segment {
+        /// The segment found.
+        segment: u32,
+    },
+    /// The payload does not lie wholly inside the arena (the sum is checked, so lengths that
+    /// overflow land here too).
+    #[error("payload at offset {offset} of {len} bytes lies outside the arena of {size} bytes")]
+    OutOfBounds {
+        /// Offset found.
+        offset: u64,
+        /// Length found.
+        len: u64,
+        /// Size of the arena.
+        size: u64,
+    },
+    /// The offset is not aligned to the arena's minimum block.
+    #[error("offset {offset} is not aligned to {align}")]
+    Misaligned {
+        /// Offset found.
+        offset: u64,
+        /// Required alignment.
+        align: u64,
+    },
+    /// A credit of zero or more than any window can hold.
+    #[error("credit count {count} is out of range")]
+    Credit {
+        /// The count found.
+        count: u64,
+    },
+    /// The ring's indices were corrupted.
+    #[error(transparent)]
+    Ring(#[from] crate::RingError),
+}
+
+fn check_common(raw: &RawDescriptor) -> Result<(), Violation> {
+    if raw.flags != 0 {
+        return Err(Violation::Flags { flags: raw.flags });
+    }
+    if raw.segment != 0 {
+        return Err(Violation::Segment {
+            segment: raw.segment,
+        });
+    }
+    Ok(())
+}
+
+fn check_span(offset: u64, len: u64, bounds: &ArenaBounds) -> Result<(), Violation> {
+    let fits = offset
+        .checked_add(len)
+        .is_some_and(|end| end <= bounds.size && offset < bounds.size.max(1));
+    if !fits {
+        return Err(Violation::OutOfBounds {
+            offset,
+            len,
+            size: bounds.size,
+        });
+    }
+    if bounds.align != 0 && !offset.is_multiple_of(bounds.align) {
+        return Err(Violation::Misaligned {
+            offset,
+            align: bounds.align,
+        });
+    }
+    Ok(())
+}
+
+/// Validates an entry of a node's submit ring against the node's transmit arena.
+///
+/// `raw` must already be a copy in the caller's memory; the function never looks at shared
+/// memory. Session ownership is checked by the caller, which owns the session table.
+///
+/// # Errors
+///
+/// Returns the [`Violation`] that disqualifies the entry.
+pub fn validate_submit(raw: &RawDescriptor, tx: &ArenaBounds) -> Result<Submission, Violation> {
+    check_common(raw)?;
+    match raw.kind {
+        kind::DATA => {
+            // A zero-length payload carries no sub-block: offset and len must both be zero.
+            if raw.len == 0 {
+                if raw.offset != 0 {
+                    return Err(Violation::OutOfBounds {
+                        offset: raw.offset,
+                        len: 0,
+                        size: tx.size,
+                    });
+                }
+            } else {
+                check_span(raw.offset, u64::from(raw.len), tx)?;
+            }
+            Ok(Submission::Data {
+                session: raw.session,
+                offset: raw.offset,
+                len: raw.len,
+            })
+        }
+        kind::FIN => Ok(Submission::Fin {
+            session: raw.session,
+        }),
+        kind::CLOSE => Ok(Submission::Close {
+            session: raw.session,
+        }),
+        kind => Err(Violation::UnknownKind { kind }),
+    }
+}
+
+/// Validates an entry of a node's release ring; returns the offset in the receive arena.
+///
+/// Whether that offset is a sub-block the engine really delivered to this node is decided by
+/// the engine's own receive allocator (a foreign or repeated offset is a [`crate::FreeError`]).
+///
+/// # Errors
+///
+/// Returns the [`Violation`] that disqualifies the entry.
+pub fn validate_release(raw: &RawDescriptor, rx: &ArenaBounds) -> Result<u64, Violation> {
+    check_common(raw)?;
+    if raw.kind != kind::RELEASE {
+        return Err(Violation::UnknownKind { kind: raw.kind });
+    }
+    check_span(raw.offset, 1, rx)?;
+    Ok(raw.offset)
+}
+
+/// Validates an entry of the deliver ring (the node side: the engine is trusted, but a
+/// corrupted entry must still never lead to an out-of-bounds read).
+///
+/// # Errors
+///
+/// Returns the [`Violation`] that disqualifies the entry.
+pub fn validate_deliver(
+    raw: &RawDescriptor,
+    rx: &ArenaBounds,
+    tx: &ArenaBounds,
+) -> Result<Delivery, Violation> {
+    check_common(raw)?;
+    match raw.kind {
+        kind::DATA => {
+            if raw.len == 0 {
+                if raw.offset != 0 {
+                    return Err(Violation::OutOfBounds {
+                        offset: raw.offset,
+                        len: 0,
+                        size: rx.size,
+                    });
+                }
+            } else {
+                check_span(raw.offset, u64::from(raw.len), rx)?;
+            }
+            Ok(Delivery::Data {
+                session: raw.session,
+                offset: raw.offset,
+                len: raw.len,
+            })
+        }
+        kind::FIN => Ok(Delivery::Fin {
+            session: raw.session,
+        }),
+        kind::CLOSED => Ok(Delivery::Closed {
+            session: raw.session,
+            reason: raw.aux,
+        }),
+        kind::TX_DONE => {
+            check_span(raw.offset, 1, tx)?;
+            Ok(Delivery::TxDone { offset: raw.offset })
+        }
+        kind::CREDIT => match u32::try_from(raw.aux) {
+            Ok(count) if count > 0 => Ok(Delivery::Credit {
+                session: raw.session,
+                count,
+            }),
+            _ => Err(Violation::Credit { count: raw.aux }),
+        },
+        kind => Err(Violation::UnknownKind { kind }),
+    }
+}
+
+impl RawDescriptor {
+    /// A `DATA` entry.
+    pub fn data(session: u32, offset: u64, len: u32) -> Self {
+        Self {
+            session,
+            kind: kind::DATA,
+            offset,
+            len,
+            ..Self::default()
+        }
+    }
+
+    /// An entry of `kind` for `session` with `aux`, and no payload.
+    pub fn control(kind: u16, session: u32, aux: u64) -> Self {
+        Self {
+            session,
+            kind,
+            aux,
+            ..Self::default()
+        }
+    }
+
+    /// A `RELEASE` or `TX_DONE` entry naming `offset`.
+    pub fn offset_only(kind: u16, offset: u64) -> Self {
+        Self {
+            kind,
+            offset,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TX: ArenaBounds = ArenaBounds {
+        size: 1 << 20,
+        align: 64,
+    };
+
+    #[test]
+    fn data_inside_arena_is_valid() {
+        let d = RawDescriptor::data(7, 4096, 100);
+        assert_eq!(
+            validate_submit(&d, &TX),
+            Ok(Submission::Data {
+                session: 7,
+                offset: 4096,
+                len: 100
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        let past_end = RawDescriptor::data(1, 1 << 20, 1);
+        assert!(matches!(
+            validate_submit(&past_end, &TX),
+            Err(Violation::OutOfBounds { .. })
+        ));
+        let overflow = RawDescriptor::data(1, u64::MAX - 10, u32::MAX);
+        assert!(matches!(
+            validate_submit(&overflow, &TX),
+            Err(Violation::OutOfBounds { .. })
+        ));
+        let straddles = RawDescriptor::data(1, (1 << 20) - 64, 65);
+        assert!(matches!(
+            validate_submit(&straddles, &TX),
+            Err(Violation::OutOfBounds { .. })
+        ));
+        let misaligned = RawDescriptor::data(1, 65, 1);
+        assert!(matches!(
+            validate_submit(&misaligned, &TX),
+            Err(Violation::Misaligned { .. })
+        ));
+        let unknown = RawDescriptor::control(99, 1, 0);
+        assert_eq!(
+            validate_submit(&unknown, &TX),
+            Err(Violation::UnknownKind { kind: 99 })
+        );
+        let flagged = RawDescriptor {
+            flags: 1,
+            ..RawDescriptor::data(1, 0, 1)
+        };
+        assert!(matches!(
+            validate_submit(&flagged, &TX),
+            Err(Violation::Flags { .. })
+        ));
+        let segment = RawDescriptor {
+            segment: 3,
+            ..RawDescriptor::data(1, 0, 1)
+        };
+        assert!(matches!(
+            validate_submit(&segment, &TX),
+            Err(Violation::Segment { segment: 3 })
+        ));
+        let empty_with_offset = RawDescriptor::data(1, 64, 0);
+        assert!(validate_submit(&empty_with_offset, &TX).is_err());
+        let release_oob = RawDescriptor::offset_only(kind::RELEASE, 1 << 21);
+        assert!(validate_release(&release_oob, &TX).is_err());
+        let release_kind = RawDescriptor::offset_only(kind::DATA, 0);
+        assert!(validate_release(&release_kind, &TX).is_err());
+        let zero_credit = RawDescriptor::control(kind::CREDIT, 1, 0);
+        assert!(validate_deliver(&zero_credit, &TX, &TX).is_err());
+        let huge_credit = RawDescriptor::control(kind::CREDIT, 1, u64::MAX);
+        assert!(validate_deliver(&huge_credit, &TX, &TX).is_err());
+    }
+
+    #[test]
+    fn zero_length_payload_needs_no_sub_block() {
+        let d = RawDescriptor::data(3, 0, 0);
+        assert!(validate_submit(&d, &TX).is_ok());
+        assert!(validate_deliver(&d, &TX, &TX).is_ok());
+    }
+}

@@ -1,0 +1,2 @@
+//! `#[derive(Message)]` (in progress).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The engine, nodes and sessions (in progress).
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+//! shmlink: fast, safe messaging between processes on one host through shared memory.
+#![forbid(unsafe_code)]
+
+pub use ipc_core as core;
