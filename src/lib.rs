@@ -2,3 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub use ipc_core as core;
+
+#[doc(hidden)]
+pub mod __private;

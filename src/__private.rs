@@ -1,0 +1,1 @@
+//! Items the derive macro expands to. Not public API.
