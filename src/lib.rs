@@ -2,6 +2,11 @@
 #![forbid(unsafe_code)]
 
 pub use ipc_core as core;
+pub use ipc_core::BlockConfig;
+pub use ipc_tokio::{
+    ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node, OpenError, Policy,
+    Session, SessionError, SessionSink, SessionStream, SpawnError, default_socket_path,
+};
 
 #[doc(hidden)]
 pub mod __private;

@@ -619,6 +619,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
     fn create_then_open_a_copy() {
         let block = Block::create(&small(), "test").unwrap();
         let dup = block.fd().try_clone_to_owned().unwrap();
@@ -632,6 +633,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
     fn seals_hold() {
         let block = Block::create(&small(), "test").unwrap();
         let size = block.layout().total_size;
@@ -641,6 +643,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
     fn unsealed_and_garbage_fds_are_refused() {
         let fd = rustix::fs::memfd_create("plain", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, 1 << 20).unwrap();
@@ -663,6 +666,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
     fn loan_copy_view() {
         let sender = Arc::new(Block::create(&small(), "tx").unwrap());
         let receiver = Arc::new(Block::create(&small(), "rx").unwrap());
@@ -686,6 +690,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
     fn dropped_loan_is_freed() {
         let block = Arc::new(Block::create(&small(), "tx").unwrap());
         let tx = block.take_tx_arena().unwrap();

@@ -72,6 +72,9 @@ pub mod close_reason {
     pub const PEER_DISCONNECTED: u64 = 2;
     /// The engine is shutting down.
     pub const ENGINE_SHUTDOWN: u64 = 3;
+    /// Acknowledges the receiving node's own `CLOSE` of this end: the last entry the engine
+    /// will ever deliver for it.
+    pub const CLOSE_ACK: u64 = 4;
 }
 
 /// The bounds a descriptor is checked against: state the checking side owns, never state

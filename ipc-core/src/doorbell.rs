@@ -85,11 +85,38 @@ impl AsFd for Doorbell {
     }
 }
 
+impl std::os::fd::AsRawFd for Doorbell {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Doorbell {
+    /// Registers the doorbell with the current Tokio runtime's reactor (read interest), so
+    /// a task can sleep until it rings.
+    ///
+    /// # Errors
+    ///
+    /// The registration error (for example, outside a runtime with I/O enabled).
+    pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<Doorbell>> {
+        // SAFETY: `register_with_interest` requires that `as_raw_fd()` names a valid open fd
+        // that stays open and refers to the same file while registered. A Doorbell owns its
+        // OwnedFd, never replaces or closes it before being dropped, and AsyncFd owns the
+        // Doorbell, deregistering before it drops it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore)] // eventfd is a syscall Miri cannot run
     fn ring_and_drain() {
         let bell = Doorbell::new().unwrap();
         assert_eq!(bell.drain().unwrap(), 0);

@@ -13,7 +13,7 @@
 //!                |  2048: BlockStats (informational counters)  |
 //!  4 KiB         +---------------------------------------------+
 //!                | submit ring   node -> engine  (DATA/FIN/    |
-//!                |   RingHeader 384 B + capacity x 32 B  CLOSE)|
+//!                |   RingHeader 512 B + capacity x 32 B  CLOSE)|
 //!                +---------------------------------------------+
 //!                | deliver ring  engine -> node  (DATA/FIN/    |
 //!                |               CLOSED/TX_DONE/CREDIT)        |

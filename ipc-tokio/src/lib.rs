@@ -1,2 +1,17 @@
-//! The engine, nodes and sessions (in progress).
+//! The engine, nodes and sessions of shmlink, on Tokio.
+//!
+//! See the `shmlink` crate for the guided tour; this crate holds the implementation.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+mod control;
+pub mod engine;
+pub mod error;
+pub mod node;
+pub mod session;
+
+pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
+pub use error::{ConnectError, OpenError, SessionError, SpawnError};
+pub use node::{Listener, Node};
+pub use session::{Loan, Session, SessionSink, SessionStream};

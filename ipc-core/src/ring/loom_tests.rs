@@ -78,7 +78,7 @@ fn loom_waiting_flag_no_lost_wakeup() {
         });
         // The consumer's loop: drain, announce sleep, and sleep only if still empty.
         let mut got = 0;
-        let mut slept_without_bell = false;
+        let mut seen = 0;
         while got == 0 {
             if let Some(d) = consumer.pop().unwrap() {
                 check(&d, 1);
@@ -86,8 +86,9 @@ fn loom_waiting_flag_no_lost_wakeup() {
                 continue;
             }
             if consumer.prepare_sleep().unwrap() {
-                // "Sleeping": the producer must ring unless its entry is already visible.
-                t_wait(&doorbell, &mut slept_without_bell);
+                // "Sleeping": the producer must ring, or this never returns (loom then fails
+                // the model: a lost wake-up).
+                seen = sleep_on(&doorbell, seen);
                 consumer.woke();
             }
         }

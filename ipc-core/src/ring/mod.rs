@@ -6,13 +6,13 @@
 //! free-running `u32` counters and a slot is `index & (capacity - 1)`.
 //!
 //! ```text
-//!  RingHeader (384 B)                          slots (capacity x 32 B)
-//!  +-----------+-----------+--------------+    +------+------+------+------+
-//!  | head      | tail      | waiting      |    | d[0] | d[1] | d[2] | ...  |
-//!  | consumer  | producer  | consumer's   |    +------+------+------+------+
-//!  | writes    | writes    | sleep epoch  |        ^ head            ^ tail
-//!  +-----------+-----------+--------------+
-//!     128 B       128 B        128 B
+//!  RingHeader (512 B)                                      slots (capacity x 32 B)
+//!  +-----------+-----------+--------------+--------------+  +------+------+------+
+//!  | head      | tail      | waiting      | space_waiting|  | d[0] | d[1] | ...  |
+//!  | consumer  | producer  | consumer's   | producer's   |  +------+------+------+
+//!  | writes    | writes    | sleep epoch  | wait epoch   |      ^ head      ^ tail
+//!  +-----------+-----------+--------------+--------------+
+//!     128 B       128 B        128 B          128 B
 //! ```
 //!
 //! Each side keeps its own index in its own memory and only *publishes* it; it never reads
@@ -30,6 +30,10 @@
 //! the producer sees the flag and rings the doorbell. The producer rings once per epoch, so a
 //! burst into a sleeping consumer costs one syscall, and a busy consumer (flag 0) costs none.
 //! The loom model in `loom_tests.rs` checks exactly this.
+//!
+//! The same pair, mirrored, lets a producer that found the ring full sleep: it stores an
+//! epoch in `space_waiting` ([`Producer::prepare_wait_space`]), and a consumer that frees
+//! slots rings the producer's doorbell ([`Consumer::needs_space_wake`]).
 
 mod spsc;
 mod storage;

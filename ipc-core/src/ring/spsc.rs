@@ -7,21 +7,30 @@ use crate::error::RingError;
 use crate::layout::CachePadded;
 use crate::sync::{AtomicU32, Ordering, fence};
 
-/// The shared header of a ring: three words, each on its own pair of cache lines.
+/// The shared header of a ring: four words, each on its own pair of cache lines.
+///
+/// `head` is written by the consumer only, `tail` and `space_waiting` by the producer only,
+/// `waiting` by the consumer only (one writer per word: DESIGN.md invariant 2).
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RingHeader {
     head: CachePadded<AtomicU32>,
     tail: CachePadded<AtomicU32>,
+    /// The consumer's sleep epoch (0: awake): a producer rings the consumer's doorbell.
     waiting: CachePadded<AtomicU32>,
+    /// The producer's wait-for-space epoch (0: not waiting): a consumer that frees slots rings
+    /// the producer's doorbell.
+    space_waiting: CachePadded<AtomicU32>,
 }
 
 #[cfg(not(loom))]
-const _: () = assert!(size_of::<RingHeader>() == 384);
+const _: () = assert!(size_of::<RingHeader>() == 512);
 #[cfg(not(loom))]
 const _: () = assert!(offset_of!(RingHeader, tail) == 128);
 #[cfg(not(loom))]
 const _: () = assert!(offset_of!(RingHeader, waiting) == 256);
+#[cfg(not(loom))]
+const _: () = assert!(offset_of!(RingHeader, space_waiting) == 384);
 
 /// Where a ring's header and slots live: the heap (tests, loom, Miri) or a block.
 ///
@@ -59,6 +68,7 @@ pub struct Producer<S> {
     tail: u32,
     cached_head: u32,
     last_rung: u32,
+    space_epoch: u32,
 }
 
 /// The consuming half of a ring. Not `Clone`: there is exactly one per ring side.
@@ -68,6 +78,7 @@ pub struct Consumer<S> {
     head: u32,
     cached_tail: u32,
     epoch: u32,
+    last_space_rung: u32,
 }
 
 fn corrupt(which: &'static str, found: u32, own: u32, capacity: u32) -> RingError {
@@ -100,6 +111,7 @@ impl<S: RingStorage> Producer<S> {
             tail,
             cached_head: head,
             last_rung: 0,
+            space_epoch: 0,
         }
     }
 
@@ -186,6 +198,40 @@ impl<S: RingStorage> Producer<S> {
         }
     }
 
+    /// Announces that the producer waits for free slots. Returns `Ok(true)` if the ring is
+    /// still full (wait now: the consumer will ring this side's doorbell when it frees slots),
+    /// or `Ok(false)` if slots were freed meanwhile (the flag is withdrawn; push again).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::CorruptIndex`] when the consumer's index is impossible.
+    pub fn prepare_wait_space(&mut self) -> Result<bool, RingError> {
+        self.space_epoch = self.space_epoch.wrapping_add(1).max(1);
+        self.storage
+            .header()
+            .space_waiting
+            .store(self.space_epoch, Ordering::Relaxed);
+        // SYNC: SeqCst fence between the store of space_waiting and the load of head; pairs
+        // with the fence in Consumer::needs_space_wake.
+        fence(Ordering::SeqCst);
+        if self.refresh()? > 0 {
+            self.storage
+                .header()
+                .space_waiting
+                .store(0, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Withdraws the wait-for-space flag after a wake-up.
+    pub fn woke_space(&mut self) {
+        self.storage
+            .header()
+            .space_waiting
+            .store(0, Ordering::Relaxed);
+    }
+
     /// The storage (for the owner's bookkeeping).
     pub fn storage(&self) -> &S {
         &self.storage
@@ -203,6 +249,7 @@ impl<S: RingStorage> Consumer<S> {
             head,
             cached_tail: head,
             epoch: 0,
+            last_space_rung: 0,
         }
     }
 
@@ -295,6 +342,21 @@ impl<S: RingStorage> Consumer<S> {
         Ok(true)
     }
 
+    /// After popping: must the producer's doorbell be rung because it waits for space? True at
+    /// most once per wait epoch.
+    pub fn needs_space_wake(&mut self) -> bool {
+        // SYNC: SeqCst fence between our Release store of head and this load; pairs with the
+        // fence in Producer::prepare_wait_space.
+        fence(Ordering::SeqCst);
+        let waiting = self.storage.header().space_waiting.load(Ordering::Relaxed);
+        if waiting != 0 && waiting != self.last_space_rung {
+            self.last_space_rung = waiting;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Withdraws the waiting flag after a wake-up (the producer stops ringing).
     pub fn woke(&mut self) {
         self.storage.header().waiting.store(0, Ordering::Relaxed);
@@ -370,6 +432,24 @@ mod tests {
         assert!(c.prepare_sleep().unwrap());
         p.push(d(3)).unwrap();
         assert!(p.needs_wake(), "a new epoch rings again");
+    }
+
+    #[test]
+    fn space_flag_rings_the_producer_once() {
+        let (mut p, mut c) = ring(2);
+        p.push_batch(&[d(1), d(2)]).unwrap();
+        assert!(!c.needs_space_wake(), "nobody waits for space");
+        assert!(p.prepare_wait_space().unwrap(), "full: wait");
+        assert_eq!(c.pop().unwrap().unwrap().aux, 1);
+        assert!(c.needs_space_wake());
+        assert!(!c.needs_space_wake(), "once per epoch");
+        p.woke_space();
+        assert!(p.push(d(3)).unwrap());
+        assert_eq!(c.pop().unwrap().unwrap().aux, 2);
+        assert!(
+            !p.prepare_wait_space().unwrap(),
+            "space was freed: do not wait"
+        );
     }
 
     #[test]

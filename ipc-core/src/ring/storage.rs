@@ -95,7 +95,7 @@ mod shm {
         /// # Safety
         ///
         /// The caller must ensure:
-        /// - `offset` is 128-byte aligned and `offset + 384 + capacity * 32` lies within the
+        /// - `offset` is 128-byte aligned and `offset + 512 + capacity * 32` lies within the
         ///   mapping (the layout validated it);
         /// - `capacity` is a power of two;
         /// - no other ring overlaps this range.
@@ -104,7 +104,7 @@ mod shm {
             // SAFETY: offset is within the mapping (caller's first bullet), so the sum stays
             // inside the same allocation.
             let header = unsafe { base.add(offset) };
-            // SAFETY: the slots follow the 384-byte header, still within the range the caller
+            // SAFETY: the slots follow the 512-byte header, still within the range the caller
             // vouched for.
             let slots = unsafe { header.add(size_of::<RingHeader>()) };
             let header = NonNull::new(header.cast()).expect("mapping base is non-null");

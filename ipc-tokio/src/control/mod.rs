@@ -1,0 +1,141 @@
+//! The control socket: framed reads and writes, and file descriptors over `SCM_RIGHTS`.
+//!
+//! Frames themselves ([`ipc_core::control`]) are parsed in ipc-core; this module moves bytes.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use bytes::{Buf, BytesMut};
+use ipc_core::control::{FrameError, MAX_FRAME};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+/// How many descriptors ride with the welcome frame: the block, the engine's doorbell, the
+/// node's doorbell.
+pub(crate) const WELCOME_FDS: usize = 3;
+
+/// A buffer of bytes read from a control socket, split into frames by a decoder.
+#[derive(Debug, Default)]
+pub(crate) struct FrameBuf {
+    buf: BytesMut,
+}
+
+impl FrameBuf {
+    /// Decodes the next frame with `decode` (one of ipc-core's decoders), reading from the
+    /// socket as needed. `Ok(None)` on a clean end of stream between frames.
+    pub(crate) async fn next<F>(
+        &mut self,
+        sock: &mut (impl AsyncReadExt + Unpin),
+        decode: impl Fn(&[u8]) -> Result<Option<(F, usize)>, FrameError>,
+    ) -> io::Result<Option<F>> {
+        loop {
+            match decode(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    self.buf.advance(used);
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            if self.buf.len() > MAX_FRAME + 4 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "frame too large",
+                ));
+            }
+            self.buf.reserve(4096);
+            if sock.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a frame",
+                    ))
+                };
+            }
+        }
+    }
+
+    /// Bytes already read and not yet decoded (the tail of a `recvmsg`).
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// Writes a whole frame.
+pub(crate) async fn write_frame(
+    sock: &mut (impl AsyncWriteExt + Unpin),
+    frame: &[u8],
+) -> io::Result<()> {
+    sock.write_all(frame).await
+}
+
+/// Sends `frame` with `fds` attached (`SCM_RIGHTS`), all bytes in one `sendmsg`.
+pub(crate) async fn send_with_fds(
+    sock: &UnixStream,
+    frame: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(WELCOME_FDS))];
+    let mut sent_fds = false;
+    let mut at = 0;
+    while at < frame.len() {
+        let n = sock
+            .async_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !sent_fds && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                    return Err(io::Error::other("too many fds for the control buffer"));
+                }
+                let iov = [IoSlice::new(&frame[at..])];
+                Ok(rustix::net::sendmsg(
+                    sock.as_fd(),
+                    &iov,
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                )?)
+            })
+            .await?;
+        sent_fds = true;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Receives bytes with any descriptors attached; returns the bytes read (0 at end of stream)
+/// and appends received descriptors to `fds` (close-on-exec).
+pub(crate) async fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(WELCOME_FDS))];
+    sock.async_io(Interest::READABLE, || {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = rustix::net::recvmsg(
+            sock.as_fd(),
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many descriptors attached",
+            ));
+        }
+        Ok(msg.bytes)
+    })
+    .await
+}

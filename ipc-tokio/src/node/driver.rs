@@ -1,0 +1,206 @@
+//! The node's driver: the one task that reads the deliver ring and the control socket.
+
+use std::sync::Arc;
+
+use ipc_core::control::{self, EngineFrame};
+use ipc_core::descriptor::close_reason;
+use ipc_core::{Consumer, Delivery, Doorbell, RawDescriptor, ShmRing, validate_deliver};
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::{FrameBuf, write_frame};
+use crate::node::shared::{Early, NodeShared};
+
+const BATCH: usize = 64;
+
+/// Reads the deliver ring and the socket until the node is dropped or the engine goes.
+#[must_use = "the driver does nothing unless run"]
+pub(crate) struct Driver {
+    shared: Arc<NodeShared>,
+    stream: UnixStream,
+    frames: FrameBuf,
+    bell: AsyncFd<Doorbell>,
+    out: mpsc::UnboundedReceiver<Vec<u8>>,
+    stop: oneshot::Receiver<()>,
+    deliver: Consumer<ShmRing>,
+    scratch: Vec<RawDescriptor>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        shared: Arc<NodeShared>,
+        stream: UnixStream,
+        frames: FrameBuf,
+        bell: AsyncFd<Doorbell>,
+        out: mpsc::UnboundedReceiver<Vec<u8>>,
+        stop: oneshot::Receiver<()>,
+    ) -> Self {
+        let deliver = Consumer::new(shared.block.deliver_ring());
+        Self {
+            shared,
+            stream,
+            frames,
+            bell,
+            out,
+            stop,
+            deliver,
+            scratch: vec![RawDescriptor::default(); BATCH],
+        }
+    }
+
+    pub(crate) async fn run(self) {
+        let Self {
+            shared,
+            stream,
+            mut frames,
+            bell,
+            mut out,
+            mut stop,
+            mut deliver,
+            mut scratch,
+        } = self;
+        let (mut rd, mut wr) = stream.into_split();
+        let mut busy_passes = 0u32;
+        let reason = loop {
+            match drain(&shared, &mut deliver, &mut scratch) {
+                Err(reason) => break reason,
+                Ok(0) => busy_passes = 0,
+                Ok(_) => {
+                    busy_passes += 1;
+                    if busy_passes % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    continue;
+                }
+            }
+            match deliver.prepare_sleep() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => break format!("deliver ring: {e}"),
+            }
+            let woke = tokio::select! {
+                _ = &mut stop => break "node dropped".to_owned(),
+                guard = bell.readable() => match guard {
+                    Ok(mut guard) => {
+                        guard.clear_ready();
+                        let _ = bell.get_ref().drain();
+                        shared.on_doorbell();
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("doorbell: {e}")),
+                },
+                frame = frames.next(&mut rd, control::decode_engine_frame) => match frame {
+                    Ok(Some(EngineFrame::Error { req: 0, message, .. })) => Err(format!("closed by the engine: {message}")),
+                    Ok(Some(frame)) => {
+                        shared.on_frame(frame);
+                        Ok(())
+                    }
+                    Ok(None) => Err("the engine closed the connection".to_owned()),
+                    Err(e) => Err(format!("control socket: {e}")),
+                },
+                bytes = out.recv() => match bytes {
+                    Some(bytes) => write_frame(&mut wr, &bytes).await.map_err(|e| format!("control socket: {e}")),
+                    None => Err("node state dropped".to_owned()),
+                },
+            };
+            deliver.woke();
+            if let Err(reason) = woke {
+                // Deliveries already in the ring were sent before the engine let go of us:
+                // hand them to their sessions before failing everything else.
+                let _ = drain(&shared, &mut deliver, &mut scratch);
+                break reason;
+            }
+        };
+        shared.mark_dead(&reason);
+    }
+}
+
+/// Pops and dispatches one batch from the deliver ring; returns how many entries.
+fn drain(
+    shared: &Arc<NodeShared>,
+    deliver: &mut Consumer<ShmRing>,
+    scratch: &mut [RawDescriptor],
+) -> Result<usize, String> {
+    let n = deliver
+        .pop_batch(scratch)
+        .map_err(|e| format!("deliver ring: {e}"))?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let layout = *shared.block.layout();
+    let (rx, tx) = (layout.rx.bounds(), layout.tx.bounds());
+    let mut tx_freed = false;
+    let mut to_release = Vec::new();
+    {
+        let mut state = shared.state();
+        for raw in &scratch[..n] {
+            let delivery = validate_deliver(raw, &rx, &tx)
+                .map_err(|e| format!("bad entry from the engine: {e}"))?;
+            match delivery {
+                Delivery::Data {
+                    session,
+                    offset,
+                    len,
+                } => {
+                    let view = shared
+                        .block
+                        .rx_view(offset, len)
+                        .map_err(|e| format!("bad entry from the engine: {e}"))?;
+                    if let Some(core) = state.sessions.get(&session) {
+                        core.push_data(view);
+                    } else if state.closing.contains(&session) {
+                        to_release.push(view.offset());
+                    } else {
+                        state
+                            .early
+                            .entry(session)
+                            .or_default()
+                            .push(Early::Data(view));
+                    }
+                }
+                Delivery::Fin { session } => {
+                    if let Some(core) = state.sessions.get(&session) {
+                        core.peer_fin();
+                    } else if !state.closing.contains(&session) {
+                        state.early.entry(session).or_default().push(Early::Fin);
+                    }
+                }
+                Delivery::Closed { session, reason } => {
+                    if reason == close_reason::CLOSE_ACK {
+                        state.closing.remove(&session);
+                    } else if let Some(core) = state.sessions.get(&session) {
+                        core.peer_closed(reason);
+                    } else if !state.closing.contains(&session) {
+                        state
+                            .early
+                            .entry(session)
+                            .or_default()
+                            .push(Early::Closed(reason));
+                    }
+                }
+                Delivery::TxDone { offset } => {
+                    if let Err(e) = shared.tx.complete(offset) {
+                        tracing::warn!(node = %shared.name, error = %e, "engine completed a loan that is not in flight");
+                    }
+                    tx_freed = true;
+                }
+                Delivery::Credit { session, count } => {
+                    if let Some(core) = state.sessions.get(&session) {
+                        core.add_credits(count);
+                    }
+                }
+            }
+        }
+    }
+    for offset in to_release {
+        shared.release(offset);
+    }
+    if tx_freed {
+        shared.tx_waiters.wake_all();
+    }
+    if deliver.needs_space_wake() {
+        shared.on_doorbell_engine();
+    }
+    Ok(n)
+}

@@ -1,0 +1,396 @@
+//! State a node's driver shares with its sessions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
+use ipc_core::{Block, Doorbell, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{OpenError, SessionError};
+use crate::session::SessionCore;
+
+/// The answer to a control request.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Session(Arc<SessionCore>),
+    Served(u32),
+    Unserved,
+    Error { code: u16, message: String },
+}
+
+impl Reply {
+    pub(crate) fn into_error(self, service: &str) -> OpenError {
+        let Reply::Error { code, message } = self else {
+            return OpenError::Refused("unexpected reply from the engine".into());
+        };
+        match ErrorCode::from_u16(code) {
+            Some(ErrorCode::NotServed) => OpenError::NotServed {
+                service: service.to_owned(),
+            },
+            Some(ErrorCode::AlreadyServed) => OpenError::AlreadyServed {
+                service: service.to_owned(),
+            },
+            Some(ErrorCode::SchemaMismatch) => OpenError::SchemaMismatch(message),
+            _ => OpenError::Refused(message),
+        }
+    }
+}
+
+/// A delivery for a session end this node does not know yet (its `OpenOk` or `Accept` is
+/// still on the socket while the ring raced ahead).
+#[derive(Debug)]
+pub(crate) enum Early {
+    Data(RxView),
+    Fin,
+    Closed(u64),
+}
+
+/// Wakers waiting for one condition; woken all at once.
+#[derive(Debug, Default)]
+pub(crate) struct WaitList(Mutex<Vec<Waker>>);
+
+impl WaitList {
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
+        }
+    }
+
+    pub(crate) fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RingSide {
+    producer: Producer<ShmRing>,
+    /// Entries that found the ring full (releases and closes, which cannot wait in a Drop).
+    overflow: VecDeque<RawDescriptor>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) sessions: HashMap<u32, Arc<SessionCore>>,
+    pub(crate) early: HashMap<u32, Vec<Early>>,
+    /// Ends this node closed and whose `CLOSE_ACK` has not arrived yet.
+    pub(crate) closing: HashSet<u32>,
+    requests: HashMap<u32, oneshot::Sender<Reply>>,
+    listeners: HashMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
+    next_req: u32,
+    pub(crate) dead: bool,
+}
+
+/// Everything a node's driver and its sessions share.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    pub(crate) name: String,
+    pub(crate) id: u32,
+    pub(crate) credits: u32,
+    pub(crate) max_payload: u64,
+    pub(crate) block: Arc<Block>,
+    pub(crate) tx: TxArena,
+    submit: Mutex<RingSide>,
+    release: Mutex<RingSide>,
+    engine_bell: Doorbell,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    state: Mutex<State>,
+    /// Senders waiting for room in the transmit arena (woken on `TX_DONE`).
+    pub(crate) tx_waiters: WaitList,
+    /// Senders waiting for room in the submit ring (woken on the node's doorbell).
+    pub(crate) ring_waiters: WaitList,
+}
+
+impl NodeShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        id: u32,
+        credits: u32,
+        block: Arc<Block>,
+        tx: TxArena,
+        submit: Producer<ShmRing>,
+        release: Producer<ShmRing>,
+        engine_bell: Doorbell,
+        out: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Self {
+        Self {
+            name,
+            id,
+            credits,
+            max_payload: block.layout().max_payload(),
+            block,
+            tx,
+            submit: Mutex::new(RingSide {
+                producer: submit,
+                overflow: VecDeque::new(),
+            }),
+            release: Mutex::new(RingSide {
+                producer: release,
+                overflow: VecDeque::new(),
+            }),
+            engine_bell,
+            out,
+            state: Mutex::new(State::default()),
+            tx_waiters: WaitList::default(),
+            ring_waiters: WaitList::default(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rings the engine (it waits for room in our deliver ring).
+    pub(crate) fn on_doorbell_engine(&self) {
+        self.ring_engine();
+    }
+
+    fn ring_engine(&self) {
+        if let Err(e) = self.engine_bell.ring() {
+            tracing::warn!(error = %e, "cannot ring the engine's doorbell");
+        }
+    }
+
+    /// Sends a control request and waits for its reply.
+    pub(crate) async fn request(
+        &self,
+        frame: impl FnOnce(u32) -> NodeFrame,
+    ) -> Result<Reply, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.state();
+            if state.dead {
+                return Err(OpenError::Disconnected);
+            }
+            state.next_req = state.next_req.wrapping_add(1).max(1);
+            let req = state.next_req;
+            state.requests.insert(req, tx);
+            if self.out.send(frame(req).encode()).is_err() {
+                return Err(OpenError::Disconnected);
+            }
+        }
+        rx.await.map_err(|_| OpenError::Disconnected)
+    }
+
+    /// Completes the request `req` (called by the driver).
+    pub(crate) fn answer(&self, req: u32, reply: Reply) -> Result<(), Reply> {
+        let waiter = self.state().requests.remove(&req);
+        match waiter {
+            Some(tx) => tx.send(reply),
+            None => Err(reply),
+        }
+    }
+
+    pub(crate) fn add_listener(&self, id: u32, tx: mpsc::UnboundedSender<Arc<SessionCore>>) {
+        self.state().listeners.insert(id, tx);
+    }
+
+    pub(crate) fn listener(&self, id: u32) -> Option<mpsc::UnboundedSender<Arc<SessionCore>>> {
+        self.state().listeners.get(&id).cloned()
+    }
+
+    pub(crate) fn remove_listener(&self, id: u32) {
+        let mut state = self.state();
+        if state.listeners.remove(&id).is_some() && !state.dead {
+            state.next_req = state.next_req.wrapping_add(1).max(1);
+            let req = state.next_req;
+            let _ = self
+                .out
+                .send(NodeFrame::Unserve { req, service: id }.encode());
+        }
+    }
+
+    /// Pushes `entry` on the submit ring, or registers `cx` to be woken when there is room.
+    pub(crate) fn poll_submit(
+        &self,
+        entry: RawDescriptor,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SessionError>> {
+        let mut side = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !side.overflow.is_empty() {
+                // Closes queued by a Drop go first, to keep the order the node produced.
+                Self::flush_overflow(&mut side);
+            }
+            if side.overflow.is_empty() {
+                match side.producer.push(entry) {
+                    Ok(true) => {
+                        if side.producer.needs_wake() {
+                            self.ring_engine();
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(false) => {}
+                    Err(_) => return Poll::Ready(Err(SessionError::Disconnected)),
+                }
+            }
+            self.ring_waiters.register(cx.waker());
+            match side.producer.prepare_wait_space() {
+                Ok(true) => return Poll::Pending,
+                Ok(false) => continue,
+                Err(_) => return Poll::Ready(Err(SessionError::Disconnected)),
+            }
+        }
+    }
+
+    /// Pushes `entry` without waiting: on a full ring it is queued and pushed as soon as the
+    /// engine makes room (used from `Drop`, which cannot wait).
+    fn push_or_queue(&self, side: &Mutex<RingSide>, entry: RawDescriptor) {
+        let mut side = side.lock().unwrap_or_else(|e| e.into_inner());
+        side.overflow.push_back(entry);
+        Self::flush_overflow(&mut side);
+        if !side.overflow.is_empty() {
+            let _ = side.producer.prepare_wait_space();
+        }
+        if side.producer.needs_wake() {
+            self.ring_engine();
+        }
+    }
+
+    fn flush_overflow(side: &mut RingSide) {
+        while let Some(&entry) = side.overflow.front() {
+            match side.producer.push(entry) {
+                Ok(true) => {
+                    side.overflow.pop_front();
+                }
+                _ => break,
+            }
+        }
+        if side.overflow.is_empty() {
+            side.producer.woke_space();
+        }
+    }
+
+    /// Hands a receive sub-block back to the engine.
+    pub(crate) fn release(&self, offset: u64) {
+        self.push_or_queue(
+            &self.release,
+            RawDescriptor::offset_only(kind::RELEASE, offset),
+        );
+    }
+
+    /// The node's doorbell rang: the engine may have made room in our rings.
+    pub(crate) fn on_doorbell(&self) {
+        for side in [&self.submit, &self.release] {
+            let mut side = side.lock().unwrap_or_else(|e| e.into_inner());
+            if !side.overflow.is_empty() {
+                Self::flush_overflow(&mut side);
+                if side.producer.needs_wake() {
+                    self.ring_engine();
+                }
+            }
+        }
+        self.ring_waiters.wake_all();
+    }
+
+    /// Registers a session end the engine announced, replaying anything that raced ahead.
+    pub(crate) fn adopt(&self, core: Arc<SessionCore>) {
+        let mut state = self.state();
+        if let Some(early) = state.early.remove(&core.end) {
+            for e in early {
+                match e {
+                    Early::Data(view) => core.push_data(view),
+                    Early::Fin => core.peer_fin(),
+                    Early::Closed(reason) => core.peer_closed(reason),
+                }
+            }
+        }
+        state.sessions.insert(core.end, core);
+    }
+
+    /// Closes this node's end `end`: unread deliveries are released and the engine is told.
+    pub(crate) fn close_end(&self, end: u32) {
+        let (core, early) = {
+            let mut state = self.state();
+            if state.dead {
+                return;
+            }
+            state.closing.insert(end);
+            (state.sessions.remove(&end), state.early.remove(&end))
+        };
+        if let Some(core) = core {
+            for view in core.take_unread() {
+                self.release(view.offset());
+            }
+        }
+        for e in early.into_iter().flatten() {
+            if let Early::Data(view) = e {
+                self.release(view.offset());
+            }
+        }
+        self.push_or_queue(&self.submit, RawDescriptor::control(kind::CLOSE, end, 0));
+    }
+
+    /// The connection to the engine is gone: every session, request and listener fails.
+    pub(crate) fn mark_dead(&self, reason: &str) {
+        let (sessions, requests, listeners) = {
+            let mut state = self.state();
+            state.dead = true;
+            state.early.clear();
+            (
+                std::mem::take(&mut state.sessions),
+                std::mem::take(&mut state.requests),
+                std::mem::take(&mut state.listeners),
+            )
+        };
+        tracing::debug!(node = %self.name, %reason, "disconnected from the engine");
+        for core in sessions.values() {
+            core.disconnect();
+        }
+        drop(requests);
+        drop(listeners);
+        self.tx_waiters.wake_all();
+        self.ring_waiters.wake_all();
+    }
+
+    /// Handles a frame from the engine (called by the driver).
+    pub(crate) fn on_frame(self: &Arc<Self>, frame: EngineFrame) {
+        match frame {
+            EngineFrame::ServeOk { req, service } => {
+                let _ = self.answer(req, Reply::Served(service));
+            }
+            EngineFrame::UnserveOk { req } => {
+                let _ = self.answer(req, Reply::Unserved);
+            }
+            EngineFrame::OpenOk { req, session, peer } => {
+                let core = Arc::new(SessionCore::new(session, peer, self.credits));
+                self.adopt(core.clone());
+                if self.answer(req, Reply::Session(core)).is_err() {
+                    // The caller gave up (its future was dropped): close the end again.
+                    self.close_end(session);
+                }
+            }
+            EngineFrame::Accept {
+                service,
+                session,
+                peer,
+            } => {
+                let core = Arc::new(SessionCore::new(session, peer, self.credits));
+                self.adopt(core.clone());
+                let delivered = self
+                    .listener(service)
+                    .is_some_and(|tx| tx.send(core).is_ok());
+                if !delivered {
+                    self.close_end(session);
+                }
+            }
+            EngineFrame::Error {
+                req: 0, message, ..
+            } => {
+                tracing::warn!(node = %self.name, %message, "the engine reported an error");
+            }
+            EngineFrame::Error { req, code, message } => {
+                let _ = self.answer(req, Reply::Error { code, message });
+            }
+            EngineFrame::Welcome { .. } => {
+                tracing::warn!(node = %self.name, "unexpected second welcome; ignored");
+            }
+        }
+    }
+}
