@@ -3,6 +3,8 @@
 
 pub use ipc_core as core;
 pub use ipc_core::BlockConfig;
+pub use ipc_macros::Message;
+pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::{
     ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node, OpenError, Policy,
     Session, SessionError, SessionSink, SessionStream, SpawnError, default_socket_path,

@@ -8,6 +8,7 @@
 mod control;
 pub mod engine;
 pub mod error;
+pub mod message;
 pub mod node;
 pub mod session;
 

@@ -159,6 +159,8 @@ pub(crate) struct Router {
     doomed: Vec<(NodeId, String)>,
     credits_due: HashMap<EndId, u32>,
     scratch: Vec<RawDescriptor>,
+    /// The nodes being buried left on their own (log at info, not warn).
+    bury_quietly: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -190,6 +192,7 @@ impl Router {
             doomed: Vec::new(),
             credits_due: HashMap::new(),
             scratch: vec![RawDescriptor::default(); BATCH],
+            bury_quietly: false,
         }
     }
 
@@ -343,7 +346,9 @@ impl Router {
             Command::Gone { node, reason } => {
                 if self.nodes.contains_key(&node) {
                     self.doomed.push((node, reason));
+                    self.bury_quietly = true;
                     self.bury();
+                    self.bury_quietly = false;
                 }
             }
             Command::Shutdown => return false,
@@ -694,24 +699,24 @@ impl Router {
             n.ends.remove(&end);
         }
         self.credits_due.remove(&end);
-        if let Some(peer) = state.peer {
-            if let Some(p) = self.ends.get_mut(&peer) {
-                p.peer = None;
-                let dst = p.node;
-                self.inbound(
-                    dst,
-                    Inbound::Control(RawDescriptor::control(kind::CLOSED, peer, reason)),
-                );
-            }
+        if let Some(peer) = state.peer
+            && let Some(p) = self.ends.get_mut(&peer)
+        {
+            p.peer = None;
+            let dst = p.node;
+            self.inbound(
+                dst,
+                Inbound::Control(RawDescriptor::control(kind::CLOSED, peer, reason)),
+            );
         }
     }
 
     fn tx_done(&mut self, node: NodeId, len: u32, offset: u64) {
-        if len > 0 {
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.outbox
-                    .push_back(RawDescriptor::offset_only(kind::TX_DONE, offset));
-            }
+        if len > 0
+            && let Some(n) = self.nodes.get_mut(&node)
+        {
+            n.outbox
+                .push_back(RawDescriptor::offset_only(kind::TX_DONE, offset));
         }
     }
 
@@ -857,7 +862,11 @@ impl Router {
             let Some(node) = self.nodes.remove(&id) else {
                 continue;
             };
-            tracing::warn!(node = id, name = %node.name, pid = ?node.pid, %reason, "closing node");
+            if self.bury_quietly {
+                tracing::info!(node = id, name = %node.name, pid = ?node.pid, %reason, "node left");
+            } else {
+                tracing::warn!(node = id, name = %node.name, pid = ?node.pid, %reason, "closing node");
+            }
             let _ = node.frames.send(EngineFrame::Error {
                 req: 0,
                 code: ErrorCode::BadFrame as u16,

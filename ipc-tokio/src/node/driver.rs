@@ -68,7 +68,7 @@ impl Driver {
                 Ok(0) => busy_passes = 0,
                 Ok(_) => {
                     busy_passes += 1;
-                    if busy_passes % 16 == 0 {
+                    if busy_passes.is_multiple_of(16) {
                         tokio::task::yield_now().await;
                     }
                     continue;

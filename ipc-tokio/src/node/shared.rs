@@ -267,6 +267,13 @@ impl NodeShared {
         }
     }
 
+    /// Pushes a submit entry without waiting (from `Drop`); queued if the ring is full.
+    pub(crate) fn submit_now(&self, entry: RawDescriptor) {
+        if !self.state().dead {
+            self.push_or_queue(&self.submit, entry);
+        }
+    }
+
     /// Hands a receive sub-block back to the engine.
     pub(crate) fn release(&self, offset: u64) {
         self.push_or_queue(

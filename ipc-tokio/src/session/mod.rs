@@ -70,7 +70,34 @@ impl Session {
         (self.sink, self.stream)
     }
 
-    /// Borrows the sending half (for [`SessionSink::loan`]).
+    /// Pushes any pending payload; see [`SessionSink::flush`].
+    ///
+    /// # Errors
+    ///
+    /// The session's error if it is over.
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        self.sink.flush().await
+    }
+
+    /// Half-closes; see [`SessionSink::close`].
+    ///
+    /// # Errors
+    ///
+    /// The session's error if a pending payload could not be sent.
+    pub async fn close(&mut self) -> Result<(), SessionError> {
+        self.sink.close().await
+    }
+
+    /// Borrows `len` bytes to write a payload in place; see [`SessionSink::loan`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionSink::loan`].
+    pub async fn loan(&self, len: usize) -> Result<Loan, SessionError> {
+        self.sink.loan(len).await
+    }
+
+    /// Borrows the sending half.
     pub fn sink(&mut self) -> &mut SessionSink {
         &mut self.sink
     }

@@ -4,6 +4,9 @@
 //! any pending item, then reserves a credit; `start_send` stores the item; `poll_flush` pushes
 //! it: into a loan (waiting for room in the transmit arena if needed), then onto the submit
 //! ring (waiting for room there if needed), ringing the engine only if it sleeps.
+//!
+//! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
+//! `OwnedWriteHalf` shuts down writing.
 
 use std::future::poll_fn;
 use std::ops::{Deref, DerefMut};
@@ -120,6 +123,26 @@ impl SessionSink {
         }
     }
 
+    /// Pushes any pending payload to the engine (what `SinkExt::flush` does; an inherent
+    /// method because the sink accepts several item types).
+    ///
+    /// # Errors
+    ///
+    /// The session's error if it is over.
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        poll_fn(|cx| self.poll_push(cx)).await
+    }
+
+    /// Flushes, then half-closes: the peer's stream ends after the last payload; this end can
+    /// still receive. What `SinkExt::close` does.
+    ///
+    /// # Errors
+    ///
+    /// The session's error if a pending payload could not be sent.
+    pub async fn close(&mut self) -> Result<(), SessionError> {
+        poll_fn(|cx| self.poll_close_inner(cx)).await
+    }
+
     /// Borrows `len` bytes of this node's transmit arena to write a payload in place; waits
     /// while the arena is full.
     ///
@@ -218,11 +241,11 @@ impl SessionSink {
             return Err(SessionError::NotReady);
         }
         self.reserved = false;
-        if let Outgoing::Bytes(b) = &item {
-            if b.len() as u64 > self.max_payload() {
-                self.guard.core.refund_credit();
-                return Err(self.too_large(b.len() as u64));
-            }
+        if let Outgoing::Bytes(b) = &item
+            && b.len() as u64 > self.max_payload()
+        {
+            self.guard.core.refund_credit();
+            return Err(self.too_large(b.len() as u64));
         }
         self.pending = Some(item);
         Ok(())
@@ -268,9 +291,44 @@ impl<T: Into<Outgoing>> futures::Sink<T> for SessionSink {
 }
 
 impl Drop for SessionSink {
+    /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: a payload still
+    /// pending is pushed (without waiting) and the peer's stream ends after it.
     fn drop(&mut self) {
         if self.reserved {
             self.guard.core.refund_credit();
         }
+        if self.finished || self.guard.core.send_error().is_some() {
+            return;
+        }
+        let shared = &self.guard.node.shared;
+        let end = self.guard.core.end;
+        let entry = match self.pending.take() {
+            Some(Outgoing::Entry(entry)) => Some(entry),
+            Some(Outgoing::Loan(loan)) => {
+                let sent = loan.buf.submit();
+                Some(RawDescriptor::data(end, sent.offset, sent.len))
+            }
+            Some(Outgoing::Bytes(bytes)) => {
+                match u32::try_from(bytes.len()).map(|len| shared.tx.alloc(len)) {
+                    Ok(Ok(mut buf)) => {
+                        buf.copy_from_slice(&bytes);
+                        let sent = buf.submit();
+                        Some(RawDescriptor::data(end, sent.offset, sent.len))
+                    }
+                    _ => {
+                        tracing::warn!(
+                            session = end,
+                            "sink dropped with an unflushed payload and no room for it"
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(entry) = entry {
+            shared.submit_now(entry);
+        }
+        shared.submit_now(RawDescriptor::control(kind::FIN, end, 0));
     }
 }

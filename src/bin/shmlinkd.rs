@@ -1,0 +1,189 @@
+//! `shmlinkd`: a standalone shmlink engine.
+//!
+//! ```text
+//! shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] [--min-block BYTES]
+//!          [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]
+//! ```
+//!
+//! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
+//! `SHMLINK_RX_ARENA`, `SHMLINK_MIN_BLOCK`, `SHMLINK_RING`, `SHMLINK_CREDITS`,
+//! `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`); a flag wins over
+//! its variable. Sizes accept a `K`, `M` or `G` suffix. SIGINT or SIGTERM shuts down
+//! gracefully: every node sees `Disconnected` and the socket file is removed.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shmlink::{BlockConfig, Engine, Policy};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] \
+[--min-block BYTES] [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]";
+
+#[derive(Debug)]
+struct Options {
+    socket: std::path::PathBuf,
+    block: BlockConfig,
+    credits: u32,
+    allow: Vec<u32>,
+    spin_us: u64,
+    log: String,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    value
+        .checked_shl(shift)
+        .ok_or_else(|| format!("size too large: {text:?}"))
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{what}: not a number: {text:?}"))
+}
+
+fn options() -> Result<Options, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut o = Options {
+        socket: env("SHMLINK_SOCKET").map_or_else(shmlink::default_socket_path, Into::into),
+        block: BlockConfig::default(),
+        credits: 256,
+        allow: Vec::new(),
+        spin_us: 0,
+        log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
+    };
+    let set_ring = |block: &mut BlockConfig, n: u32| {
+        block.submit_capacity = n;
+        block.deliver_capacity = n;
+        block.release_capacity = n;
+    };
+    if let Some(v) = env("SHMLINK_TX_ARENA") {
+        o.block.tx_arena = parse_size(&v)?;
+    }
+    if let Some(v) = env("SHMLINK_RX_ARENA") {
+        o.block.rx_arena = parse_size(&v)?;
+    }
+    if let Some(v) = env("SHMLINK_MIN_BLOCK") {
+        o.block.min_block = parse_size(&v)?;
+    }
+    if let Some(v) = env("SHMLINK_RING") {
+        set_ring(&mut o.block, parse_num("SHMLINK_RING", &v)?);
+    }
+    if let Some(v) = env("SHMLINK_CREDITS") {
+        o.credits = parse_num("SHMLINK_CREDITS", &v)?;
+    }
+    if let Some(v) = env("SHMLINK_ALLOW_UIDS") {
+        for uid in v.split(',') {
+            o.allow.push(parse_num("SHMLINK_ALLOW_UIDS", uid)?);
+        }
+    }
+    if let Some(v) = env("SHMLINK_SPIN_US") {
+        o.spin_us = parse_num("SHMLINK_SPIN_US", &v)?;
+    }
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.into());
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--socket" => o.socket = value.into(),
+            "--tx-arena" => o.block.tx_arena = parse_size(&value)?,
+            "--rx-arena" => o.block.rx_arena = parse_size(&value)?,
+            "--min-block" => o.block.min_block = parse_size(&value)?,
+            "--ring" => set_ring(&mut o.block, parse_num("--ring", &value)?),
+            "--credits" => o.credits = parse_num("--credits", &value)?,
+            "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
+            "--spin-us" => o.spin_us = parse_num("--spin-us", &value)?,
+            "--log" => o.log = value,
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_new(&options.log).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shmlinkd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut builder = Engine::builder()
+            .socket(&options.socket)
+            .block(options.block)
+            .credits(options.credits)
+            .spin(Duration::from_micros(options.spin_us));
+        if !options.allow.is_empty() {
+            builder = builder.policy(Policy::AllowUids(options.allow.clone()));
+        }
+        let engine = match builder.spawn() {
+            Ok(engine) => engine,
+            Err(e) => {
+                eprintln!("shmlinkd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("shmlinkd: listening on {}", engine.socket_path().display());
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("shmlinkd: cannot watch SIGTERM: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        engine.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("32M"), Ok(32 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}
