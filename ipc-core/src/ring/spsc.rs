@@ -1,5 +1,6 @@
 //! The producer and consumer halves of a ring; see the module docs for the protocol.
 
+#[cfg(not(loom))]
 use std::mem::{offset_of, size_of};
 
 use crate::descriptor::RawDescriptor;
