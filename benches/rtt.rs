@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn child_shm(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::connect(socket, "echo").await?;
-    let mut listener = node.listen("echo").await?;
+    let mut listener = node.listen::<Bytes>("echo").await?;
     let mut session = listener.accept().await.ok_or("engine gone")?;
     while let Some(msg) = session.next().await {
         let msg = msg?;
@@ -104,7 +104,7 @@ async fn parent(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         .spawn()?;
     engine.wait_for_stats(|s| s.services == 1).await;
     let node = Node::connect(engine.socket_path(), "client").await?;
-    let mut session = node.open("echo").await?;
+    let mut session = node.open::<Bytes>("echo").await?;
 
     // UDS: this process listens, the echo child connects.
     let uds_path = dir.join("uds.sock");

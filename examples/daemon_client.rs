@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.id()
     );
 
-    let mut listener = server.listen("clock").await?;
+    let mut listener = server.listen::<Bytes>("clock").await?;
     let serve = tokio::spawn(async move {
         let session = listener.accept().await.ok_or("daemon went away")?;
         let (mut tx, mut rx) = session.split();
@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(acks)
     });
 
-    let session = client.open("clock").await?;
+    let session = client.open::<Bytes>("clock").await?;
     let (mut tx, mut rx) = session.split();
     let mut expected = 0u64;
     while let Some(tick) = rx.next().await {

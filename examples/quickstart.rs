@@ -67,7 +67,7 @@ async fn parent() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn server(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::connect(socket, "server").await?;
-    let mut listener = node.listen(SERVICE).await?;
+    let mut listener = node.listen::<Bytes>(SERVICE).await?;
     println!("server  pid {} serving {SERVICE:?}", std::process::id());
     let mut session = listener.accept().await.ok_or("engine went away")?;
     let mut answered = 0usize;
@@ -84,7 +84,7 @@ async fn server(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn client(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::connect(socket, "client").await?;
-    let mut session = node.open(SERVICE).await?;
+    let mut session = node.open::<Bytes>(SERVICE).await?;
     println!(
         "client  pid {} opened {SERVICE:?} on node {:?}",
         std::process::id(),

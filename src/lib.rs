@@ -6,8 +6,9 @@ pub use ipc_core::BlockConfig;
 pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::{
-    ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node, OpenError, Policy,
-    Session, SessionError, SessionSink, SessionStream, SpawnError, default_socket_path,
+    CallError, Client, ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node,
+    OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError, SessionSink,
+    SessionStream, SpawnError, default_socket_path,
 };
 
 #[doc(hidden)]

@@ -10,9 +10,11 @@ pub mod engine;
 pub mod error;
 pub mod message;
 pub mod node;
+pub mod service;
 pub mod session;
 
 pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
 pub use node::{Listener, Node};
-pub use session::{Loan, Session, SessionSink, SessionStream};
+pub use service::{CallError, Client, ServeConfig, Server};
+pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -17,8 +17,13 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{FrameBuf, WELCOME_FDS, recv_with_fds, write_frame};
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+
 use crate::error::{ConnectError, OpenError};
-use crate::session::Session;
+use crate::message::Bincode;
+use crate::session::{Payload, Session, SessionCore};
 
 pub(crate) use shared::{NodeShared, Reply};
 
@@ -132,6 +137,7 @@ impl Node {
     }
 
     /// This node's name.
+    #[allow(clippy::misnamed_getters)]
     pub fn name(&self) -> &str {
         &self.handle.shared.name
     }
@@ -148,21 +154,30 @@ impl Node {
         Ok(())
     }
 
-    /// Opens a byte session to the node serving `service`.
+    /// Opens a session to the node serving `service`, carrying `T`: [`Bytes`] for a raw
+    /// session, or any [`Message`](crate::message::Message) encoded with bincode. Both ends
+    /// must declare the same type.
     ///
     /// # Errors
     ///
-    /// [`OpenError::NotServed`] if nobody serves it, [`OpenError::SchemaMismatch`] if the
-    /// server is typed, [`OpenError::Disconnected`] if the engine is gone.
-    pub async fn open(&self, service: &str) -> Result<Session, OpenError> {
-        self.open_with(service, Schema::bytes()).await
+    /// [`OpenError::NotServed`] if nobody serves it, [`OpenError::SchemaMismatch`] (naming both
+    /// types and fingerprints) if the server declared another type,
+    /// [`OpenError::Disconnected`] if the engine is gone.
+    pub async fn open<T: Payload<Bincode>>(&self, service: &str) -> Result<Session<T>, OpenError> {
+        self.open_with_codec::<T, Bincode>(service).await
     }
 
-    pub(crate) async fn open_with(
-        &self,
-        service: &str,
-        schema: Schema,
-    ) -> Result<Session, OpenError> {
+    /// As [`Node::open`], with the codec `C`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::open`].
+    pub async fn open_with_codec<T: Payload<C>, C>(&self, service: &str) -> Result<Session<T, C>, OpenError> {
+        let core = self.open_core(service, symmetric::<T, C>()).await?;
+        Ok(Session::new(self.handle.clone(), core))
+    }
+
+    pub(crate) async fn open_core(&self, service: &str, schema: Schema) -> Result<Arc<SessionCore>, OpenError> {
         Self::check_name(service)?;
         let reply = self
             .handle
@@ -174,26 +189,37 @@ impl Node {
             })
             .await?;
         match reply {
-            Reply::Session(core) => Ok(Session::new(self.handle.clone(), core)),
+            Reply::Session(core) => Ok(core),
             other => Err(other.into_error(service)),
         }
     }
 
-    /// Serves `service`: sessions opened to it arrive on the returned [`Listener`].
+    /// Serves `service` for sessions carrying `T` (see [`Node::open`]): sessions opened to it
+    /// arrive on the returned [`Listener`].
     ///
     /// # Errors
     ///
     /// [`OpenError::AlreadyServed`] if another node serves the name,
     /// [`OpenError::Disconnected`] if the engine is gone.
-    pub async fn listen(&self, service: &str) -> Result<Listener, OpenError> {
-        self.listen_with(service, Schema::bytes()).await
+    pub async fn listen<T: Payload<Bincode>>(&self, service: &str) -> Result<Listener<T>, OpenError> {
+        self.listen_with_codec::<T, Bincode>(service).await
     }
 
-    pub(crate) async fn listen_with(
+    /// As [`Node::listen`], with the codec `C`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::listen`].
+    pub async fn listen_with_codec<T: Payload<C>, C>(&self, service: &str) -> Result<Listener<T, C>, OpenError> {
+        let (id, accept) = self.listen_core(service, symmetric::<T, C>()).await?;
+        Ok(Listener::from_parts(self.handle.clone(), id, service.to_owned(), accept))
+    }
+
+    pub(crate) async fn listen_core(
         &self,
         service: &str,
         schema: Schema,
-    ) -> Result<Listener, OpenError> {
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Arc<SessionCore>>), OpenError> {
         Self::check_name(service)?;
         let (accept_tx, accept_rx) = mpsc::unbounded_channel();
         let shared = &self.handle.shared;
@@ -207,40 +233,65 @@ impl Node {
         match reply {
             Reply::Served(id) => {
                 shared.add_listener(id, accept_tx);
-                Ok(Listener {
-                    node: self.handle.clone(),
-                    id,
-                    name: service.to_owned(),
-                    accept: accept_rx,
-                })
+                Ok((id, accept_rx))
             }
             other => Err(other.into_error(service)),
         }
+    }
+
+    pub(crate) fn handle(&self) -> &Arc<NodeHandle> {
+        &self.handle
+    }
+}
+
+/// The schema of a session that carries `T` both ways.
+fn symmetric<T: Payload<C>, C>() -> Schema {
+    Schema {
+        send: T::message_type(),
+        recv: T::message_type(),
     }
 }
 
 /// Sessions opened to a served name, in the order they were opened. Dropping it stops
 /// serving the name (sessions already accepted go on).
-#[derive(Debug)]
-pub struct Listener {
+pub struct Listener<T = Bytes, C = Bincode> {
     node: Arc<NodeHandle>,
     id: u32,
     name: String,
-    accept: mpsc::UnboundedReceiver<Arc<crate::session::SessionCore>>,
+    accept: mpsc::UnboundedReceiver<Arc<SessionCore>>,
+    _types: PhantomData<fn() -> (T, C)>,
 }
 
-impl Listener {
+impl<T, C> std::fmt::Debug for Listener<T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("name", &self.name).field("id", &self.id).finish()
+    }
+}
+
+impl<T: Payload<C>, C> Listener<T, C> {
+    pub(crate) fn from_parts(
+        node: Arc<NodeHandle>,
+        id: u32,
+        name: String,
+        accept: mpsc::UnboundedReceiver<Arc<SessionCore>>,
+    ) -> Self {
+        Self {
+            node,
+            id,
+            name,
+            accept,
+            _types: PhantomData,
+        }
+    }
+
     /// The next session opened to this name; `None` when the connection to the engine is gone.
-    pub async fn accept(&mut self) -> Option<Session> {
+    pub async fn accept(&mut self) -> Option<Session<T, C>> {
         let core = self.accept.recv().await?;
         Some(Session::new(self.node.clone(), core))
     }
 
     /// Polls for the next session (for use in hand-written futures and streams).
-    pub fn poll_accept(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Session>> {
+    pub fn poll_accept(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Session<T, C>>> {
         self.accept
             .poll_recv(cx)
             .map(|core| core.map(|core| Session::new(self.node.clone(), core)))
@@ -252,19 +303,16 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
+impl<T, C> Drop for Listener<T, C> {
     fn drop(&mut self) {
         self.node.shared.remove_listener(self.id);
     }
 }
 
-impl futures::Stream for Listener {
-    type Item = Session;
+impl<T: Payload<C>, C> futures::Stream for Listener<T, C> {
+    type Item = Session<T, C>;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Session>> {
-        self.poll_accept(cx)
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx)
     }
 }

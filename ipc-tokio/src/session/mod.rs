@@ -1,9 +1,11 @@
 //! Sessions: a channel between two nodes, as `Sink` and `Stream` handles.
 //!
-//! A [`Session`] sends with `futures::Sink<Bytes>` (or [`Loan`]s written in place) and
-//! receives with `futures::Stream<Item = Result<Bytes, SessionError>>`. Received payloads are
+//! A [`Session<T>`](Session) sends with `futures::Sink<T>` and receives with
+//! `futures::Stream<Item = Result<T, SessionError>>`. `T` is [`Bytes`] for raw sessions
+//! (which also take [`Loan`]s written in place) or any [`Message`](crate::message::Message),
+//! encoded straight into shared memory by a codec (bincode by default). Received bytes are
 //! zero-copy: the `Bytes` points into this node's receive arena and hands the sub-block back
-//! to the engine when its last clone drops.
+//! to the engine when its last clone drops; typed messages are decoded from it in place.
 //!
 //! Flow control is per session: each end may have `credits` messages in flight (set by the
 //! engine); a credit comes back when the receiver releases a message. A receiver that stops
@@ -15,9 +17,11 @@
 //! [`SessionError::Disconnected`].
 
 mod core;
+mod payload;
 mod sink;
 mod stream;
 
+use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,10 +29,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 pub(crate) use self::core::SessionCore;
+pub use payload::Payload;
 pub use sink::{Loan, SessionSink};
 pub use stream::SessionStream;
 
 use crate::error::SessionError;
+use crate::message::Bincode;
 use crate::node::NodeHandle;
 
 /// Closes the session end when the last half is dropped.
@@ -44,14 +50,22 @@ impl Drop for EndGuard {
     }
 }
 
-/// A session: both directions of a channel to one peer.
-#[derive(Debug)]
-pub struct Session {
-    sink: SessionSink,
-    stream: SessionStream,
+/// A session: both directions of a channel to one peer, carrying `T` encoded with `C`.
+pub struct Session<T = Bytes, C = Bincode> {
+    sink: SessionSink<T, C>,
+    stream: SessionStream<T, C>,
 }
 
-impl Session {
+impl<T, C> fmt::Debug for Session<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("sink", &self.sink)
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl<T: Payload<C>, C> Session<T, C> {
     pub(crate) fn new(node: Arc<NodeHandle>, core: Arc<SessionCore>) -> Self {
         let guard = Arc::new(EndGuard { node, core });
         Self {
@@ -66,7 +80,7 @@ impl Session {
     }
 
     /// Splits into a sending and a receiving half; the session closes when both are dropped.
-    pub fn split(self) -> (SessionSink, SessionStream) {
+    pub fn split(self) -> (SessionSink<T, C>, SessionStream<T, C>) {
         (self.sink, self.stream)
     }
 
@@ -97,50 +111,50 @@ impl Session {
         self.sink.loan(len).await
     }
 
+    /// The largest payload this session carries.
+    pub fn max_payload(&self) -> u64 {
+        self.sink.max_payload()
+    }
+
     /// Borrows the sending half.
-    pub fn sink(&mut self) -> &mut SessionSink {
+    pub fn sink(&mut self) -> &mut SessionSink<T, C> {
         &mut self.sink
     }
 
     /// Borrows the receiving half.
-    pub fn stream(&mut self) -> &mut SessionStream {
+    pub fn stream(&mut self) -> &mut SessionStream<T, C> {
         &mut self.stream
     }
 }
 
-impl futures::Stream for Session {
-    type Item = Result<Bytes, SessionError>;
+impl<T: Payload<C>, C> futures::Stream for Session<T, C> {
+    type Item = Result<T, SessionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.stream).poll_next(cx)
     }
 }
 
-impl<T: Into<sink::Outgoing>> futures::Sink<T> for Session {
+impl<T, C, I> futures::Sink<I> for Session<T, C>
+where
+    T: Payload<C>,
+    SessionSink<T, C>: futures::Sink<I, Error = SessionError>,
+{
     type Error = SessionError;
 
-    fn poll_ready(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SessionError>> {
-        <SessionSink as futures::Sink<T>>::poll_ready(Pin::new(&mut self.sink), cx)
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        <SessionSink<T, C> as futures::Sink<I>>::poll_ready(Pin::new(&mut self.sink), cx)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: T) -> Result<(), SessionError> {
+    fn start_send(mut self: Pin<&mut Self>, item: I) -> Result<(), SessionError> {
         Pin::new(&mut self.sink).start_send(item)
     }
 
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SessionError>> {
-        <SessionSink as futures::Sink<T>>::poll_flush(Pin::new(&mut self.sink), cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        <SessionSink<T, C> as futures::Sink<I>>::poll_flush(Pin::new(&mut self.sink), cx)
     }
 
-    fn poll_close(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SessionError>> {
-        <SessionSink as futures::Sink<T>>::poll_close(Pin::new(&mut self.sink), cx)
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        <SessionSink<T, C> as futures::Sink<I>>::poll_close(Pin::new(&mut self.sink), cx)
     }
 }

@@ -1,14 +1,18 @@
-//! The sending half: `Sink<Bytes>` and `Sink<Loan>`.
+//! The sending half: `Sink<T>` for the session's payload type (and, on byte sessions,
+//! `Sink<Loan>` and `Sink<Vec<u8>>`).
 //!
 //! Like tokio-util's `PollSender`, the sink holds at most one item: `poll_ready` first pushes
 //! any pending item, then reserves a credit; `start_send` stores the item; `poll_flush` pushes
-//! it: into a loan (waiting for room in the transmit arena if needed), then onto the submit
-//! ring (waiting for room there if needed), ringing the engine only if it sleeps.
+//! it: measured and encoded straight into a loan (waiting for room in the transmit arena if
+//! needed), then onto the submit ring (waiting for room there if needed), ringing the engine
+//! only if it sleeps.
 //!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
 
+use std::fmt;
 use std::future::poll_fn;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,10 +22,11 @@ use bytes::Bytes;
 use ipc_core::{AllocError, RawDescriptor, TxBuf, kind};
 
 use crate::error::SessionError;
-use crate::session::EndGuard;
+use crate::message::Bincode;
+use crate::session::{EndGuard, Payload};
 
-/// A payload being written in place in this node's transmit arena. Send it with the sink
-/// (`Sink<Loan>`); dropping it unsent returns the memory.
+/// A payload being written in place in this node's transmit arena. Send it with the sink of
+/// a byte session (`Sink<Loan>`); dropping it unsent returns the memory.
 #[derive(Debug)]
 pub struct Loan {
     buf: TxBuf,
@@ -51,58 +56,47 @@ impl Loan {
     }
 }
 
-/// What the sink accepts: byte payloads and loans.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Copied into a loan when flushed.
-    Bytes(Bytes),
-    /// Already written in place.
+/// The one item a sink holds between `start_send` and the end of `poll_flush`.
+enum Pending<T> {
+    /// Not yet encoded (waiting for a loan).
+    Item(T),
+    /// Encoded in place, not yet submitted.
     Loan(Loan),
-    /// On its way to the submit ring.
-    #[doc(hidden)]
+    /// Submitted to a loan, waiting for room in the submit ring.
     Entry(RawDescriptor),
 }
 
-impl From<Bytes> for Outgoing {
-    fn from(b: Bytes) -> Self {
-        Self::Bytes(b)
-    }
-}
-
-impl From<Vec<u8>> for Outgoing {
-    fn from(v: Vec<u8>) -> Self {
-        Self::Bytes(Bytes::from(v))
-    }
-}
-
-impl From<&'static [u8]> for Outgoing {
-    fn from(v: &'static [u8]) -> Self {
-        Self::Bytes(Bytes::from_static(v))
-    }
-}
-
-impl From<Loan> for Outgoing {
-    fn from(l: Loan) -> Self {
-        Self::Loan(l)
-    }
-}
-
-/// The sending half of a session.
-#[derive(Debug)]
-pub struct SessionSink {
+/// The sending half of a session carrying `T` (encoded with `C`).
+pub struct SessionSink<T = Bytes, C = Bincode> {
     guard: Arc<EndGuard>,
-    pending: Option<Outgoing>,
+    pending: Option<Pending<T>>,
     reserved: bool,
     finished: bool,
+    _codec: PhantomData<fn() -> C>,
 }
 
-impl SessionSink {
+// The pending item is only ever moved, never pinned: the sink is Unpin whatever T is.
+impl<T, C> Unpin for SessionSink<T, C> {}
+
+impl<T, C> fmt::Debug for SessionSink<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSink")
+            .field("session", &self.guard.core.end)
+            .field("pending", &self.pending.is_some())
+            .field("reserved", &self.reserved)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl<T: Payload<C>, C> SessionSink<T, C> {
     pub(crate) fn new(guard: Arc<EndGuard>) -> Self {
         Self {
             guard,
             pending: None,
             reserved: false,
             finished: false,
+            _codec: PhantomData,
         }
     }
 
@@ -124,7 +118,7 @@ impl SessionSink {
     }
 
     /// Pushes any pending payload to the engine (what `SinkExt::flush` does; an inherent
-    /// method because the sink accepts several item types).
+    /// method because a byte sink accepts several item types).
     ///
     /// # Errors
     ///
@@ -156,11 +150,12 @@ impl SessionSink {
 
     fn poll_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let shared = &self.guard.node.shared;
+        let too_large = || Poll::Ready(Err(self.too_large(len as u64)));
         let Ok(len32) = u32::try_from(len) else {
-            return Poll::Ready(Err(self.too_large(len as u64)));
+            return too_large();
         };
         if u64::from(len32) > self.max_payload() {
-            return Poll::Ready(Err(self.too_large(len as u64)));
+            return too_large();
         }
         let mut registered = false;
         loop {
@@ -175,48 +170,53 @@ impl SessionSink {
                     registered = true;
                 }
                 Err(AllocError::Full { .. }) => return Poll::Pending,
-                Err(_) => return Poll::Ready(Err(self.too_large(len as u64))),
+                Err(_) => return too_large(),
             }
         }
     }
 
-    /// Pushes the pending item through loan and ring.
+    /// Pushes the pending item through encoding, loan and ring.
     fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         loop {
-            let Some(item) = self.pending.take() else {
+            let Some(pending) = self.pending.take() else {
                 return Poll::Ready(Ok(()));
             };
             if let Some(error) = self.guard.core.send_error() {
                 return Poll::Ready(Err(error));
             }
             let end = self.guard.core.end;
-            match item {
-                Outgoing::Bytes(bytes) => match self.poll_loan(bytes.len(), cx) {
-                    Poll::Ready(Ok(mut loan)) => {
-                        loan.copy_from_slice(&bytes);
-                        self.pending = Some(Outgoing::Loan(loan));
+            match pending {
+                Pending::Item(item) => {
+                    let encoded = item.encoded_len().and_then(|len| match self.poll_loan(len, cx) {
+                        Poll::Ready(Ok(mut loan)) => {
+                            let written = item.encode_into(&mut loan)?;
+                            loan.truncate(written);
+                            Ok(Some(loan))
+                        }
+                        Poll::Ready(Err(e)) => Err(e),
+                        Poll::Pending => Ok(None),
+                    });
+                    match encoded {
+                        Ok(Some(loan)) => self.pending = Some(Pending::Loan(loan)),
+                        Ok(None) => {
+                            self.pending = Some(Pending::Item(item));
+                            return Poll::Pending;
+                        }
+                        Err(e) => {
+                            // Not sent: the credit goes back, the session goes on.
+                            self.guard.core.refund_credit();
+                            return Poll::Ready(Err(e));
+                        }
                     }
-                    Poll::Ready(Err(e)) => {
-                        self.guard.core.refund_credit();
-                        return Poll::Ready(Err(e));
-                    }
-                    Poll::Pending => {
-                        self.pending = Some(Outgoing::Bytes(bytes));
-                        return Poll::Pending;
-                    }
-                },
-                Outgoing::Loan(loan) => {
-                    let sent = loan.buf.submit();
-                    self.pending = Some(Outgoing::Entry(RawDescriptor::data(
-                        end,
-                        sent.offset,
-                        sent.len,
-                    )));
                 }
-                Outgoing::Entry(entry) => match self.guard.node.shared.poll_submit(entry, cx) {
+                Pending::Loan(loan) => {
+                    let sent = loan.buf.submit();
+                    self.pending = Some(Pending::Entry(RawDescriptor::data(end, sent.offset, sent.len)));
+                }
+                Pending::Entry(entry) => match self.guard.node.shared.poll_submit(entry, cx) {
                     Poll::Ready(result) => result?,
                     Poll::Pending => {
-                        self.pending = Some(Outgoing::Entry(entry));
+                        self.pending = Some(Pending::Entry(entry));
                         return Poll::Pending;
                     }
                 },
@@ -236,17 +236,11 @@ impl SessionSink {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send_inner(&mut self, item: Outgoing) -> Result<(), SessionError> {
+    fn start_send_inner(&mut self, item: Pending<T>) -> Result<(), SessionError> {
         if !self.reserved {
             return Err(SessionError::NotReady);
         }
         self.reserved = false;
-        if let Outgoing::Bytes(b) = &item
-            && b.len() as u64 > self.max_payload()
-        {
-            self.guard.core.refund_credit();
-            return Err(self.too_large(b.len() as u64));
-        }
         self.pending = Some(item);
         Ok(())
     }
@@ -260,9 +254,8 @@ impl SessionSink {
             }
             let fin = RawDescriptor::control(kind::FIN, self.guard.core.end, 0);
             match self.guard.node.shared.poll_submit(fin, cx) {
-                Poll::Ready(Ok(())) => self.finished = true,
-                // The session is over already: closing it is done.
-                Poll::Ready(Err(_)) => self.finished = true,
+                // An error means the session is over already: closing it is done.
+                Poll::Ready(_) => self.finished = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -270,7 +263,7 @@ impl SessionSink {
     }
 }
 
-impl<T: Into<Outgoing>> futures::Sink<T> for SessionSink {
+impl<T: Payload<C>, C> futures::Sink<T> for SessionSink<T, C> {
     type Error = SessionError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -278,7 +271,7 @@ impl<T: Into<Outgoing>> futures::Sink<T> for SessionSink {
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), SessionError> {
-        self.get_mut().start_send_inner(item.into())
+        self.get_mut().start_send_inner(Pending::Item(item))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -290,9 +283,52 @@ impl<T: Into<Outgoing>> futures::Sink<T> for SessionSink {
     }
 }
 
-impl Drop for SessionSink {
-    /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: a payload still
-    /// pending is pushed (without waiting) and the peer's stream ends after it.
+/// Byte sessions also take [`Loan`]s (written in place: no copy on the sending side).
+impl<C> futures::Sink<Loan> for SessionSink<Bytes, C> {
+    type Error = SessionError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_ready_inner(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Loan) -> Result<(), SessionError> {
+        self.get_mut().start_send_inner(Pending::Loan(item))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_push(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_close_inner(cx)
+    }
+}
+
+/// Byte sessions also take `Vec<u8>`.
+impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
+    type Error = SessionError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_ready_inner(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Vec<u8>) -> Result<(), SessionError> {
+        self.get_mut().start_send_inner(Pending::Item(Bytes::from(item)))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_push(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        self.get_mut().poll_close_inner(cx)
+    }
+}
+
+impl<T, C> Drop for SessionSink<T, C> {
+    /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: a payload already
+    /// in a loan is pushed (without waiting) and the peer's stream ends after it. An item not
+    /// yet encoded is dropped with a warning (call `flush` or `close` to be sure).
     fn drop(&mut self) {
         if self.reserved {
             self.guard.core.refund_credit();
@@ -302,32 +338,16 @@ impl Drop for SessionSink {
         }
         let shared = &self.guard.node.shared;
         let end = self.guard.core.end;
-        let entry = match self.pending.take() {
-            Some(Outgoing::Entry(entry)) => Some(entry),
-            Some(Outgoing::Loan(loan)) => {
+        match self.pending.take() {
+            Some(Pending::Entry(entry)) => shared.submit_now(entry),
+            Some(Pending::Loan(loan)) => {
                 let sent = loan.buf.submit();
-                Some(RawDescriptor::data(end, sent.offset, sent.len))
+                shared.submit_now(RawDescriptor::data(end, sent.offset, sent.len));
             }
-            Some(Outgoing::Bytes(bytes)) => {
-                match u32::try_from(bytes.len()).map(|len| shared.tx.alloc(len)) {
-                    Ok(Ok(mut buf)) => {
-                        buf.copy_from_slice(&bytes);
-                        let sent = buf.submit();
-                        Some(RawDescriptor::data(end, sent.offset, sent.len))
-                    }
-                    _ => {
-                        tracing::warn!(
-                            session = end,
-                            "sink dropped with an unflushed payload and no room for it"
-                        );
-                        None
-                    }
-                }
+            Some(Pending::Item(_)) => {
+                tracing::warn!(session = end, "sink dropped with an unflushed payload; it is not sent");
             }
-            None => None,
-        };
-        if let Some(entry) = entry {
-            shared.submit_now(entry);
+            None => {}
         }
         shared.submit_now(RawDescriptor::control(kind::FIN, end, 0));
     }

@@ -1,5 +1,7 @@
-//! The receiving half: `Stream<Item = Result<Bytes, SessionError>>`, zero-copy.
+//! The receiving half: `Stream<Item = Result<T, SessionError>>`, read in place.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,8 +10,9 @@ use bytes::Bytes;
 use ipc_core::RxView;
 
 use crate::error::SessionError;
+use crate::message::Bincode;
 use crate::node::NodeShared;
-use crate::session::EndGuard;
+use crate::session::{EndGuard, Payload};
 
 /// Keeps a received payload's sub-block until the last `Bytes` clone drops, then releases it.
 struct Lease {
@@ -29,15 +32,29 @@ impl Drop for Lease {
     }
 }
 
-/// The receiving half of a session.
-#[derive(Debug)]
-pub struct SessionStream {
+/// The receiving half of a session carrying `T` (decoded with `C`).
+///
+/// For byte sessions each item is a zero-copy `Bytes` into this node's receive arena; typed
+/// items are decoded straight from it, and the sub-block is released right after.
+pub struct SessionStream<T = Bytes, C = Bincode> {
     guard: Arc<EndGuard>,
+    _types: PhantomData<fn() -> (T, C)>,
 }
 
-impl SessionStream {
+impl<T, C> fmt::Debug for SessionStream<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStream")
+            .field("session", &self.guard.core.end)
+            .finish()
+    }
+}
+
+impl<T: Payload<C>, C> SessionStream<T, C> {
     pub(crate) fn new(guard: Arc<EndGuard>) -> Self {
-        Self { guard }
+        Self {
+            guard,
+            _types: PhantomData,
+        }
     }
 
     /// The peer node's name.
@@ -45,11 +62,7 @@ impl SessionStream {
         &self.guard.core.peer
     }
 
-    /// The next payload as the raw view (for typed decoding without a `Bytes`).
-    pub(crate) fn poll_next_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, SessionError>>> {
+    fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, SessionError>>> {
         self.guard.core.poll_recv(cx).map(|item| {
             item.map(|result| {
                 result.map(|view| {
@@ -63,10 +76,12 @@ impl SessionStream {
     }
 }
 
-impl futures::Stream for SessionStream {
-    type Item = Result<Bytes, SessionError>;
+impl<T: Payload<C>, C> futures::Stream for SessionStream<T, C> {
+    type Item = Result<T, SessionError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_next_bytes(cx)
+        self.get_mut()
+            .poll_bytes(cx)
+            .map(|item| item.map(|result| result.and_then(T::decode)))
     }
 }

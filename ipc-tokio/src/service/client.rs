@@ -1,0 +1,165 @@
+//! The client: a `tower::Service` over one session, many requests in flight.
+//!
+//! Calls go through a bounded channel to a writer task that encodes them into loans; a reader
+//! task matches replies to waiting calls by id. The two run apart, so a client that waits for
+//! credits to send never stops reading replies (which is what returns the server's credits).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
+
+use crate::error::SessionError;
+use crate::message::{Codec, Message};
+use crate::service::envelope::{self, Envelope, Kind};
+use crate::service::{CallError, ResponseFuture};
+use crate::session::{Session, SessionSink, SessionStream};
+
+type Reply<Resp> = oneshot::Sender<Result<Resp, CallError>>;
+
+struct Call<Req, Resp> {
+    request: Req,
+    reply: Reply<Resp>,
+}
+
+/// Replies waiting, by request id.
+type Waiting<Resp> = Arc<Mutex<HashMap<u64, Reply<Resp>>>>;
+
+/// A `tower::Service<Req, Response = Resp>` calling a node that serves `Req` with
+/// [`Node::serve`](crate::Node::serve). Clones share one session.
+pub struct Client<Req, Resp, C = crate::message::Bincode> {
+    calls: PollSender<Call<Req, Resp>>,
+    _codec: PhantomData<fn() -> C>,
+}
+
+impl<Req, Resp, C> Clone for Client<Req, Resp, C> {
+    fn clone(&self) -> Self {
+        Self {
+            calls: self.calls.clone(),
+            _codec: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp, C> fmt::Debug for Client<Req, Resp, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("request", &std::any::type_name::<Req>())
+            .field("response", &std::any::type_name::<Resp>())
+            .finish()
+    }
+}
+
+fn call_error(e: SessionError) -> CallError {
+    match e {
+        SessionError::TooLarge { len, max } => CallError::TooLarge { len, max },
+        SessionError::Codec(m) => CallError::Codec(m),
+        _ => CallError::Disconnected,
+    }
+}
+
+impl<Req: Message, Resp: Message, C: Codec> Client<Req, Resp, C> {
+    /// Starts the client's tasks on `session` (a byte session opened with the rpc schema).
+    pub(crate) fn start(session: Session<Bytes, C>, in_flight: usize) -> Self {
+        let (tx, rx) = mpsc::channel(in_flight.max(1));
+        let (sink, stream) = session.split();
+        let waiting: Waiting<Resp> = Arc::default();
+        tokio::spawn(write_calls::<Req, Resp, C>(rx, sink, waiting.clone()));
+        tokio::spawn(read_replies::<Resp, C>(stream, waiting));
+        Self {
+            calls: PollSender::new(tx),
+            _codec: PhantomData,
+        }
+    }
+}
+
+async fn write_calls<Req: Message, Resp: Message, C: Codec>(
+    mut calls: mpsc::Receiver<Call<Req, Resp>>,
+    mut sink: SessionSink<Bytes, C>,
+    waiting: Waiting<Resp>,
+) {
+    let mut next_id = 0u64;
+    while let Some(Call { request, reply }) = calls.recv().await {
+        if reply.is_closed() {
+            continue; // the caller gave up before we sent it
+        }
+        next_id += 1;
+        let id = next_id;
+        let loan = match envelope::loan_encoded::<C, Req>(&sink, id, Kind::Request, request).await {
+            Ok((loan, _request)) => loan,
+            Err(e) => {
+                let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
+                let _ = reply.send(Err(call_error(e)));
+                if fatal {
+                    break;
+                }
+                continue;
+            }
+        };
+        waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, reply);
+        if let Err(e) = sink.send(loan).await {
+            let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
+            if let Some(reply) = waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                let _ = reply.send(Err(call_error(e)));
+            }
+            if fatal {
+                break;
+            }
+        }
+    }
+    // Every client clone dropped (or the session died): the server's request stream ends.
+    let _ = sink.close().await;
+    // Calls still queued fail as the channel drops.
+}
+
+async fn read_replies<Resp: Message, C: Codec>(mut stream: SessionStream<Bytes, C>, waiting: Waiting<Resp>) {
+    while let Some(message) = stream.next().await {
+        let Ok(bytes) = message else { break };
+        let Some(envelope) = Envelope::parse(bytes) else {
+            tracing::warn!("malformed reply envelope; ignored");
+            continue;
+        };
+        let Some(reply) = waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&envelope.id) else {
+            continue; // the caller gave up: the reply is freed here
+        };
+        let text = || String::from_utf8_lossy(&envelope.body).into_owned();
+        let result = match envelope.kind {
+            Kind::Reply => C::decode::<Resp>(&envelope.body).map_err(|e| CallError::Codec(e.to_string())),
+            Kind::Error => Err(CallError::Remote(text())),
+            Kind::Panic => Err(CallError::Panicked(text())),
+            Kind::Request => Err(CallError::Codec("the server sent a request envelope".into())),
+        };
+        let _ = reply.send(result);
+    }
+    // The session ended: every waiting call fails with Disconnected (its sender drops).
+    waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+impl<Req, Resp, C> tower::Service<Req> for Client<Req, Resp, C>
+where
+    Req: Message,
+    Resp: Message,
+    C: Codec,
+{
+    type Response = Resp;
+    type Error = CallError;
+    type Future = ResponseFuture<Resp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        self.calls.poll_reserve(cx).map_err(|_| CallError::Disconnected)
+    }
+
+    fn call(&mut self, request: Req) -> ResponseFuture<Resp> {
+        let (reply, rx) = oneshot::channel();
+        match self.calls.send_item(Call { request, reply }) {
+            Ok(()) => ResponseFuture::waiting(rx),
+            Err(_) => ResponseFuture::failed(CallError::Disconnected),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The server: any `tower::Service<Req, Response = Resp>` behind a served name.
+//!
+//! One task accepts sessions; per session a reader decodes requests and spawns one task per
+//! request (a clone of the service, bounded by a semaphore shared by the whole server), and a
+//! writer encodes replies into loans. Reading and writing run apart, so a client that is slow
+//! to read replies never stops this server from reading requests.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
+
+use crate::message::{Codec, Message};
+use crate::node::Listener;
+use crate::service::envelope::{self, Envelope, Kind};
+use crate::session::{Session, SessionSink};
+
+/// Settings of a server.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// Requests handled at once, across all sessions of the server (default 64).
+    pub concurrency: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { concurrency: 64 }
+    }
+}
+
+impl ServeConfig {
+    /// Sets [`ServeConfig::concurrency`] (at least 1).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+}
+
+/// A running server. [`Server::shutdown`] stops accepting, answers what is in flight, then
+/// closes; dropping it does the same in the background.
+pub struct Server {
+    name: String,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("name", &self.name).finish()
+    }
+}
+
+impl Server {
+    pub(crate) fn start<Req, Resp, S, C>(listener: Listener<Bytes, C>, service: S, config: ServeConfig) -> Self
+    where
+        Req: Message,
+        Resp: Message,
+        S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: fmt::Display + Send + 'static,
+        C: Codec,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let name = listener.name().to_owned();
+        let task = tokio::spawn(accept_loop::<Req, Resp, S, C>(listener, service, config, stopped));
+        Self {
+            name,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The served name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops accepting sessions and requests, answers every request already received, then
+    /// closes every session.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop<Req, Resp, S, C>(mut listener: Listener<Bytes, C>, service: S, config: ServeConfig, mut stop: watch::Receiver<bool>)
+where
+    Req: Message,
+    Resp: Message,
+    S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    C: Codec,
+{
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut sessions = JoinSet::new();
+    let for_sessions = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            session = listener.accept() => match session {
+                Some(session) => {
+                    sessions.spawn(serve_session::<Req, Resp, S, C>(session, service.clone(), permits.clone(), for_sessions.clone()));
+                }
+                None => break, // the engine is gone
+            },
+            // Reap finished sessions as we go.
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener); // stop serving the name: no new sessions
+    while sessions.join_next().await.is_some() {}
+}
+
+/// What a request task hands to the writer.
+enum Outcome<Resp> {
+    Reply(Resp),
+    Error(String),
+    Panic(String),
+}
+
+async fn serve_session<Req, Resp, S, C>(session: Session<Bytes, C>, service: S, permits: Arc<Semaphore>, mut stop: watch::Receiver<bool>)
+where
+    Req: Message,
+    Resp: Message,
+    S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: fmt::Display + Send + 'static,
+    C: Codec,
+{
+    let (sink, mut stream) = session.split();
+    let (replies, rx) = mpsc::unbounded_channel::<(u64, Outcome<Resp>)>();
+    let writer = tokio::spawn(write_replies::<Resp, C>(sink, rx));
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            message = stream.next() => message,
+        };
+        let Some(Ok(bytes)) = message else { break };
+        let Some(envelope) = Envelope::parse(bytes) else {
+            tracing::warn!("malformed request envelope; ignored");
+            continue;
+        };
+        let id = envelope.id;
+        if envelope.kind != Kind::Request {
+            continue;
+        }
+        let request = match C::decode::<Req>(&envelope.body) {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = replies.send((id, Outcome::Error(format!("cannot decode the request: {e}"))));
+                continue;
+            }
+        };
+        drop(envelope); // the request's shared memory goes back before the handler runs
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let service = service.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let outcome = match AssertUnwindSafe(service.oneshot(request)).catch_unwind().await {
+                Ok(Ok(reply)) => Outcome::Reply(reply),
+                Ok(Err(e)) => Outcome::Error(e.to_string()),
+                Err(panic) => Outcome::Panic(panic_message(panic.as_ref())),
+            };
+            let _ = replies.send((id, outcome));
+            drop(permit);
+        });
+    }
+    // In-flight handlers hold clones of `replies`: the writer ends after the last one answers.
+    drop(replies);
+    let _ = writer.await;
+}
+
+async fn write_replies<Resp: Message, C: Codec>(mut sink: SessionSink<Bytes, C>, mut replies: mpsc::UnboundedReceiver<(u64, Outcome<Resp>)>) {
+    while let Some((id, outcome)) = replies.recv().await {
+        let loan = match outcome {
+            Outcome::Reply(reply) => match envelope::loan_encoded::<C, Resp>(&sink, id, Kind::Reply, reply).await {
+                Ok((loan, _reply)) => Ok(loan),
+                // The reply cannot be encoded or is too large: tell the caller so.
+                Err(e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. })) => {
+                    envelope::loan_text(&sink, id, Kind::Error, &format!("cannot send the reply: {e}")).await
+                }
+                Err(e) => Err(e),
+            },
+            Outcome::Error(text) => envelope::loan_text(&sink, id, Kind::Error, &text).await,
+            Outcome::Panic(text) => envelope::loan_text(&sink, id, Kind::Panic, &text).await,
+        };
+        let sent = match loan {
+            Ok(loan) => sink.send(loan).await,
+            Err(e) => Err(e),
+        };
+        if sent.is_err() {
+            break; // the client is gone
+        }
+    }
+    let _ = sink.close().await;
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
