@@ -3,7 +3,7 @@
 //! nodes in `ipc-tokio` drive them.
 //!
 //! All `unsafe` code of the project lives in this crate, in [`block`], [`ring`]'s storage
-//! and [`sync`]'s cell; every block carries a `// SAFETY:` proof.
+//! and `sync`'s cell; every block carries a `// SAFETY:` proof.
 //!
 //! # A block
 //!

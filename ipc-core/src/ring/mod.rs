@@ -1,4 +1,4 @@
-//! Single-producer single-consumer rings of [`RawDescriptor`]s in shared memory.
+//! Single-producer single-consumer rings of [`RawDescriptor`](crate::RawDescriptor)s in shared memory.
 //!
 //! The algorithm is the classic bounded SPSC queue of Lamport ("Proving the correctness of
 //! multiprocess programs", 1977) with cached opposite indices (as in crossbeam's `ArrayQueue`
