@@ -46,7 +46,9 @@ fn options() -> Options {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match args.get(1).map(String::as_str) {
         Some("child-shm") => rt.block_on(child_shm(&args[2])),
         Some("child-uds") => rt.block_on(child_uds(&args[2])),
@@ -70,7 +72,12 @@ async fn child_shm(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn child_uds(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let stream = UnixStream::connect(path).await?;
-    let mut framed = Framed::new(stream, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec());
+    let mut framed = Framed::new(
+        stream,
+        LengthDelimitedCodec::builder()
+            .max_frame_length(64 << 20)
+            .new_codec(),
+    );
     while let Some(frame) = framed.next().await {
         let frame = frame?.freeze();
         framed.send(frame).await?;
@@ -114,7 +121,12 @@ async fn parent(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         .kill_on_drop(true)
         .spawn()?;
     let (stream, _) = listener.accept().await?;
-    let mut framed = Framed::new(stream, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec());
+    let mut framed = Framed::new(
+        stream,
+        LengthDelimitedCodec::builder()
+            .max_frame_length(64 << 20)
+            .new_codec(),
+    );
 
     let payload = Bytes::from(vec![0xA5u8; o.size]);
     let mut shm_runs = Vec::new();

@@ -42,7 +42,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("not a size: {text:?}"))?;
     value
-        .checked_shl(shift)
+        .checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size too large: {text:?}"))
 }
 

@@ -80,10 +80,13 @@ pub(crate) enum Command {
 }
 
 /// A message or control entry on its way into a node, waiting for room in its receive arena.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Inbound {
     Data {
         src_node: NodeId,
+        /// Keeps the sender's block mapped until the payload is copied, even if the sender
+        /// exits meanwhile: what it sent before leaving is still delivered.
+        src_block: Arc<Block>,
         src_end: EndId,
         dst_end: EndId,
         offset: u64,
@@ -345,6 +348,7 @@ impl Router {
             } => self.open(node, req, service, schema),
             Command::Gone { node, reason } => {
                 if self.nodes.contains_key(&node) {
+                    self.last_drain(node);
                     self.doomed.push((node, reason));
                     self.bury_quietly = true;
                     self.bury();
@@ -552,6 +556,29 @@ impl Router {
 
     // ===== data path =====
 
+    /// A node closed its connection: what it published in its rings before that still counts
+    /// (data, half-closes, closes, releases). Bounded: a ring holds at most its capacity.
+    fn last_drain(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get(&id) else {
+            return;
+        };
+        let layout = *node.block.layout();
+        let rounds = (layout.submit.capacity + layout.release.capacity) as usize / BATCH + 2;
+        for _ in 0..rounds {
+            let released = self.drain_release(id);
+            let submitted = self.drain_submit(id);
+            if !(released || submitted) || !self.doomed.is_empty() {
+                break;
+            }
+        }
+        self.flush_credits();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            self.pump_inbox(other);
+            self.flush_outbox(other);
+        }
+    }
+
     fn doom(&mut self, node: NodeId, reason: String) {
         self.stats.violations += 1;
         self.doomed.push((node, reason));
@@ -652,10 +679,12 @@ impl Router {
                     Some(peer) => {
                         end.in_flight += 1;
                         let dst = self.ends[&peer].node;
+                        let src_block = self.nodes[&node].block.clone();
                         self.inbound(
                             dst,
                             Inbound::Data {
                                 src_node: node,
+                                src_block,
                                 src_end: session,
                                 dst_end: peer,
                                 offset,
@@ -741,27 +770,31 @@ impl Router {
     /// Delivers one entry into `dst`: copies data into its receive arena. Gives the entry back
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, entry: Inbound) -> Result<(), Inbound> {
-        let Inbound::Data {
-            src_node,
-            src_end,
-            dst_end,
-            offset,
-            len,
-        } = entry
-        else {
-            let Inbound::Control(raw) = entry else {
-                unreachable!()
-            };
-            self.nodes
-                .get_mut(&dst)
-                .expect("caller checked")
-                .outbox
-                .push_back(raw);
-            return Ok(());
-        };
-        let Some(src_block) = self.nodes.get(&src_node).map(|n| n.block.clone()) else {
-            // The sender died after submitting: nobody to tell, nothing to deliver.
-            return Ok(());
+        let (src_node, src_block, src_end, dst_end, offset, len) = match &entry {
+            Inbound::Control(raw) => {
+                let raw = *raw;
+                self.nodes
+                    .get_mut(&dst)
+                    .expect("caller checked")
+                    .outbox
+                    .push_back(raw);
+                return Ok(());
+            }
+            Inbound::Data {
+                src_node,
+                src_block,
+                src_end,
+                dst_end,
+                offset,
+                len,
+            } => (
+                *src_node,
+                src_block.clone(),
+                *src_end,
+                *dst_end,
+                *offset,
+                *len,
+            ),
         };
         let node = self.nodes.get_mut(&dst).expect("caller checked");
         let allocation = match node.rx.alloc(u64::from(len)) {
@@ -890,12 +923,8 @@ impl Router {
                     self.tx_done(src_node, len, offset);
                 }
             }
-            // Payloads the dead node submitted and that wait for room elsewhere: drop them.
-            for other in self.nodes.values_mut() {
-                other
-                    .inbox
-                    .retain(|e| !matches!(e, Inbound::Data { src_node, .. } if *src_node == id));
-            }
+            // Payloads the dead node sent that wait for room elsewhere stay queued: they hold
+            // its block and are delivered when room frees, like everything it sent before.
             drop(node); // unmaps the block, closes the memfd and both doorbells
         }
     }

@@ -54,14 +54,16 @@ impl Node {
             return Err(ConnectError::Name);
         }
         let mut stream = UnixStream::connect(path.as_ref()).await?;
-        write_frame(
+        // An engine that refuses us (credentials) may answer and close before reading the
+        // hello: the write then fails, but its answer is waiting below. Read it either way.
+        let hello = write_frame(
             &mut stream,
             &NodeFrame::Hello {
                 name: name.to_owned(),
             }
             .encode(),
         )
-        .await?;
+        .await;
 
         // The welcome frame carries three descriptors; read until it is complete.
         let mut fds = Vec::new();
@@ -73,8 +75,14 @@ impl Node {
             {
                 break decoded;
             }
-            let n = recv_with_fds(&stream, &mut chunk, &mut fds).await?;
+            let n = match recv_with_fds(&stream, &mut chunk, &mut fds).await {
+                Ok(n) => n,
+                Err(e) => return Err(hello.err().unwrap_or(e).into()),
+            };
             if n == 0 {
+                if let Err(e) = hello {
+                    return Err(e.into());
+                }
                 return Err(ConnectError::Protocol(
                     "the engine closed the connection during rendezvous".into(),
                 ));
@@ -172,21 +180,31 @@ impl Node {
     /// # Errors
     ///
     /// As [`Node::open`].
-    pub async fn open_with_codec<T: Payload<C>, C>(&self, service: &str) -> Result<Session<T, C>, OpenError> {
+    pub async fn open_with_codec<T: Payload<C>, C>(
+        &self,
+        service: &str,
+    ) -> Result<Session<T, C>, OpenError> {
         let core = self.open_core(service, symmetric::<T, C>()).await?;
         Ok(Session::new(self.handle.clone(), core))
     }
 
-    pub(crate) async fn open_core(&self, service: &str, schema: Schema) -> Result<Arc<SessionCore>, OpenError> {
+    pub(crate) async fn open_core(
+        &self,
+        service: &str,
+        schema: Schema,
+    ) -> Result<Arc<SessionCore>, OpenError> {
         Self::check_name(service)?;
         let reply = self
             .handle
             .shared
-            .request(|req| NodeFrame::Open {
-                req,
-                service: service.to_owned(),
-                schema,
-            })
+            .request(
+                |req| NodeFrame::Open {
+                    req,
+                    service: service.to_owned(),
+                    schema,
+                },
+                None,
+            )
             .await?;
         match reply {
             Reply::Session(core) => Ok(core),
@@ -201,7 +219,10 @@ impl Node {
     ///
     /// [`OpenError::AlreadyServed`] if another node serves the name,
     /// [`OpenError::Disconnected`] if the engine is gone.
-    pub async fn listen<T: Payload<Bincode>>(&self, service: &str) -> Result<Listener<T>, OpenError> {
+    pub async fn listen<T: Payload<Bincode>>(
+        &self,
+        service: &str,
+    ) -> Result<Listener<T>, OpenError> {
         self.listen_with_codec::<T, Bincode>(service).await
     }
 
@@ -210,9 +231,17 @@ impl Node {
     /// # Errors
     ///
     /// As [`Node::listen`].
-    pub async fn listen_with_codec<T: Payload<C>, C>(&self, service: &str) -> Result<Listener<T, C>, OpenError> {
+    pub async fn listen_with_codec<T: Payload<C>, C>(
+        &self,
+        service: &str,
+    ) -> Result<Listener<T, C>, OpenError> {
         let (id, accept) = self.listen_core(service, symmetric::<T, C>()).await?;
-        Ok(Listener::from_parts(self.handle.clone(), id, service.to_owned(), accept))
+        Ok(Listener::from_parts(
+            self.handle.clone(),
+            id,
+            service.to_owned(),
+            accept,
+        ))
     }
 
     pub(crate) async fn listen_core(
@@ -224,17 +253,17 @@ impl Node {
         let (accept_tx, accept_rx) = mpsc::unbounded_channel();
         let shared = &self.handle.shared;
         let reply = shared
-            .request(|req| NodeFrame::Serve {
-                req,
-                service: service.to_owned(),
-                schema,
-            })
+            .request(
+                |req| NodeFrame::Serve {
+                    req,
+                    service: service.to_owned(),
+                    schema,
+                },
+                Some(accept_tx),
+            )
             .await?;
         match reply {
-            Reply::Served(id) => {
-                shared.add_listener(id, accept_tx);
-                Ok((id, accept_rx))
-            }
+            Reply::Served(id) => Ok((id, accept_rx)),
             other => Err(other.into_error(service)),
         }
     }
@@ -264,7 +293,10 @@ pub struct Listener<T = Bytes, C = Bincode> {
 
 impl<T, C> std::fmt::Debug for Listener<T, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("name", &self.name).field("id", &self.id).finish()
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -291,7 +323,10 @@ impl<T: Payload<C>, C> Listener<T, C> {
     }
 
     /// Polls for the next session (for use in hand-written futures and streams).
-    pub fn poll_accept(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Session<T, C>>> {
+    pub fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Session<T, C>>> {
         self.accept
             .poll_recv(cx)
             .map(|core| core.map(|core| Session::new(self.node.clone(), core)))
@@ -304,15 +339,24 @@ impl<T: Payload<C>, C> Listener<T, C> {
 }
 
 impl<T, C> Drop for Listener<T, C> {
+    /// Stops serving the name; sessions opened but not yet accepted are closed (their
+    /// openers' streams end).
     fn drop(&mut self) {
         self.node.shared.remove_listener(self.id);
+        self.accept.close();
+        while let Ok(core) = self.accept.try_recv() {
+            self.node.shared.close_end(core.end);
+        }
     }
 }
 
 impl<T: Payload<C>, C> futures::Stream for Listener<T, C> {
     type Item = Session<T, C>;
 
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx)
     }
 }

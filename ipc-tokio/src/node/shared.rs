@@ -81,6 +81,9 @@ pub(crate) struct State {
     /// Ends this node closed and whose `CLOSE_ACK` has not arrived yet.
     pub(crate) closing: HashSet<u32>,
     requests: HashMap<u32, oneshot::Sender<Reply>>,
+    /// Accept queues of `Serve` requests not yet answered, by request id: the driver moves
+    /// one to `listeners` when its `ServeOk` arrives, before it can handle any `Accept`.
+    serving: HashMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
     listeners: HashMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
     next_req: u32,
     pub(crate) dead: bool,
@@ -157,10 +160,12 @@ impl NodeShared {
         }
     }
 
-    /// Sends a control request and waits for its reply.
+    /// Sends a control request and waits for its reply. For a `Serve`, `accept` is the queue
+    /// its sessions go to, registered by the driver together with the `ServeOk`.
     pub(crate) async fn request(
         &self,
         frame: impl FnOnce(u32) -> NodeFrame,
+        accept: Option<mpsc::UnboundedSender<Arc<SessionCore>>>,
     ) -> Result<Reply, OpenError> {
         let (tx, rx) = oneshot::channel();
         {
@@ -171,6 +176,9 @@ impl NodeShared {
             state.next_req = state.next_req.wrapping_add(1).max(1);
             let req = state.next_req;
             state.requests.insert(req, tx);
+            if let Some(accept) = accept {
+                state.serving.insert(req, accept);
+            }
             if self.out.send(frame(req).encode()).is_err() {
                 return Err(OpenError::Disconnected);
             }
@@ -180,15 +188,18 @@ impl NodeShared {
 
     /// Completes the request `req` (called by the driver).
     pub(crate) fn answer(&self, req: u32, reply: Reply) -> Result<(), Reply> {
-        let waiter = self.state().requests.remove(&req);
+        let waiter = {
+            let mut state = self.state();
+            let accept = state.serving.remove(&req);
+            if let (Reply::Served(id), Some(accept)) = (&reply, accept) {
+                state.listeners.insert(*id, accept);
+            }
+            state.requests.remove(&req)
+        };
         match waiter {
             Some(tx) => tx.send(reply),
             None => Err(reply),
         }
-    }
-
-    pub(crate) fn add_listener(&self, id: u32, tx: mpsc::UnboundedSender<Arc<SessionCore>>) {
-        self.state().listeners.insert(id, tx);
     }
 
     pub(crate) fn listener(&self, id: u32) -> Option<mpsc::UnboundedSender<Arc<SessionCore>>> {
@@ -340,6 +351,7 @@ impl NodeShared {
             let mut state = self.state();
             state.dead = true;
             state.early.clear();
+            state.serving.clear();
             (
                 std::mem::take(&mut state.sessions),
                 std::mem::take(&mut state.requests),

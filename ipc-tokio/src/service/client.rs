@@ -28,8 +28,18 @@ struct Call<Req, Resp> {
     reply: Reply<Resp>,
 }
 
-/// Replies waiting, by request id.
-type Waiting<Resp> = Arc<Mutex<HashMap<u64, Reply<Resp>>>>;
+/// Replies waiting, by request id; `closed` once the reply stream ended, after which no
+/// call may wait (nothing would ever answer it).
+struct WaitingState<Resp> {
+    replies: HashMap<u64, Reply<Resp>>,
+    closed: bool,
+}
+
+type Waiting<Resp> = Arc<Mutex<WaitingState<Resp>>>;
+
+fn lock<Resp>(waiting: &Waiting<Resp>) -> std::sync::MutexGuard<'_, WaitingState<Resp>> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A `tower::Service<Req, Response = Resp>` calling a node that serves `Req` with
 /// [`Node::serve`](crate::Node::serve). Clones share one session.
@@ -69,7 +79,10 @@ impl<Req: Message, Resp: Message, C: Codec> Client<Req, Resp, C> {
     pub(crate) fn start(session: Session<Bytes, C>, in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(in_flight.max(1));
         let (sink, stream) = session.split();
-        let waiting: Waiting<Resp> = Arc::default();
+        let waiting: Waiting<Resp> = Arc::new(Mutex::new(WaitingState {
+            replies: HashMap::new(),
+            closed: false,
+        }));
         tokio::spawn(write_calls::<Req, Resp, C>(rx, sink, waiting.clone()));
         tokio::spawn(read_replies::<Resp, C>(stream, waiting));
         Self {
@@ -102,10 +115,17 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
                 continue;
             }
         };
-        waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, reply);
+        {
+            let mut state = lock(&waiting);
+            if state.closed {
+                let _ = reply.send(Err(CallError::Disconnected));
+                break;
+            }
+            state.replies.insert(id, reply);
+        }
         if let Err(e) = sink.send(loan).await {
             let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
-            if let Some(reply) = waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            if let Some(reply) = lock(&waiting).replies.remove(&id) {
                 let _ = reply.send(Err(call_error(e)));
             }
             if fatal {
@@ -118,27 +138,37 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
     // Calls still queued fail as the channel drops.
 }
 
-async fn read_replies<Resp: Message, C: Codec>(mut stream: SessionStream<Bytes, C>, waiting: Waiting<Resp>) {
+async fn read_replies<Resp: Message, C: Codec>(
+    mut stream: SessionStream<Bytes, C>,
+    waiting: Waiting<Resp>,
+) {
     while let Some(message) = stream.next().await {
         let Ok(bytes) = message else { break };
         let Some(envelope) = Envelope::parse(bytes) else {
             tracing::warn!("malformed reply envelope; ignored");
             continue;
         };
-        let Some(reply) = waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&envelope.id) else {
+        let Some(reply) = lock(&waiting).replies.remove(&envelope.id) else {
             continue; // the caller gave up: the reply is freed here
         };
         let text = || String::from_utf8_lossy(&envelope.body).into_owned();
         let result = match envelope.kind {
-            Kind::Reply => C::decode::<Resp>(&envelope.body).map_err(|e| CallError::Codec(e.to_string())),
+            Kind::Reply => {
+                C::decode::<Resp>(&envelope.body).map_err(|e| CallError::Codec(e.to_string()))
+            }
             Kind::Error => Err(CallError::Remote(text())),
             Kind::Panic => Err(CallError::Panicked(text())),
-            Kind::Request => Err(CallError::Codec("the server sent a request envelope".into())),
+            Kind::Request => Err(CallError::Codec(
+                "the server sent a request envelope".into(),
+            )),
         };
         let _ = reply.send(result);
     }
-    // The session ended: every waiting call fails with Disconnected (its sender drops).
-    waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    // The session ended: every waiting call fails with Disconnected (its sender drops), and
+    // so does every later one (the writer checks `closed` before it lets a call wait).
+    let mut state = lock(&waiting);
+    state.closed = true;
+    state.replies.clear();
 }
 
 impl<Req, Resp, C> tower::Service<Req> for Client<Req, Resp, C>
@@ -152,7 +182,9 @@ where
     type Future = ResponseFuture<Resp>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.calls.poll_reserve(cx).map_err(|_| CallError::Disconnected)
+        self.calls
+            .poll_reserve(cx)
+            .map_err(|_| CallError::Disconnected)
     }
 
     fn call(&mut self, request: Req) -> ResponseFuture<Resp> {

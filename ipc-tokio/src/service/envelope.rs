@@ -64,9 +64,15 @@ pub(crate) fn encoded_size<C: Codec, T: Serialize>(body: &T) -> Result<usize, Se
 }
 
 /// Writes header and body into a loan of [`encoded_size`] bytes, in place.
-pub(crate) fn fill<C: Codec, T: Serialize>(loan: &mut Loan, id: u64, kind: Kind, body: &T) -> Result<(), SessionError> {
+pub(crate) fn fill<C: Codec, T: Serialize>(
+    loan: &mut Loan,
+    id: u64,
+    kind: Kind,
+    body: &T,
+) -> Result<(), SessionError> {
     write_header(loan, id, kind);
-    let written = C::encode_into(body, &mut loan[HEADER..]).map_err(|e| SessionError::Codec(e.to_string()))?;
+    let written = C::encode_into(body, &mut loan[HEADER..])
+        .map_err(|e| SessionError::Codec(e.to_string()))?;
     loan.truncate(HEADER + written);
     Ok(())
 }
@@ -86,7 +92,12 @@ pub(crate) async fn loan_encoded<C: Codec, T: Serialize>(
 }
 
 /// Loans and writes an envelope whose body is raw text.
-pub(crate) async fn loan_text<C>(sink: &SessionSink<Bytes, C>, id: u64, kind: Kind, text: &str) -> Result<Loan, SessionError> {
+pub(crate) async fn loan_text<C>(
+    sink: &SessionSink<Bytes, C>,
+    id: u64,
+    kind: Kind,
+    text: &str,
+) -> Result<Loan, SessionError> {
     let mut loan = sink.loan(HEADER + text.len()).await?;
     write_header(&mut loan, id, kind);
     loan[HEADER..].copy_from_slice(text.as_bytes());

@@ -41,8 +41,12 @@ impl<Resp> Future for ResponseFuture<Resp> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().state {
-            State::Waiting(rx) => Poll::Ready(ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(CallError::Disconnected))),
-            State::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(CallError::Disconnected))),
+            State::Waiting(rx) => {
+                Poll::Ready(ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(CallError::Disconnected)))
+            }
+            State::Failed(error) => {
+                Poll::Ready(Err(error.take().unwrap_or(CallError::Disconnected)))
+            }
         }
     }
 }

@@ -56,7 +56,10 @@ impl Node {
     ///
     /// [`OpenError::NotServed`] if nobody serves it, [`OpenError::SchemaMismatch`] (naming
     /// both sides' types and fingerprints) if the server's types differ.
-    pub async fn client<Req: Message, Resp: Message>(&self, service: &str) -> Result<Client<Req, Resp>, OpenError> {
+    pub async fn client<Req: Message, Resp: Message>(
+        &self,
+        service: &str,
+    ) -> Result<Client<Req, Resp>, OpenError> {
         self.client_with_codec::<Req, Resp, Bincode>(service).await
     }
 
@@ -92,7 +95,8 @@ impl Node {
         S::Future: Send + 'static,
         S::Error: fmt::Display + Send + 'static,
     {
-        self.serve_with::<Req, Resp, S, Bincode>(service, handler, ServeConfig::default()).await
+        self.serve_with::<Req, Resp, S, Bincode>(service, handler, ServeConfig::default())
+            .await
     }
 
     /// As [`Node::serve`], with settings and the codec `C`.
@@ -100,7 +104,12 @@ impl Node {
     /// # Errors
     ///
     /// As [`Node::serve`].
-    pub async fn serve_with<Req, Resp, S, C>(&self, service: &str, handler: S, config: ServeConfig) -> Result<Server, OpenError>
+    pub async fn serve_with<Req, Resp, S, C>(
+        &self,
+        service: &str,
+        handler: S,
+        config: ServeConfig,
+    ) -> Result<Server, OpenError>
     where
         Req: Message,
         Resp: Message,
@@ -114,7 +123,8 @@ impl Node {
             recv: rpc_type::<Req, C>(),
         };
         let (id, accept) = self.listen_core(service, schema).await?;
-        let listener: Listener<Bytes, C> = Listener::from_parts(self.handle().clone(), id, service.to_owned(), accept);
+        let listener: Listener<Bytes, C> =
+            Listener::from_parts(self.handle().clone(), id, service.to_owned(), accept);
         Ok(Server::start::<Req, Resp, S, C>(listener, handler, config))
     }
 }

@@ -58,7 +58,11 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
-    pub(crate) fn start<Req, Resp, S, C>(listener: Listener<Bytes, C>, service: S, config: ServeConfig) -> Self
+    pub(crate) fn start<Req, Resp, S, C>(
+        listener: Listener<Bytes, C>,
+        service: S,
+        config: ServeConfig,
+    ) -> Self
     where
         Req: Message,
         Resp: Message,
@@ -69,7 +73,9 @@ impl Server {
     {
         let (stop, stopped) = watch::channel(false);
         let name = listener.name().to_owned();
-        let task = tokio::spawn(accept_loop::<Req, Resp, S, C>(listener, service, config, stopped));
+        let task = tokio::spawn(accept_loop::<Req, Resp, S, C>(
+            listener, service, config, stopped,
+        ));
         Self {
             name,
             stop,
@@ -98,8 +104,12 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop<Req, Resp, S, C>(mut listener: Listener<Bytes, C>, service: S, config: ServeConfig, mut stop: watch::Receiver<bool>)
-where
+async fn accept_loop<Req, Resp, S, C>(
+    mut listener: Listener<Bytes, C>,
+    service: S,
+    config: ServeConfig,
+    mut stop: watch::Receiver<bool>,
+) where
     Req: Message,
     Resp: Message,
     S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
@@ -134,8 +144,12 @@ enum Outcome<Resp> {
     Panic(String),
 }
 
-async fn serve_session<Req, Resp, S, C>(session: Session<Bytes, C>, service: S, permits: Arc<Semaphore>, mut stop: watch::Receiver<bool>)
-where
+async fn serve_session<Req, Resp, S, C>(
+    session: Session<Bytes, C>,
+    service: S,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) where
     Req: Message,
     Resp: Message,
     S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
@@ -164,16 +178,24 @@ where
         let request = match C::decode::<Req>(&envelope.body) {
             Ok(request) => request,
             Err(e) => {
-                let _ = replies.send((id, Outcome::Error(format!("cannot decode the request: {e}"))));
+                let _ = replies.send((
+                    id,
+                    Outcome::Error(format!("cannot decode the request: {e}")),
+                ));
                 continue;
             }
         };
         drop(envelope); // the request's shared memory goes back before the handler runs
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let service = service.clone();
         let replies = replies.clone();
         tokio::spawn(async move {
-            let outcome = match AssertUnwindSafe(service.oneshot(request)).catch_unwind().await {
+            let outcome = match AssertUnwindSafe(service.oneshot(request))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(reply)) => Outcome::Reply(reply),
                 Ok(Err(e)) => Outcome::Error(e.to_string()),
                 Err(panic) => Outcome::Panic(panic_message(panic.as_ref())),
@@ -187,17 +209,30 @@ where
     let _ = writer.await;
 }
 
-async fn write_replies<Resp: Message, C: Codec>(mut sink: SessionSink<Bytes, C>, mut replies: mpsc::UnboundedReceiver<(u64, Outcome<Resp>)>) {
+async fn write_replies<Resp: Message, C: Codec>(
+    mut sink: SessionSink<Bytes, C>,
+    mut replies: mpsc::UnboundedReceiver<(u64, Outcome<Resp>)>,
+) {
     while let Some((id, outcome)) = replies.recv().await {
         let loan = match outcome {
-            Outcome::Reply(reply) => match envelope::loan_encoded::<C, Resp>(&sink, id, Kind::Reply, reply).await {
-                Ok((loan, _reply)) => Ok(loan),
-                // The reply cannot be encoded or is too large: tell the caller so.
-                Err(e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. })) => {
-                    envelope::loan_text(&sink, id, Kind::Error, &format!("cannot send the reply: {e}")).await
+            Outcome::Reply(reply) => {
+                match envelope::loan_encoded::<C, Resp>(&sink, id, Kind::Reply, reply).await {
+                    Ok((loan, _reply)) => Ok(loan),
+                    // The reply cannot be encoded or is too large: tell the caller so.
+                    Err(
+                        e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. }),
+                    ) => {
+                        envelope::loan_text(
+                            &sink,
+                            id,
+                            Kind::Error,
+                            &format!("cannot send the reply: {e}"),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Outcome::Error(text) => envelope::loan_text(&sink, id, Kind::Error, &text).await,
             Outcome::Panic(text) => envelope::loan_text(&sink, id, Kind::Panic, &text).await,
         };

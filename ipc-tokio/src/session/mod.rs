@@ -142,7 +142,10 @@ where
 {
     type Error = SessionError;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+    fn poll_ready(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SessionError>> {
         <SessionSink<T, C> as futures::Sink<I>>::poll_ready(Pin::new(&mut self.sink), cx)
     }
 
@@ -150,11 +153,17 @@ where
         Pin::new(&mut self.sink).start_send(item)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SessionError>> {
         <SessionSink<T, C> as futures::Sink<I>>::poll_flush(Pin::new(&mut self.sink), cx)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SessionError>> {
         <SessionSink<T, C> as futures::Sink<I>>::poll_close(Pin::new(&mut self.sink), cx)
     }
 }

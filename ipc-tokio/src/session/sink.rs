@@ -187,15 +187,17 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             let end = self.guard.core.end;
             match pending {
                 Pending::Item(item) => {
-                    let encoded = item.encoded_len().and_then(|len| match self.poll_loan(len, cx) {
-                        Poll::Ready(Ok(mut loan)) => {
-                            let written = item.encode_into(&mut loan)?;
-                            loan.truncate(written);
-                            Ok(Some(loan))
-                        }
-                        Poll::Ready(Err(e)) => Err(e),
-                        Poll::Pending => Ok(None),
-                    });
+                    let encoded =
+                        item.encoded_len()
+                            .and_then(|len| match self.poll_loan(len, cx) {
+                                Poll::Ready(Ok(mut loan)) => {
+                                    let written = item.encode_into(&mut loan)?;
+                                    loan.truncate(written);
+                                    Ok(Some(loan))
+                                }
+                                Poll::Ready(Err(e)) => Err(e),
+                                Poll::Pending => Ok(None),
+                            });
                     match encoded {
                         Ok(Some(loan)) => self.pending = Some(Pending::Loan(loan)),
                         Ok(None) => {
@@ -211,7 +213,11 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                 }
                 Pending::Loan(loan) => {
                     let sent = loan.buf.submit();
-                    self.pending = Some(Pending::Entry(RawDescriptor::data(end, sent.offset, sent.len)));
+                    self.pending = Some(Pending::Entry(RawDescriptor::data(
+                        end,
+                        sent.offset,
+                        sent.len,
+                    )));
                 }
                 Pending::Entry(entry) => match self.guard.node.shared.poll_submit(entry, cx) {
                     Poll::Ready(result) => result?,
@@ -313,7 +319,8 @@ impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Vec<u8>) -> Result<(), SessionError> {
-        self.get_mut().start_send_inner(Pending::Item(Bytes::from(item)))
+        self.get_mut()
+            .start_send_inner(Pending::Item(Bytes::from(item)))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -345,7 +352,10 @@ impl<T, C> Drop for SessionSink<T, C> {
                 shared.submit_now(RawDescriptor::data(end, sent.offset, sent.len));
             }
             Some(Pending::Item(_)) => {
-                tracing::warn!(session = end, "sink dropped with an unflushed payload; it is not sent");
+                tracing::warn!(
+                    session = end,
+                    "sink dropped with an unflushed payload; it is not sent"
+                );
             }
             None => {}
         }

@@ -1,0 +1,147 @@
+//! Test 3: flow control is per session. A receiver that never reads one session makes that
+//! session's `poll_ready` pend after exactly `credits` messages, while the same sender's
+//! other sessions (to the same receiver node and to another node) keep flowing.
+
+use bytes::Bytes;
+use futures::{FutureExt, SinkExt, StreamExt};
+use shmlink::Node;
+
+use crate::children::{DRAIN, FLOW_STREAM, STUCK_STREAM, send_and_check_echoes};
+use crate::support::{
+    self, TestDir, expect_seq, ok_field, seq_len, seq_message, spawn_child, within,
+};
+
+const CREDITS: u32 = 8;
+const FLOWING: u64 = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_session_stalls_alone_after_exactly_its_credits() {
+    let dir = TestDir::new("flow");
+    let engine = support::engine_builder(&dir)
+        .credits(CREDITS)
+        .spawn()
+        .expect("engine");
+    let socket = dir.socket();
+
+    let mut receiver = spawn_child("flow-rx", &[socket.display().to_string()]);
+    receiver.expect("LISTENING").await;
+    let other = within("connect", Node::connect(&socket, "flow-other"))
+        .await
+        .expect("connect other");
+    let mut other_listener = support::listen(&other, "flow-other").await.expect("listen");
+    let node = within("connect", Node::connect(&socket, "flow-tx"))
+        .await
+        .expect("connect sender");
+
+    // The receiver accepts in open order: the first session is the one it will not read.
+    let mut stuck = within("open", support::open(&node, "flow"))
+        .await
+        .expect("open stuck");
+    let flowing = within("open", support::open(&node, "flow"))
+        .await
+        .expect("open flowing");
+    let to_other = within("open", support::open(&node, "flow-other"))
+        .await
+        .expect("open other");
+    let mut other_end = within("accept", other_listener.accept())
+        .await
+        .expect("accept");
+
+    // Exactly `credits` sends complete without waiting; the next `poll_ready` pends.
+    for seq in 0..u64::from(CREDITS) {
+        let sent = stuck
+            .send(Bytes::from(seq_message(STUCK_STREAM, seq, seq_len(seq))))
+            .now_or_never();
+        assert!(
+            matches!(sent, Some(Ok(()))),
+            "send {seq} of the first {CREDITS} should complete at once, got {sent:?}"
+        );
+    }
+    assert_eq!(
+        support::ready_now(&mut stuck),
+        None,
+        "poll_ready must pend after {CREDITS} unreleased messages"
+    );
+
+    // Meanwhile the other sessions of the same sender flow: 1000 messages to the same
+    // receiver node (each acknowledged by its echo), 1000 to another node.
+    let echo_other = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(m) = other_end.next().await {
+            other_end
+                .send(m.expect("other: receive"))
+                .await
+                .expect("other: echo");
+            n += 1;
+        }
+        SinkExt::<Bytes>::close(&mut other_end)
+            .await
+            .expect("close");
+        n
+    });
+    let (mut flow_tx, mut flow_rx) = flowing.split();
+    let flow_send = async {
+        for seq in 0..FLOWING {
+            flow_tx
+                .send(Bytes::from(seq_message(FLOW_STREAM, seq, seq_len(seq))))
+                .await
+                .expect("send on the flowing session");
+        }
+    };
+    let flow_acks = async {
+        for seq in 0..FLOWING {
+            let ack = flow_rx
+                .next()
+                .await
+                .expect("flowing session ended")
+                .expect("ack");
+            expect_seq(&ack, FLOW_STREAM, seq).expect("ack in order");
+        }
+    };
+    let to_other = send_and_check_echoes(to_other, 3, FLOWING);
+    let ((), (), other_result) = within("the other sessions flow", async {
+        tokio::join!(flow_send, flow_acks, to_other)
+    })
+    .await;
+    assert_eq!(other_result, Ok(FLOWING));
+    assert_eq!(within("other echo", echo_other).await.unwrap(), FLOWING);
+
+    // Still stalled: nothing of the stuck session was released.
+    assert_eq!(
+        support::ready_now(&mut stuck),
+        None,
+        "the stuck session must still pend"
+    );
+
+    // Once the receiver reads it, the stalled session resumes and loses nothing.
+    flow_tx
+        .send(Bytes::from_static(DRAIN))
+        .await
+        .expect("send DRAIN");
+    within("the stuck session resumes", async {
+        for seq in u64::from(CREDITS)..u64::from(3 * CREDITS) {
+            stuck
+                .send(Bytes::from(seq_message(STUCK_STREAM, seq, seq_len(seq))))
+                .await
+                .expect("send on the resumed session");
+        }
+        SinkExt::<Bytes>::close(&mut stuck)
+            .await
+            .expect("close stuck");
+        SinkExt::<Bytes>::close(&mut flow_tx)
+            .await
+            .expect("close flowing");
+    })
+    .await;
+    let ok = receiver.finish_ok().await;
+    assert_eq!(ok_field(&ok, "stuck"), u64::from(3 * CREDITS), "{ok}");
+    assert_eq!(ok_field(&ok, "flowing"), FLOWING, "{ok}");
+    assert_eq!(engine.stats().violations, 0);
+    drop((stuck, flow_tx, flow_rx, node, other_listener, other));
+    within(
+        "everything closed",
+        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
+    )
+    .await;
+    engine.shutdown().await;
+}

@@ -1,0 +1,275 @@
+//! Test 7: service names. A name is served once; opening an unserved name fails; dropping
+//! the `Listener` frees the name (for its own node at once, for any node once the engine
+//! has processed it) while sessions already accepted go on.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use shmlink::{Node, OpenError};
+
+use crate::support::{self, TestDir, ok_field, spawn_child, within};
+
+fn already(service: &str) -> Result<(), OpenError> {
+    Err(OpenError::AlreadyServed {
+        service: service.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_served_once_and_freed_by_dropping_the_listener() {
+    let dir = TestDir::new("names");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let a = within("connect", Node::connect(&socket, "a"))
+        .await
+        .unwrap();
+    let b = within("connect", Node::connect(&socket, "b"))
+        .await
+        .unwrap();
+
+    // Served twice: by another node, and by the same node.
+    let mut listener = within("listen", support::listen(&a, "names"))
+        .await
+        .expect("first listen");
+    assert_eq!(
+        within("listen", support::listen(&b, "names"))
+            .await
+            .map(drop),
+        already("names")
+    );
+    assert_eq!(
+        within("listen", support::listen(&a, "names"))
+            .await
+            .map(drop),
+        already("names")
+    );
+    let err = within("listen", support::listen(&b, "names"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("names"), "{err}");
+
+    // Nobody serves it.
+    assert_eq!(
+        within("open", support::open(&b, "nobody")).await.map(drop),
+        Err(OpenError::NotServed {
+            service: "nobody".into()
+        })
+    );
+    // Names must be 1..=255 bytes.
+    assert_eq!(
+        within("open", support::open(&b, "")).await.map(drop),
+        Err(OpenError::Name)
+    );
+    let long = "n".repeat(256);
+    assert_eq!(
+        within("open", support::open(&b, &long)).await.map(drop),
+        Err(OpenError::Name)
+    );
+    assert_eq!(
+        within("listen", support::listen(&b, &long)).await.map(drop),
+        Err(OpenError::Name)
+    );
+    let longest = "n".repeat(255);
+    drop(
+        within("listen", support::listen(&b, &longest))
+            .await
+            .expect("255 bytes is fine"),
+    );
+
+    // A session accepted before the listener is dropped goes on afterwards.
+    let mut opened = within("open", support::open(&b, "names"))
+        .await
+        .expect("open");
+    let mut accepted = within("accept", listener.accept()).await.expect("accept");
+    assert_eq!(accepted.peer(), "b");
+    assert_eq!(opened.peer(), "a");
+    drop(listener);
+    within("send", opened.send(Bytes::from_static(b"still here")))
+        .await
+        .unwrap();
+    assert_eq!(
+        &within("recv", accepted.next()).await.unwrap().unwrap()[..],
+        b"still here"
+    );
+
+    // The same node can serve the name again at once (its frames are ordered)...
+    let again = within("listen again", support::listen(&a, "names"))
+        .await
+        .expect("the serving node can serve a name again after dropping its listener");
+    drop(again);
+    // ...and another node once the engine has processed the drop.
+    within("unserved", engine.wait_for_stats(|s| s.services == 0)).await;
+    assert_eq!(
+        within("open", support::open(&a, "names")).await.map(drop),
+        Err(OpenError::NotServed {
+            service: "names".into()
+        })
+    );
+    let mut taken = within("listen", support::listen(&b, "names"))
+        .await
+        .expect("another node can serve a freed name");
+    let mut s = within("open", support::open(&a, "names"))
+        .await
+        .expect("open");
+    let mut t = within("accept", taken.accept()).await.expect("accept");
+    within("send", s.send(Bytes::from_static(b"new owner")))
+        .await
+        .unwrap();
+    assert_eq!(
+        &within("recv", t.next()).await.unwrap().unwrap()[..],
+        b"new owner"
+    );
+    drop((s, t, taken, opened, accepted));
+    within(
+        "clean",
+        engine.wait_for_stats(|s| s.session_ends == 0 && s.services == 0),
+    )
+    .await;
+    drop((a, b));
+    within("all gone", engine.wait_for_stats(|s| s.nodes == 0)).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_served_by_another_process_is_taken() {
+    let dir = TestDir::new("names-proc");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let mut child = spawn_child(
+        "count-rx",
+        &[socket.display().to_string(), "proc-name".into(), "1".into()],
+    );
+    child.expect("LISTENING").await;
+    within("served", engine.wait_for_stats(|s| s.services == 1)).await;
+    let node = within("connect", Node::connect(&socket, "me"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("listen", support::listen(&node, "proc-name"))
+            .await
+            .map(drop),
+        already("proc-name")
+    );
+    let mut session = within("open", support::open(&node, "proc-name"))
+        .await
+        .expect("open");
+    within(
+        "send",
+        session.send(Bytes::from(support::seq_message(1, 0, 64))),
+    )
+    .await
+    .unwrap();
+    within("close", SinkExt::<Bytes>::close(&mut session))
+        .await
+        .unwrap();
+    let ok = child.finish_ok().await;
+    assert_eq!(ok_field(&ok, "received"), 1);
+    // The child exited: its name is free again.
+    within("unserved", engine.wait_for_stats(|s| s.services == 0)).await;
+    drop(
+        within("listen", support::listen(&node, "proc-name"))
+            .await
+            .expect("free after exit"),
+    );
+    drop((session, node));
+    engine.shutdown().await;
+}
+
+/// A session opened to a name and not yet accepted when the server drops its `Listener`
+/// must end for the opener (`Closed`), and its ends must leave the registry. The session
+/// sits in the listener's queue (the server's node has adopted its end); dropping the
+/// listener drops the queue without closing those ends, so the opener waits for ever and
+/// the engine keeps both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_never_accepted_end_when_the_listener_is_dropped() {
+    let dir = TestDir::new("names-queued");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let server = within("connect", Node::connect(&socket, "server"))
+        .await
+        .unwrap();
+    let client = within("connect", Node::connect(&socket, "client"))
+        .await
+        .unwrap();
+    let listener = within("listen", support::listen(&server, "queued"))
+        .await
+        .unwrap();
+    let mut fence = within("listen", support::listen(&server, "fence"))
+        .await
+        .unwrap();
+    let mut queued = within("open", support::open(&client, "queued"))
+        .await
+        .unwrap();
+    // The engine announces sessions to the server in open order on one socket: once the
+    // fence session is accepted, the first one waits in `listener`'s queue.
+    let _fenced = within("open", support::open(&client, "fence"))
+        .await
+        .unwrap();
+    let _f = within("accept", fence.accept()).await.unwrap();
+    within("send", queued.send(Bytes::from_static(b"anyone?")))
+        .await
+        .unwrap();
+    drop(listener);
+
+    // Bounded wait for something that, once fixed, happens at once.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(20), queued.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the opener's stream must end when its session is refused, got {end:?} (stats {:?})",
+        engine.stats()
+    );
+    assert_eq!(
+        queued.send(Bytes::from_static(b"x")).await,
+        Err(shmlink::SessionError::Closed)
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limit_per_node_and_sessions_to_oneself() {
+    let dir = TestDir::new("names-limit");
+    let engine = support::engine_builder(&dir)
+        .max_sessions_per_node(4)
+        .spawn()
+        .expect("engine");
+    let socket = dir.socket();
+    let node = within("connect", Node::connect(&socket, "self"))
+        .await
+        .unwrap();
+    let mut listener = within("listen", support::listen(&node, "me"))
+        .await
+        .unwrap();
+
+    // A node may open a session to its own service: both ends live in the same node.
+    let mut opened = within("open", support::open(&node, "me")).await.unwrap();
+    let mut accepted = within("accept", listener.accept()).await.unwrap();
+    within("send", opened.send(Bytes::from_static(b"to myself")))
+        .await
+        .unwrap();
+    assert_eq!(
+        &within("recv", accepted.next()).await.unwrap().unwrap()[..],
+        b"to myself"
+    );
+    within("send", accepted.send(Bytes::from_static(b"from myself")))
+        .await
+        .unwrap();
+    assert_eq!(
+        &within("recv", opened.next()).await.unwrap().unwrap()[..],
+        b"from myself"
+    );
+
+    // Two self-sessions hold four ends of this node: the limit.
+    let second = within("open", support::open(&node, "me")).await.unwrap();
+    let second_accepted = within("accept", listener.accept()).await.unwrap();
+    match within("open", support::open(&node, "me")).await {
+        Err(OpenError::Refused(message)) => assert!(message.contains('4'), "{message}"),
+        other => panic!("expected Refused at the limit, got {:?}", other.map(drop)),
+    }
+    // Closing one frees room.
+    drop((second, second_accepted));
+    within("ends freed", engine.wait_for_stats(|s| s.session_ends == 2)).await;
+    let _third = within("open", support::open(&node, "me"))
+        .await
+        .expect("room again after a close");
+    drop((opened, accepted, listener, node));
+    engine.shutdown().await;
+}
