@@ -1,0 +1,170 @@
+//! Both ends of a session must declare the same types: a mismatch fails the open with an error
+//! that names both sides' types and fingerprints.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use shmlink::{Message, Node, OpenError};
+use tower::ServiceExt;
+
+use crate::harness::{World, within};
+use crate::messages::*;
+
+/// The fingerprint as it appears in the message (hex, 16 digits).
+fn hex(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
+/// Asserts `result` is a schema mismatch whose message names each of `names` and shows each
+/// of `fingerprints` in hex; returns the message.
+fn mismatch<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, OpenError>,
+    names: &[&str],
+    fingerprints: &[u64],
+) -> String {
+    let message = match result {
+        Err(OpenError::SchemaMismatch(message)) => message,
+        other => panic!("{what}: expected a schema mismatch, got {other:?}"),
+    };
+    for name in names {
+        assert!(
+            message.contains(name),
+            "{what}: {message:?} does not name {name}"
+        );
+    }
+    for fp in fingerprints {
+        assert!(
+            message.contains(&hex(*fp)),
+            "{what}: {message:?} does not show fingerprint {}",
+            hex(*fp)
+        );
+    }
+    message
+}
+
+async fn check_mismatches(node: &Node) {
+    // Request/response: the request type differs...
+    mismatch(
+        "client::<SchemaGamma, SchemaBeta>",
+        within("client", node.client::<SchemaGamma, SchemaBeta>("ab")).await,
+        &["SchemaGamma", "SchemaAlpha"],
+        &[SchemaGamma::FINGERPRINT, SchemaAlpha::FINGERPRINT],
+    );
+    // ...or the response type.
+    mismatch(
+        "client::<SchemaAlpha, SchemaGamma>",
+        within("client", node.client::<SchemaAlpha, SchemaGamma>("ab")).await,
+        &["SchemaGamma", "SchemaBeta"],
+        &[SchemaGamma::FINGERPRINT, SchemaBeta::FINGERPRINT],
+    );
+    // A typed stream opened with another type than the listener's.
+    mismatch(
+        "open::<StreamC>",
+        within("open", node.open::<StreamC>("typed")).await,
+        &["StreamC", "StreamA"],
+        &[StreamC::FINGERPRINT, StreamA::FINGERPRINT],
+    );
+    // Typed against raw, both ways.
+    mismatch(
+        "open::<StreamA> on a raw listener",
+        within("open", node.open::<StreamA>("raw")).await,
+        &["StreamA", "bytes"],
+        &[StreamA::FINGERPRINT],
+    );
+    mismatch(
+        "open::<Bytes> on a typed listener",
+        within("open", node.open::<Bytes>("typed")).await,
+        &["StreamA", "bytes"],
+        &[StreamA::FINGERPRINT],
+    );
+    // The same generic under two parameters: same name, the fingerprints tell them apart.
+    assert_eq!(<Tagged<Plain>>::NAME, <Tagged<Shape>>::NAME);
+    mismatch(
+        "open::<Tagged<Plain>>",
+        within("open", node.open::<Tagged<Plain>>("generic")).await,
+        &["Tagged"],
+        &[<Tagged<Plain>>::FINGERPRINT, <Tagged<Shape>>::FINGERPRINT],
+    );
+    // A plain typed stream is not a request/response session of the same type, and back.
+    mismatch(
+        "open::<SchemaAlpha> on a served name",
+        within("open", node.open::<SchemaAlpha>("ab")).await,
+        &["SchemaAlpha"],
+        &[SchemaAlpha::FINGERPRINT],
+    );
+    mismatch(
+        "client::<StreamA, StreamA> on a typed listener",
+        within("client", node.client::<StreamA, StreamA>("typed")).await,
+        &["StreamA"],
+        &[StreamA::FINGERPRINT],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_mismatch_fails_the_open_and_names_both_sides() {
+    let world = World::start("schema-mismatch", 64, "schemas", &[], 4).await;
+    let node = world.node("parent").await;
+
+    let message = {
+        let result = within("client", node.client::<SchemaGamma, SchemaBeta>("ab")).await;
+        mismatch("first", result, &["SchemaGamma", "SchemaAlpha"], &[])
+    };
+    assert!(
+        message.contains("\"ab\""),
+        "the message names the service: {message:?}"
+    );
+    check_mismatches(&node).await;
+
+    // Refused opens leave nothing behind, and the right types still work.
+    let client = within("client", node.client::<SchemaAlpha, SchemaBeta>("ab"))
+        .await
+        .expect("client");
+    let reply = within("call", client.clone().oneshot(SchemaAlpha { x: 21 })).await;
+    assert_eq!(reply, Ok(SchemaBeta { doubled: 42 }));
+    let mut typed = within("open", node.open::<StreamA>("typed"))
+        .await
+        .expect("open typed");
+    let sent = StreamA {
+        text: "typed ✓".into(),
+    };
+    within("send", typed.send(sent.clone()))
+        .await
+        .expect("send");
+    assert_eq!(
+        within("echo", typed.next())
+            .await
+            .expect("an echo")
+            .expect("decoded"),
+        sent
+    );
+    let mut raw = within("open", node.open::<Bytes>("raw"))
+        .await
+        .expect("open raw");
+    within("send", raw.send(Bytes::from_static(b"raw")))
+        .await
+        .expect("send");
+    assert_eq!(
+        &within("echo", raw.next())
+            .await
+            .expect("an echo")
+            .expect("bytes")[..],
+        b"raw"
+    );
+    let mut generic = within("open", node.open::<Tagged<Shape>>("generic"))
+        .await
+        .expect("open generic");
+    within("send", generic.send(tagged(3))).await.expect("send");
+    assert_eq!(
+        within("echo", generic.next())
+            .await
+            .expect("an echo")
+            .expect("decoded"),
+        tagged(3)
+    );
+
+    // Still refused after the good opens.
+    check_mismatches(&node).await;
+
+    drop((client, typed, raw, generic, node));
+    world.finish().await;
+}
