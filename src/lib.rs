@@ -1,5 +1,67 @@
-//! shmlink: fast, safe messaging between processes on one host through shared memory.
+//! shmlink: fast, safe messaging between processes on one host through shared memory,
+//! native to Tokio.
+//!
+//! A communications [`Engine`] (embedded in any application, or the `shmlinkd` daemon)
+//! registers each process as a [`Node`], gives it its own sealed shared-memory block, copies
+//! each message once into the receiver's block and signals it. Request/response plugs into
+//! `tower`:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use shmlink::{Engine, Message, Node};
+//! use tower::ServiceExt;
+//!
+//! #[derive(Message, Serialize, Deserialize, Debug)]
+//! struct GetQuote {
+//!     sku: String,
+//! }
+//!
+//! #[derive(Message, Serialize, Deserialize, Debug, PartialEq)]
+//! struct Quote {
+//!     sku: String,
+//!     cents: u64,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let dir = std::env::temp_dir().join(format!("shmlink-doc-{}", std::process::id()));
+//! let socket = dir.join("engine.sock");
+//! let engine = Engine::builder().socket(&socket).spawn()?;
+//!
+//! // In the serving process: any tower::Service<GetQuote, Response = Quote>.
+//! let billing = Node::connect(&socket, "billing").await?;
+//! let quotes = tower::service_fn(|req: GetQuote| async move {
+//!     Ok::<_, std::convert::Infallible>(Quote { cents: 1999, sku: req.sku })
+//! });
+//! let server = billing.serve("quotes", quotes).await?;
+//!
+//! // In a client process: a tower::Service too, many requests in flight on one session.
+//! let web = Node::connect(&socket, "web").await?;
+//! let client = web.client::<GetQuote, Quote>("quotes").await?;
+//! let quote = client.oneshot(GetQuote { sku: "A-42".into() }).await?;
+//! assert_eq!(quote, Quote { sku: "A-42".into(), cents: 1999 });
+//! # server.shutdown().await;
+//! # engine.shutdown().await;
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Streams are sessions: [`Node::open`] and [`Node::listen`] give [`Session`]s that are a
+//! `futures::Sink<T>` and a `futures::Stream<Item = Result<T, SessionError>>`, where `T` is
+//! a [`Message`] (encoded straight into shared memory, decoded in place) or raw
+//! [`bytes::Bytes`](https://docs.rs/bytes) (received zero-copy; large payloads can be
+//! written in place with [`Session::loan`]).
+//!
+//! # Crates
+//!
+//! - [`core`] (`ipc-core`): blocks, the buddy allocator, rings, descriptors, doorbells. All
+//!   `unsafe` code of the project lives there.
+//! - `ipc-tokio`: the engine, nodes, sessions, codecs, the tower client and server.
+//! - `ipc-macros`: `#[derive(Message)]`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![doc(test(attr(deny(warnings))))]
 
 pub use ipc_core as core;
 pub use ipc_core::BlockConfig;
