@@ -60,7 +60,12 @@
 //! - `ipc-tokio`: the engine, nodes, sessions, codecs, the tower client and server.
 //! - `ipc-macros`: `#[derive(Message)]`.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 #![doc(test(attr(deny(warnings))))]
 
 pub use ipc_core as core;

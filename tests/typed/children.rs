@@ -36,11 +36,23 @@ pub(crate) fn run(spec: &str) {
             "schemas" => schemas(node, commands).await,
             "wire" => wire(node, commands).await,
             "half" => half(node, commands).await,
+            "caller" => caller(node, commands).await,
             other => fatal(format!("unknown role {other:?}")),
         }
     });
     // Nothing may wait on the blocking stdin reader.
     runtime.shutdown_background();
+}
+
+/// A client of "ops" whose only call hangs in the handler; it prints `called` once the
+/// call is sent and then waits, to be SIGKILLed by the parent.
+async fn caller(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+    use tower::ServiceExt;
+    let client = must("client", node.client::<Op, OpReply>("ops").await);
+    let call = tokio::spawn(client.oneshot(Op::Hang { id: 1 }));
+    say("called");
+    until_eof(commands).await;
+    call.abort();
 }
 
 /// A protocol line to the parent.

@@ -290,3 +290,25 @@ async fn layers_stack_retry_timeout_limit_and_shed() {
     drop((shedding, stack, client, node));
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_composes_and_every_call_is_answered() {
+    let world = World::start("layer-rate", 64, "ops", &["64"], 1).await;
+    let (node, client) = ops_client(&world).await;
+
+    // 5 calls per 5 ms: 40 calls need several windows; the test asserts only the answers.
+    let mut limited = ServiceBuilder::new()
+        .rate_limit(5, Duration::from_millis(5))
+        .service(client.clone());
+    for id in 0..40 {
+        let reply = within(
+            "a rate-limited call",
+            limited.ready().await.expect("ready").call(echo(id)),
+        )
+        .await;
+        assert_eq!(reply, Ok(echo_reply(id)));
+    }
+
+    drop((limited, client, node));
+    world.finish().await;
+}

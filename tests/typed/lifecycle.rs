@@ -300,3 +300,76 @@ async fn a_call_after_the_server_half_closed_fails_and_never_hangs() {
     within("engine shutdown", engine.shutdown()).await;
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_clients_hung_handler_is_stopped_and_frees_its_slot() {
+    // This process serves "ops" one request at a time; a client process starts a call whose
+    // handler never answers, and is SIGKILLed. Its reply could never be delivered, so the
+    // server stops that handler (dropping its future), and the one slot serves the next client.
+    let dir = crate::harness::TestDir::new("killed-caller");
+    let engine = crate::harness::engine(&dir, 64);
+    let node = within("connect", shmlink::Node::connect(dir.socket(), "server"))
+        .await
+        .expect("connect");
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel::<()>();
+    struct OnDrop(tokio::sync::mpsc::UnboundedSender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let service = tower::service_fn(move |op: Op| {
+        let (entered, dropped) = (entered_tx.clone(), dropped_tx.clone());
+        async move {
+            match op {
+                Op::Hang { id } => {
+                    let _guard = OnDrop(dropped);
+                    let _ = entered.send(id);
+                    futures::future::pending::<()>().await;
+                    unreachable!()
+                }
+                Op::Echo { id, text } => Ok::<_, String>(echoed(id, &text)),
+                other => Err(format!("unexpected {other:?}")),
+            }
+        }
+    });
+    let server = within(
+        "serve",
+        node.serve_with::<Op, OpReply, _, shmlink::Bincode>(
+            "ops",
+            service,
+            shmlink::ServeConfig::default().concurrency(1),
+        ),
+    )
+    .await
+    .expect("serve");
+
+    let mut caller = crate::harness::ChildProc::spawn("caller", &dir.socket(), &[]);
+    caller.expect("called").await;
+    assert_eq!(
+        within("the hung handler to start", entered.recv()).await,
+        Some(1)
+    );
+    caller.sigkill().await;
+    within("the hung handler to be stopped", dropped.recv())
+        .await
+        .expect("handler dropped");
+
+    let client = within("client", node.client::<Op, OpReply>("ops"))
+        .await
+        .expect("client");
+    let reply = within(
+        "a call after the killed client (hangs if the slot was never freed)",
+        client.clone().oneshot(Op::Echo {
+            id: 5,
+            text: echo_text(5),
+        }),
+    )
+    .await;
+    assert_eq!(reply, Ok(echoed(5, &echo_text(5))));
+    drop(client);
+    within("server shutdown", server.shutdown()).await;
+    drop(node);
+    within("engine shutdown", engine.shutdown()).await;
+}

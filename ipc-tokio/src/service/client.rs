@@ -23,6 +23,9 @@ use crate::session::{Session, SessionSink, SessionStream};
 
 type Reply<Resp> = oneshot::Sender<Result<Resp, CallError>>;
 
+/// How often (in calls) the writer purges abandoned calls from the waiting map.
+const PURGE_EVERY: u64 = 1024;
+
 struct Call<Req, Resp> {
     request: Req,
     reply: Reply<Resp>,
@@ -122,6 +125,11 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
                 break;
             }
             state.replies.insert(id, reply);
+            // Calls whose futures were dropped wait here until their reply arrives; purge
+            // them now and then so a handler that never answers leaks nothing either.
+            if id.is_multiple_of(PURGE_EVERY) {
+                state.replies.retain(|_, reply| !reply.is_closed());
+            }
         }
         if let Err(e) = sink.send(loan).await {
             let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
@@ -151,6 +159,9 @@ async fn read_replies<Resp: Message, C: Codec>(
         let Some(reply) = lock(&waiting).replies.remove(&envelope.id) else {
             continue; // the caller gave up: the reply is freed here
         };
+        if reply.is_closed() {
+            continue; // likewise, without decoding it
+        }
         let text = || String::from_utf8_lossy(&envelope.body).into_owned();
         let result = match envelope.kind {
             Kind::Reply => {

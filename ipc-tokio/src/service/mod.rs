@@ -13,7 +13,7 @@
 //! load shed, retry. Dropping a response future withdraws interest: the reply is freed when it
 //! arrives.
 //!
-//! On the wire each message is an [`envelope`] (request id and kind) followed by the body
+//! On the wire each message is an envelope (request id and kind) followed by the body
 //! encoded with the session's codec, written straight into a loan.
 
 mod client;

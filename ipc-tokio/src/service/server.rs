@@ -160,13 +160,26 @@ async fn serve_session<Req, Resp, S, C>(
     let (sink, mut stream) = session.split();
     let (replies, rx) = mpsc::unbounded_channel::<(u64, Outcome<Resp>)>();
     let writer = tokio::spawn(write_replies::<Resp, C>(sink, rx));
-    loop {
+    let mut handlers = JoinSet::new();
+    let client_gone = loop {
         let message = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => break false,
+            // Reap finished handlers as we go.
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             message = stream.next() => message,
         };
-        let Some(Ok(bytes)) = message else { break };
+        eprintln!(
+            "DEBUG serve_session got {:?}",
+            message.as_ref().map(|m| m.as_ref().map(|b| b.len()))
+        );
+        let bytes = match message {
+            Some(Ok(bytes)) => bytes,
+            // The client's process or the engine died: nobody will read the replies.
+            Some(Err(crate::SessionError::Disconnected)) => break true,
+            // The client finished sending (it still reads the replies in flight).
+            _ => break false,
+        };
         let Some(envelope) = Envelope::parse(bytes) else {
             tracing::warn!("malformed request envelope; ignored");
             continue;
@@ -187,11 +200,11 @@ async fn serve_session<Req, Resp, S, C>(
         };
         drop(envelope); // the request's shared memory goes back before the handler runs
         let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+            break false;
         };
         let service = service.clone();
         let replies = replies.clone();
-        tokio::spawn(async move {
+        handlers.spawn(async move {
             let outcome = match AssertUnwindSafe(service.oneshot(request))
                 .catch_unwind()
                 .await
@@ -203,9 +216,25 @@ async fn serve_session<Req, Resp, S, C>(
             let _ = replies.send((id, outcome));
             drop(permit);
         });
-    }
+    };
     // In-flight handlers hold clones of `replies`: the writer ends after the last one answers.
     drop(replies);
+    // Answer what is in flight, unless the client goes away meanwhile (or already has): its
+    // replies could never be delivered, so its handlers are stopped and their permits freed.
+    let mut watching = true;
+    if client_gone {
+        handlers.abort_all();
+        watching = false;
+    }
+    loop {
+        tokio::select! {
+            done = handlers.join_next() => if done.is_none() { break },
+            _ = stream.closed(), if watching => {
+                handlers.abort_all();
+                watching = false;
+            }
+        }
+    }
     let _ = writer.await;
 }
 

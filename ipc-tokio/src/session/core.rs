@@ -20,6 +20,8 @@ struct State {
     ended: Option<SessionError>,
     /// The stream reported `Disconnected` once already.
     reported: bool,
+    /// Tasks waiting for the session to end ([`SessionCore::poll_ended`]).
+    end_wakers: Vec<Waker>,
 }
 
 /// One session end.
@@ -90,6 +92,21 @@ impl SessionCore {
         }
         Self::wake_rx(&mut state);
         Self::wake_tx(&mut state);
+        for waker in state.end_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Ready with the reason once the session is over (the peer closed, or a process died).
+    pub(crate) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<SessionError> {
+        let mut state = self.state();
+        if let Some(error) = &state.ended {
+            return Poll::Ready(error.clone());
+        }
+        if !state.end_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.end_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     pub(crate) fn add_credits(&self, count: u32) {

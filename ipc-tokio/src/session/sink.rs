@@ -110,6 +110,11 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         self.guard.node.shared.max_payload
     }
 
+    /// Resolves when the session is over; see [`SessionStream::closed`](crate::SessionStream::closed).
+    pub async fn closed(&self) -> SessionError {
+        poll_fn(|cx| self.guard.core.poll_ended(cx)).await
+    }
+
     fn too_large(&self, len: u64) -> SessionError {
         SessionError::TooLarge {
             len,

@@ -62,6 +62,13 @@ impl<T: Payload<C>, C> SessionStream<T, C> {
         &self.guard.core.peer
     }
 
+    /// Resolves when the session is over: [`SessionError::Closed`] when the peer closed it,
+    /// [`SessionError::Disconnected`] when the peer's process or the engine went away. Unlike
+    /// the stream, which ends at the peer's half-close, this waits for the whole session.
+    pub async fn closed(&self) -> SessionError {
+        std::future::poll_fn(|cx| self.guard.core.poll_ended(cx)).await
+    }
+
     fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, SessionError>>> {
         self.guard.core.poll_recv(cx).map(|item| {
             item.map(|result| {
