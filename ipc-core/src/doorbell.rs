@@ -1,75 +1,91 @@
-//! Doorbells: non-blocking eventfds, one per direction per node.
+//! Doorbells: one connected socket pair per direction per node.
 //!
-//! The model is mio's eventfd waker: `ring` adds one to the counter (a full counter already
-//! means "rung", so `EAGAIN` is success), `drain` reads and resets it. ipc-tokio wraps the fd
-//! in `AsyncFd` to sleep on it. A doorbell carries no data: after a wake-up the consumer looks
-//! at its rings, so a spurious or flooded doorbell costs a wake-up and nothing else.
+//! The model is mio's waker: `ring` makes the other end readable, `drain` empties this end.
+//! ipc-tokio wraps an end in `AsyncFd` to sleep on it. A doorbell carries no data: after a
+//! wake-up the consumer looks at its rings, so a spurious or flooded doorbell costs a
+//! wake-up and nothing else.
+//!
+//! Why a socket pair and not an eventfd: an eventfd handed to a node over `SCM_RIGHTS` shares
+//! one open file description with the engine, and with it the `O_NONBLOCK` flag. A hostile
+//! node could clear that flag and fill the counter, and the engine's next `write` would block
+//! (DESIGN.md invariant 4). With a socket pair each side owns its own socket, and every call
+//! here passes `MSG_DONTWAIT`, so no flag anyone else can change decides whether we block.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::event::EventfdFlags;
 use rustix::io::Errno;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-/// A non-blocking eventfd.
+/// One end of a doorbell: ring it to wake the other end, drain it after waking.
 #[derive(Debug)]
 pub struct Doorbell {
     fd: OwnedFd,
 }
 
 impl Doorbell {
-    /// A new doorbell (close-on-exec, non-blocking).
+    /// A connected pair: ringing one wakes whoever waits on the other.
     ///
     /// # Errors
     ///
-    /// The error of `eventfd(2)`.
-    pub fn new() -> io::Result<Self> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Self { fd })
+    /// The error of `socketpair(2)`.
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        Ok((Self { fd: a }, Self { fd: b }))
     }
 
-    /// Wraps a doorbell received from the other side and makes sure it is non-blocking.
+    /// Wraps an end received from the other side. Every call passes `MSG_DONTWAIT`, so its
+    /// blocking flag does not matter.
     ///
     /// # Errors
     ///
-    /// The error of `fcntl(2)` when the flags cannot be set.
+    /// None today (the signature leaves room for validating the descriptor).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        let flags = rustix::fs::fcntl_getfl(&fd)?;
-        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
         Ok(Self { fd })
     }
 
-    /// Rings: wakes whoever sleeps on the other end.
+    /// Rings: wakes whoever sleeps on the other end. Never blocks.
     ///
     /// # Errors
     ///
-    /// The error of `write(2)`, except `EAGAIN` (the counter is full: it is rung already).
+    /// The error of `send(2)`, except `EAGAIN` (the other end has unread rings: it is rung
+    /// already). A closed other end is `BrokenPipe`.
     pub fn ring(&self) -> io::Result<()> {
-        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+        match rustix::net::send(&self.fd, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
             Ok(_) | Err(Errno::AGAIN) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Resets the counter; returns how many rings it held (0 if none).
+    /// Empties this end; returns how many rings it held (0 if none). Never blocks.
     ///
     /// # Errors
     ///
-    /// The error of `read(2)`, except `EAGAIN` (nothing pending).
+    /// The error of `recv(2)`, except `EAGAIN` (nothing pending).
     pub fn drain(&self) -> io::Result<u64> {
-        let mut buf = [0u8; 8];
-        match rustix::io::read(&self.fd, &mut buf) {
-            Ok(8) => Ok(u64::from_ne_bytes(buf)),
-            Ok(n) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("doorbell read {n} bytes, not 8: not an eventfd"),
-            )),
-            Err(Errno::AGAIN) => Ok(0),
-            Err(e) => Err(e.into()),
+        let mut buf = [0u8; 256];
+        let mut rings = 0u64;
+        loop {
+            match rustix::net::recv(&self.fd, &mut buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Ok(rings), // the other end is closed
+                Ok((n, _)) => {
+                    rings += n as u64;
+                    if n < buf.len() {
+                        return Ok(rings);
+                    }
+                }
+                Err(Errno::AGAIN) => return Ok(rings),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
-    /// Duplicates the fd (to hand the other end over).
+    /// Duplicates the fd.
     ///
     /// # Errors
     ///
@@ -116,16 +132,37 @@ mod tests {
     use super::*;
 
     #[test]
-    #[cfg_attr(miri, ignore)] // eventfd is a syscall Miri cannot run
+    #[cfg_attr(miri, ignore)] // socketpair is a syscall Miri cannot run
     fn ring_and_drain() {
-        let bell = Doorbell::new().unwrap();
-        assert_eq!(bell.drain().unwrap(), 0);
-        bell.ring().unwrap();
-        bell.ring().unwrap();
-        assert_eq!(bell.drain().unwrap(), 2);
-        assert_eq!(bell.drain().unwrap(), 0);
-        let other = Doorbell::from_fd(bell.try_clone_fd().unwrap()).unwrap();
-        other.ring().unwrap();
-        assert_eq!(bell.drain().unwrap(), 1);
+        let (a, b) = Doorbell::pair().unwrap();
+        assert_eq!(b.drain().unwrap(), 0);
+        a.ring().unwrap();
+        a.ring().unwrap();
+        assert_eq!(b.drain().unwrap(), 2);
+        assert_eq!(b.drain().unwrap(), 0);
+        b.ring().unwrap();
+        assert_eq!(a.drain().unwrap(), 1);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // socketpair is a syscall Miri cannot run
+    fn the_peers_blocking_flag_cannot_block_us() {
+        let (engine, node) = Doorbell::pair().unwrap();
+        // The node makes its own end blocking and never drains it: our rings still return.
+        let flags = rustix::fs::fcntl_getfl(&node).unwrap();
+        rustix::fs::fcntl_setfl(&node, flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&engine).unwrap();
+        rustix::fs::fcntl_setfl(&engine, flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+        for _ in 0..1_000_000 {
+            engine.ring().unwrap();
+        }
+        assert!(node.drain().unwrap() > 0);
+        // A drain with nothing pending returns at once even on a blocking socket.
+        assert_eq!(engine.drain().unwrap(), 0);
+        drop(node);
+        assert!(
+            engine.ring().is_err(),
+            "a closed peer is an error, not a hang"
+        );
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! The test process creates a block and two doorbells, re-executes its own test binary as a
 //! child (`--exact child_process_entry`, with [`CHILD_ENV`] saying what to do), and hands it
-//! the memfd and both eventfds over a Unix socket with `SCM_RIGHTS`, as the engine does at
+//! the memfd and both doorbells over a Unix socket with `SCM_RIGHTS`, as the engine does at
 //! rendezvous. One side then pushes a million numbered descriptors in batches, the other pops
 //! them and checks that none is lost, reordered or torn. Both sides sleep only through the
 //! ring's flags (`prepare_sleep`/`needs_wake` when empty, `prepare_wait_space`/
-//! `needs_space_wake` when full) and their eventfd, with `poll(2)`; the long timeouts only
+//! `needs_space_wake` when full) and their doorbell, with `poll(2)`; the long timeouts only
 //! turn a lost wake-up into a failure instead of a hang.
 //!
 //! The child test function does nothing when [`CHILD_ENV`] is absent, so an ordinary
@@ -283,8 +283,10 @@ fn check_alive(child: &mut Child) {
 
 fn run_parent(direction: Direction) {
     let block = Block::create(&config(), "two-process").expect("create the block");
-    let parent_bell = Doorbell::new().expect("eventfd");
-    let child_bell = Doorbell::new().expect("eventfd");
+    // Two doorbells, each a connected pair: the parent waits on one end of the first and
+    // rings one end of the second; the child gets the other two ends.
+    let (parent_bell, child_ring) = Doorbell::pair().expect("socketpair");
+    let (child_bell, parent_ring) = Doorbell::pair().expect("socketpair");
 
     let socket_name = format!(
         "ipc-core-two-process-{}-{}",
@@ -319,17 +321,17 @@ fn run_parent(direction: Direction) {
     stream.set_nonblocking(false).expect("blocking stream");
     send_fds(
         &stream,
-        &[block.fd(), child_bell.as_fd(), parent_bell.as_fd()],
+        &[block.fd(), child_bell.as_fd(), child_ring.as_fd()],
     );
 
     let ring = direction.ring(&block);
     match direction {
         Direction::EngineToNode => {
-            let sleeps = produce(ring, &parent_bell, &child_bell, &mut check);
+            let sleeps = produce(ring, &parent_bell, &parent_ring, &mut check);
             eprintln!("parent pushed {COUNT} entries, slept {sleeps} times on a full ring");
         }
         Direction::NodeToEngine => {
-            let received = consume(ring, &parent_bell, &child_bell, &mut check);
+            let received = consume(ring, &parent_bell, &parent_ring, &mut check);
             assert_eq!(received, COUNT);
         }
     }

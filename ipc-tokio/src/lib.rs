@@ -12,9 +12,10 @@ pub mod message;
 pub mod node;
 pub mod service;
 pub mod session;
+mod spin;
 
 pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
-pub use node::{Listener, Node};
+pub use node::{Listener, Node, NodeOptions};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

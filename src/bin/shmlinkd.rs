@@ -26,7 +26,7 @@ struct Options {
     block: BlockConfig,
     credits: u32,
     allow: Vec<u32>,
-    spin_us: u64,
+    spin_us: Option<u64>,
     log: String,
 }
 
@@ -59,7 +59,7 @@ fn options() -> Result<Options, String> {
         block: BlockConfig::default(),
         credits: 256,
         allow: Vec::new(),
-        spin_us: 0,
+        spin_us: None,
         log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
     };
     let set_ring = |block: &mut BlockConfig, n: u32| {
@@ -88,7 +88,7 @@ fn options() -> Result<Options, String> {
         }
     }
     if let Some(v) = env("SHMLINK_SPIN_US") {
-        o.spin_us = parse_num("SHMLINK_SPIN_US", &v)?;
+        o.spin_us = Some(parse_num("SHMLINK_SPIN_US", &v)?);
     }
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -106,7 +106,7 @@ fn options() -> Result<Options, String> {
             "--ring" => set_ring(&mut o.block, parse_num("--ring", &value)?),
             "--credits" => o.credits = parse_num("--credits", &value)?,
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
-            "--spin-us" => o.spin_us = parse_num("--spin-us", &value)?,
+            "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -143,8 +143,10 @@ fn main() -> ExitCode {
         let mut builder = Engine::builder()
             .socket(&options.socket)
             .block(options.block)
-            .credits(options.credits)
-            .spin(Duration::from_micros(options.spin_us));
+            .credits(options.credits);
+        if let Some(us) = options.spin_us {
+            builder = builder.spin(Duration::from_micros(us));
+        }
         if !options.allow.is_empty() {
             builder = builder.policy(Policy::AllowUids(options.allow.clone()));
         }

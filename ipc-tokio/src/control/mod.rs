@@ -15,8 +15,8 @@ use rustix::net::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-/// How many descriptors ride with the welcome frame: the block, the engine's doorbell, the
-/// node's doorbell.
+/// How many descriptors ride with the welcome frame: the block, the node's end of the
+/// engine's doorbell (to ring it), the node's end of its own doorbell (to wait on).
 pub(crate) const WELCOME_FDS: usize = 3;
 
 /// A buffer of bytes read from a control socket, split into frames by a decoder.

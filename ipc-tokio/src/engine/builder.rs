@@ -73,7 +73,7 @@ impl Default for EngineBuilder {
                 block: BlockConfig::default(),
                 credits: 256,
                 policy: Policy::SameUid,
-                spin: Duration::ZERO,
+                spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
                 max_sessions_per_node: 16 * 1024,
             },
@@ -106,8 +106,10 @@ impl EngineBuilder {
         self
     }
 
-    /// How long the engine polls its rings before it parks (default: zero, park at once).
-    /// Spinning trades CPU for latency while traffic flows; idle is free either way.
+    /// How long the engine keeps polling its rings after the last message before it parks
+    /// (default 50 µs). While it polls, senders need no syscall to reach it; the polling
+    /// yields to the runtime between looks, so an embedded engine never starves the host
+    /// application. Zero parks at once. Idle is free either way.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.config.spin = spin;
         self

@@ -37,22 +37,39 @@ impl Listening {
             path: path.display().to_string(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(io_err)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err)?;
+            }
+            check_directory(dir).map_err(io_err)?;
         }
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
+        // Never through a symlink someone planted, and only a lock file of our own.
         let lock = rustix::fs::open(
             &lock_path,
-            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::RDWR
+                | rustix::fs::OFlags::CLOEXEC
+                | rustix::fs::OFlags::NOFOLLOW,
             rustix::fs::Mode::from_raw_mode(0o600),
         )
         .map_err(|e| io_err(e.into()))?;
+        let owner = rustix::fs::fstat(&lock)
+            .map_err(|e| io_err(e.into()))?
+            .st_uid;
+        if owner != rustix::process::getuid().as_raw() {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the lock file {} belongs to uid {owner}",
+                    lock_path.display()
+                ),
+            )));
+        }
         match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -78,6 +95,38 @@ impl Listening {
             _lock: lock,
         })
     }
+}
+
+/// Refuses a socket directory that someone else could use to replace our socket: it must
+/// belong to us (or root), and if others may write to it, it must be sticky (like /tmp, where
+/// they cannot remove or rename our files).
+fn check_directory(dir: &std::path::Path) -> io::Result<()> {
+    let stat = rustix::fs::stat(dir)?;
+    let uid = rustix::process::getuid().as_raw();
+    let mode = stat.st_mode;
+    let others_write = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if stat.st_uid != uid && stat.st_uid != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket directory {} belongs to uid {}, not to us (uid {uid})",
+                dir.display(),
+                stat.st_uid
+            ),
+        ));
+    }
+    if others_write && !sticky {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket directory {} is writable by others (mode {:o}) and not sticky",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Listening {
@@ -157,9 +206,13 @@ async fn connection(
                 return;
             }
             tracing::debug!(node, %name, "node registered");
-            let reason = serve(stream, node, frames, out_rx, &commands).await;
+            let (reason, violation) = serve(stream, node, frames, out_rx, &commands).await;
             tracing::debug!(node, %name, %reason, "node connection closed");
-            let _ = commands.send(Command::Gone { node, reason });
+            let _ = commands.send(Command::Gone {
+                node,
+                reason,
+                violation,
+            });
         }
         Err(reason) => {
             tracing::info!(node, %reason, "rendezvous failed");
@@ -212,14 +265,17 @@ async fn rendezvous(
             return Err(format!("bad hello: {e}"));
         }
     };
-    let setup = || -> Result<(Block, Doorbell, Doorbell), String> {
+    #[allow(clippy::type_complexity)]
+    let setup = || -> Result<(Block, (Doorbell, Doorbell), (Doorbell, Doorbell)), String> {
         let block = Block::create(&config.block, &format!("shmlink-node-{node}"))
             .map_err(|e| e.to_string())?;
-        let engine_bell = Doorbell::new().map_err(|e| e.to_string())?;
-        let node_bell = Doorbell::new().map_err(|e| e.to_string())?;
-        Ok((block, engine_bell, node_bell))
+        // Each doorbell is a socket pair: the node gets its own end of each (one to ring the
+        // engine, one to wait on), the engine keeps the other ends.
+        let (engine_wait, node_ring) = Doorbell::pair().map_err(|e| e.to_string())?;
+        let (engine_ring, node_wait) = Doorbell::pair().map_err(|e| e.to_string())?;
+        Ok((block, (engine_wait, node_ring), (engine_ring, node_wait)))
     };
-    let (block, engine_bell, node_bell) = match setup() {
+    let (block, (engine_bell, node_ring), (node_bell, node_wait)) = match setup() {
         Ok(parts) => parts,
         Err(e) => {
             let _ = write_frame(stream, &error_frame(0, ErrorCode::Resources, e.clone())).await;
@@ -234,7 +290,7 @@ async fn rendezvous(
     send_with_fds(
         stream,
         &welcome,
-        &[block.fd(), engine_bell.as_fd(), node_bell.as_fd()],
+        &[block.fd(), node_ring.as_fd(), node_wait.as_fd()],
     )
     .await
     .map_err(|e| format!("sending the block: {e}"))?;
@@ -280,7 +336,7 @@ async fn serve(
     mut frames: FrameBuf,
     mut out: mpsc::UnboundedReceiver<EngineFrame>,
     commands: &mpsc::UnboundedSender<Command>,
-) -> String {
+) -> (String, bool) {
     let (mut rd, mut wr) = stream.into_split();
     loop {
         tokio::select! {
@@ -291,26 +347,27 @@ async fn serve(
                     Ok(Some(NodeFrame::Open { req, service, schema })) => Command::Open { node, req, service, schema },
                     Ok(Some(other)) => {
                         let _ = write_frame(&mut wr, &error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous")).await;
-                        return format!("protocol violation: unexpected {other:?}");
+                        return (format!("protocol violation: unexpected {other:?}"), true);
                     }
-                    Ok(None) => return "closed by the node".into(),
+                    Ok(None) => return ("closed by the node".into(), false),
                     Err(e) => {
                         let _ = write_frame(&mut wr, &error_frame(0, frame_error_code(&e), e.to_string())).await;
-                        return format!("protocol violation: {e}");
+                        let violation = e.kind() == std::io::ErrorKind::InvalidData;
+                        return (format!("protocol violation: {e}"), violation);
                     }
                 };
                 if commands.send(command).is_err() {
-                    return "engine shutting down".into();
+                    return ("engine shutting down".into(), false);
                 }
             }
             frame = out.recv() => match frame {
                 Some(frame) => {
                     if let Err(e) = write_frame(&mut wr, &frame.encode()).await {
-                        return format!("write failed: {e}");
+                        return (format!("write failed: {e}"), false);
                     }
                 }
                 // The router dropped this node (a violation, or shutdown): close the socket.
-                None => return "closed by the engine".into(),
+                None => return ("closed by the engine".into(), false),
             },
         }
     }

@@ -9,12 +9,18 @@
 //!   that touches shared memory, so it needs no locks, and it never waits on a node
 //!   (DESIGN.md invariant 4): a node that stops reading only fills its own queues.
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use ipc_tokio::Engine;
-//! let engine = Engine::builder().socket("/tmp/shmlink-doc.sock").spawn()?;
-//! // ... nodes connect to /tmp/shmlink-doc.sock ...
-//! engine.shutdown().await;
+//! ```
+//! use ipc_tokio::{Engine, Node};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("shmlink-engine-doc-{}", std::process::id()));
+//! let socket = dir.join("engine.sock");
+//! let engine = Engine::builder().socket(&socket).spawn()?;
+//! let node = Node::connect(&socket, "worker").await?; // any process of the same user
+//! assert_eq!(engine.wait_for_stats(|s| s.nodes == 1).await.nodes, 1);
+//! drop(node);
+//! engine.shutdown().await; // every node still connected sees `Disconnected`
 //! # Ok(())
 //! # }
 //! ```

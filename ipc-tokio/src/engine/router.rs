@@ -33,6 +33,9 @@ type EndId = u32;
 /// Entries popped per ring per pass: bounds the work one node gets before the others.
 const BATCH: usize = 64;
 
+/// Names one node may serve at once.
+const MAX_SERVICES_PER_NODE: usize = 1024;
+
 /// What a connection task hands over once a node is ready.
 #[derive(Debug)]
 pub(crate) struct Handover {
@@ -75,6 +78,8 @@ pub(crate) enum Command {
     Gone {
         node: NodeId,
         reason: String,
+        /// The connection ended because the node broke the control protocol.
+        violation: bool,
     },
     Shutdown,
 }
@@ -164,6 +169,8 @@ pub(crate) struct Router {
     scratch: Vec<RawDescriptor>,
     /// The nodes being buried left on their own (log at info, not warn).
     bury_quietly: bool,
+    /// Node ids of the current pass (kept to avoid an allocation per pass).
+    ids: Vec<NodeId>,
 }
 
 impl std::fmt::Debug for Router {
@@ -196,10 +203,13 @@ impl Router {
             credits_due: HashMap::new(),
             scratch: vec![RawDescriptor::default(); BATCH],
             bury_quietly: false,
+            ids: Vec::new(),
         }
     }
 
     pub(crate) async fn run(mut self) {
+        let mut last_work = Instant::now();
+        let mut spins = 0u32;
         'outer: loop {
             // Commands first: registrations and opens are rare and cheap.
             while let Ok(command) = self.commands.try_recv() {
@@ -207,17 +217,18 @@ impl Router {
                     break 'outer;
                 }
             }
-            let mut busy = self.pass();
-            if !busy && !self.config.spin.is_zero() {
-                let until = Instant::now() + self.config.spin;
-                while !busy && Instant::now() < until {
-                    std::hint::spin_loop();
-                    busy = self.anything_pending() || !self.commands.is_empty();
-                }
-            }
-            if busy {
-                // Let connection tasks run on a busy current-thread runtime.
+            if self.pass() {
+                last_work = Instant::now();
+                // Let the other tasks of the runtime run between passes.
                 tokio::task::yield_now().await;
+                continue;
+            }
+            // Nothing moved. Within the spin budget, look again after letting the runtime run
+            // its other tasks (never a busy-wait that starves the host application), so a node
+            // that answers quickly finds the engine awake: no doorbell, no wake-up.
+            if last_work.elapsed() < self.config.spin {
+                spins = spins.wrapping_add(1);
+                crate::spin::pause(spins).await;
                 continue;
             }
             if !self.prepare_sleep() {
@@ -238,7 +249,9 @@ impl Router {
 
     /// One pass over every node. Returns whether anything moved.
     fn pass(&mut self) -> bool {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.nodes.keys().copied());
         let mut moved = false;
         for &id in &ids {
             moved |= self.drain_release(id);
@@ -257,14 +270,8 @@ impl Router {
         if moved {
             self.publish();
         }
+        self.ids = ids;
         moved
-    }
-
-    fn anything_pending(&mut self) -> bool {
-        self.nodes.values_mut().any(|n| {
-            n.submit.available().map_or(true, |a| a > 0)
-                || n.release.available().map_or(true, |a| a > 0)
-        })
     }
 
     /// Announces sleep on every ring the engine consumes. False if work arrived meanwhile.
@@ -346,8 +353,17 @@ impl Router {
                 service,
                 schema,
             } => self.open(node, req, service, schema),
-            Command::Gone { node, reason } => {
-                if self.nodes.contains_key(&node) {
+            Command::Gone {
+                node,
+                reason,
+                violation,
+            } => {
+                if !self.nodes.contains_key(&node) {
+                } else if violation {
+                    // Nothing more it wrote is acted on.
+                    self.doom(node, reason);
+                    self.bury();
+                } else {
                     self.last_drain(node);
                     self.doomed.push((node, reason));
                     self.bury_quietly = true;
@@ -421,6 +437,14 @@ impl Router {
     fn serve(&mut self, node: NodeId, req: u32, service: String, schema: Schema) {
         if !self.nodes.contains_key(&node) {
             return;
+        }
+        if self.nodes[&node].services.len() >= MAX_SERVICES_PER_NODE {
+            return self.refuse(
+                node,
+                req,
+                ErrorCode::Resources,
+                format!("a node may serve at most {MAX_SERVICES_PER_NODE} names"),
+            );
         }
         if self.services.contains_key(&service) {
             return self.refuse(
@@ -579,13 +603,25 @@ impl Router {
         }
     }
 
+    /// Condemns a node for breaking the protocol: counted once, its first reason kept, and
+    /// nothing it writes afterwards is acted on (it is buried at the end of the pass).
     fn doom(&mut self, node: NodeId, reason: String) {
+        if self.is_doomed(node) {
+            return;
+        }
         self.stats.violations += 1;
         self.doomed.push((node, reason));
     }
 
+    fn is_doomed(&self, node: NodeId) -> bool {
+        self.doomed.iter().any(|(id, _)| *id == node)
+    }
+
     /// Drains one node's release ring. Returns whether anything was popped.
     fn drain_release(&mut self, id: NodeId) -> bool {
+        if self.is_doomed(id) {
+            return false;
+        }
         let Some(node) = self.nodes.get_mut(&id) else {
             return false;
         };
@@ -597,17 +633,10 @@ impl Router {
         for raw in &self.scratch[..n] {
             let offset = match validate_release(raw, &bounds) {
                 Ok(offset) => offset,
-                Err(e) => {
-                    self.doomed.push((id, format!("release entry: {e}")));
-                    self.stats.violations += 1;
-                    return true;
-                }
+                Err(e) => return self.violation(id, format!("release entry: {e}")),
             };
             if let Err(e) = node.rx.free(offset) {
-                self.doomed
-                    .push((id, format!("release of a sub-block it does not hold: {e}")));
-                self.stats.violations += 1;
-                return true;
+                return self.violation(id, format!("release of a sub-block it does not hold: {e}"));
             }
             if let Some(sender) = node.rx_owner.remove(&offset) {
                 *self.credits_due.entry(sender).or_default() += 1;
@@ -629,6 +658,9 @@ impl Router {
 
     /// Drains one node's submit ring. Returns whether anything was popped.
     fn drain_submit(&mut self, id: NodeId) -> bool {
+        if self.is_doomed(id) {
+            return false;
+        }
         let Some(node) = self.nodes.get_mut(&id) else {
             return false;
         };
@@ -884,6 +916,21 @@ impl Router {
         if pushed_any && node.deliver.needs_wake() {
             node.ring_out();
         }
+        // An honest node has at most one TX_DONE per transmit sub-block, and CREDIT and DATA
+        // entries bounded by its sessions' credits, waiting here. One that stops reading its
+        // deliver ring while it keeps sending would grow this queue without bound.
+        let layout = node.block.layout();
+        let credits = self.config.credits as usize;
+        let cap = (layout.tx.size / layout.tx.min_block) as usize
+            + 2 * credits * (node.ends.len() + 1)
+            + 2 * layout.deliver.capacity as usize;
+        if node.outbox.len() > cap {
+            let reason = format!(
+                "{} entries wait for its deliver ring: it does not read it",
+                node.outbox.len()
+            );
+            self.doom(id, reason);
+        }
     }
 
     // ===== cleanup =====
@@ -891,7 +938,9 @@ impl Router {
     /// Closes every doomed node: its block, rings, doorbells, sessions and services go; its
     /// peers get `CLOSED(PEER_DISCONNECTED)`; senders into it get their loans back.
     fn bury(&mut self) {
-        while let Some((id, reason)) = self.doomed.pop() {
+        // In the order they were condemned (burying one can condemn another).
+        while !self.doomed.is_empty() {
+            let (id, reason) = self.doomed.remove(0);
             let Some(node) = self.nodes.remove(&id) else {
                 continue;
             };

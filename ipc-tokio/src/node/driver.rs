@@ -1,6 +1,7 @@
 //! The node's driver: the one task that reads the deliver ring and the control socket.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ipc_core::control::{self, EngineFrame};
 use ipc_core::descriptor::close_reason;
@@ -62,17 +63,27 @@ impl Driver {
         } = self;
         let (mut rd, mut wr) = stream.into_split();
         let mut busy_passes = 0u32;
+        let mut last_work = Instant::now();
+        let mut spins = 0u32;
         let reason = loop {
             match drain(&shared, &mut deliver, &mut scratch) {
                 Err(reason) => break reason,
                 Ok(0) => busy_passes = 0,
                 Ok(_) => {
+                    last_work = Instant::now();
                     busy_passes += 1;
                     if busy_passes.is_multiple_of(16) {
                         tokio::task::yield_now().await;
                     }
                     continue;
                 }
+            }
+            // Nothing delivered. Within the spin budget, poll again after letting the
+            // runtime run its other tasks (the application's, which may answer or send).
+            if last_work.elapsed() < shared.spin {
+                spins = spins.wrapping_add(1);
+                crate::spin::pause(spins).await;
+                continue;
             }
             match deliver.prepare_sleep() {
                 Ok(true) => {}
@@ -81,6 +92,10 @@ impl Driver {
             }
             let woke = tokio::select! {
                 _ = &mut stop => break "node dropped".to_owned(),
+                () = shared.kick.notified() => {
+                    last_work = Instant::now();
+                    Ok(())
+                }
                 guard = bell.readable() => match guard {
                     Ok(mut guard) => {
                         guard.clear_ready();

@@ -10,6 +10,7 @@ mod shared;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipc_core::control::{self, EngineFrame, MAX_NAME, NodeFrame, Schema};
 use ipc_core::{Block, Doorbell, Producer};
@@ -41,8 +42,49 @@ pub(crate) struct NodeHandle {
     _stop: oneshot::Sender<()>,
 }
 
+/// Settings of a node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeOptions {
+    /// How long the node's driver keeps polling its deliver ring after the last delivery or
+    /// send before it parks on its doorbell (default 20 µs). While it polls, the engine needs
+    /// no syscall to reach it; the polling yields to the runtime, so other tasks still run.
+    /// Zero parks at once. Idle is free either way.
+    pub spin: Duration,
+    /// Users an engine may run as, besides this process's own user and root (checked with
+    /// `SO_PEERCRED` before anything is sent: a node never talks to an engine someone else
+    /// put on the socket path). Default: none.
+    pub engine_uids: Vec<u32>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            spin: Duration::from_micros(20),
+            engine_uids: Vec::new(),
+        }
+    }
+}
+
+impl NodeOptions {
+    /// Sets [`NodeOptions::spin`].
+    #[must_use]
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Also trusts an engine running as `uid` (see [`NodeOptions::engine_uids`]).
+    #[must_use]
+    pub fn trust_engine_uid(mut self, uid: u32) -> Self {
+        self.engine_uids.push(uid);
+        self
+    }
+}
+
 impl Node {
-    /// Connects to the engine listening on `path` and registers as `name`.
+    /// Connects to the engine listening on `path` and registers as `name`, with the default
+    /// [`NodeOptions`].
     ///
     /// # Errors
     ///
@@ -50,10 +92,33 @@ impl Node {
     /// engine refuses (credentials, version, resources), [`ConnectError::Block`] if the block
     /// it hands over fails validation, [`ConnectError::Protocol`] on an unexpected answer.
     pub async fn connect(path: impl AsRef<Path>, name: &str) -> Result<Self, ConnectError> {
+        Self::connect_with(path, name, NodeOptions::default()).await
+    }
+
+    /// As [`Node::connect`], with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::connect`].
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        name: &str,
+        options: NodeOptions,
+    ) -> Result<Self, ConnectError> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(ConnectError::Name);
         }
         let mut stream = UnixStream::connect(path.as_ref()).await?;
+        let engine_uid = stream.peer_cred()?.uid();
+        let own = rustix::process::getuid().as_raw();
+        if engine_uid != own && engine_uid != 0 && !options.engine_uids.contains(&engine_uid) {
+            return Err(ConnectError::Refused {
+                message: format!(
+                    "the engine on {} runs as uid {engine_uid}, not as this user (uid {own}) or root",
+                    path.as_ref().display()
+                ),
+            });
+        }
         // An engine that refuses us (credentials) may answer and close before reading the
         // hello: the write then fails, but its answer is waiting below. Read it either way.
         let hello = write_frame(
@@ -125,6 +190,7 @@ impl Node {
             Producer::new(block.release_ring()),
             engine_bell,
             out_tx,
+            options.spin,
         ));
         let (stop_tx, stop_rx) = oneshot::channel();
         let driver =

@@ -6,7 +6,9 @@ use std::task::{Context, Poll, Waker};
 
 use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
 use ipc_core::{Block, Doorbell, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{OpenError, SessionError};
 use crate::session::SessionCore;
@@ -107,6 +109,10 @@ pub(crate) struct NodeShared {
     pub(crate) tx_waiters: WaitList,
     /// Senders waiting for room in the submit ring (woken on the node's doorbell).
     pub(crate) ring_waiters: WaitList,
+    /// How long the driver polls after activity before it parks.
+    pub(crate) spin: Duration,
+    /// A send happened: the driver (if parked) starts polling for what comes back.
+    pub(crate) kick: Notify,
 }
 
 impl NodeShared {
@@ -121,6 +127,7 @@ impl NodeShared {
         release: Producer<ShmRing>,
         engine_bell: Doorbell,
         out: mpsc::UnboundedSender<Vec<u8>>,
+        spin: Duration,
     ) -> Self {
         Self {
             name,
@@ -142,6 +149,8 @@ impl NodeShared {
             state: Mutex::new(State::default()),
             tx_waiters: WaitList::default(),
             ring_waiters: WaitList::default(),
+            spin,
+            kick: Notify::new(),
         }
     }
 
@@ -234,6 +243,11 @@ impl NodeShared {
                     Ok(true) => {
                         if side.producer.needs_wake() {
                             self.ring_engine();
+                        }
+                        drop(side);
+                        if !self.spin.is_zero() {
+                            // An answer may follow: have the driver poll for it.
+                            self.kick.notify_one();
                         }
                         return Poll::Ready(Ok(()));
                     }
