@@ -233,6 +233,27 @@ fn check_span(offset: u64, len: u64, bounds: &ArenaBounds) -> Result<(), Violati
     Ok(())
 }
 
+/// Where an empty payload points.
+#[derive(Clone, Copy)]
+enum Empty {
+    /// Nowhere: the offset must be zero.
+    NoSubBlock,
+    /// At a sub-block of its own, like any other payload.
+    OwnSubBlock,
+}
+
+fn check_payload(raw: &RawDescriptor, bounds: &ArenaBounds, empty: Empty) -> Result<(), Violation> {
+    match (raw.len, empty) {
+        (0, Empty::NoSubBlock) if raw.offset != 0 => Err(Violation::OutOfBounds {
+            offset: raw.offset,
+            len: 0,
+            size: bounds.size,
+        }),
+        (0, Empty::NoSubBlock) => Ok(()),
+        (len, _) => check_span(raw.offset, u64::from(len).max(1), bounds),
+    }
+}
+
 /// Validates an entry of a node's submit ring against the node's transmit arena.
 ///
 /// `raw` must already be a copy in the caller's memory; the function never looks at shared
@@ -245,18 +266,8 @@ pub fn validate_submit(raw: &RawDescriptor, tx: &ArenaBounds) -> Result<Submissi
     check_common(raw)?;
     match raw.kind {
         kind::DATA => {
-            // A zero-length payload carries no sub-block: offset and len must both be zero.
-            if raw.len == 0 {
-                if raw.offset != 0 {
-                    return Err(Violation::OutOfBounds {
-                        offset: raw.offset,
-                        len: 0,
-                        size: tx.size,
-                    });
-                }
-            } else {
-                check_span(raw.offset, u64::from(raw.len), tx)?;
-            }
+            // A zero-length loan takes no sub-block: its offset must be zero.
+            check_payload(raw, tx, Empty::NoSubBlock)?;
             Ok(Submission::Data {
                 session: raw.session,
                 offset: raw.offset,
@@ -304,17 +315,9 @@ pub fn validate_deliver(
     check_common(raw)?;
     match raw.kind {
         kind::DATA => {
-            if raw.len == 0 {
-                if raw.offset != 0 {
-                    return Err(Violation::OutOfBounds {
-                        offset: raw.offset,
-                        len: 0,
-                        size: rx.size,
-                    });
-                }
-            } else {
-                check_span(raw.offset, u64::from(raw.len), rx)?;
-            }
+            // The engine gives even an empty payload a sub-block (the node releases it, which
+            // returns the sender's credit): its offset names that sub-block.
+            check_payload(raw, rx, Empty::OwnSubBlock)?;
             Ok(Delivery::Data {
                 session: raw.session,
                 offset: raw.offset,
@@ -457,5 +460,11 @@ mod tests {
         let d = RawDescriptor::data(3, 0, 0);
         assert!(validate_submit(&d, &TX).is_ok());
         assert!(validate_deliver(&d, &TX, &TX).is_ok());
+        // Delivered, an empty payload names the sub-block the engine gave it.
+        let delivered = RawDescriptor::data(3, 4096, 0);
+        assert!(validate_submit(&delivered, &TX).is_err());
+        assert!(validate_deliver(&delivered, &TX, &TX).is_ok());
+        let outside = RawDescriptor::data(3, 1 << 20, 0);
+        assert!(validate_deliver(&outside, &TX, &TX).is_err());
     }
 }
