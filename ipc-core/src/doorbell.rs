@@ -66,13 +66,19 @@ impl Doorbell {
     ///
     /// # Errors
     ///
-    /// The error of `recv(2)`, except `EAGAIN` (nothing pending).
+    /// The error of `recv(2)`, except `EAGAIN` (nothing pending); `BrokenPipe` once the other
+    /// end is closed (this end then stays readable forever: stop waiting on it).
     pub fn drain(&self) -> io::Result<u64> {
         let mut buf = [0u8; 256];
         let mut rings = 0u64;
         loop {
             match rustix::net::recv(&self.fd, &mut buf, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => return Ok(rings), // the other end is closed
+                Ok((0, _)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the other end of the doorbell is closed",
+                    ));
+                }
                 Ok((n, _)) => {
                     rings += n as u64;
                     if n < buf.len() {
@@ -163,6 +169,11 @@ mod tests {
         assert!(
             engine.ring().is_err(),
             "a closed peer is an error, not a hang"
+        );
+        assert_eq!(
+            engine.drain().unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe,
+            "a closed peer is reported, so nobody keeps waking on the readable end"
         );
     }
 }

@@ -124,6 +124,8 @@ struct NodeState {
     release: Consumer<ShmRing>,
     deliver: Producer<ShmRing>,
     bell_in: AsyncFd<Doorbell>,
+    /// The node closed its end of `bell_in`: no longer watched.
+    bell_closed: std::sync::atomic::AtomicBool,
     bell_out: Doorbell,
     rx: BuddyAllocator<Vec<u8>>,
     /// Receive sub-blocks delivered and not yet released, and the sender end to credit.
@@ -312,10 +314,18 @@ impl Router {
             }
             let mut rang = false;
             for node in nodes.values() {
+                if node.bell_closed.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
                 match node.bell_in.poll_read_ready(cx) {
                     Poll::Ready(Ok(mut guard)) => {
                         guard.clear_ready();
-                        let _ = node.bell_in.get_ref().drain();
+                        if node.bell_in.get_ref().drain().is_err() {
+                            // Its end is closed (it exited, or threw it away): a closed end
+                            // stays readable, so stop watching it. Its socket tells the rest.
+                            node.bell_closed
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         rang = true;
                     }
                     Poll::Ready(Err(e)) => {
@@ -404,6 +414,7 @@ impl Router {
             deliver: Producer::new(h.block.deliver_ring()),
             block: h.block,
             bell_in,
+            bell_closed: std::sync::atomic::AtomicBool::new(false),
             bell_out: h.node_bell,
             rx,
             rx_owner: HashMap::new(),

@@ -269,9 +269,22 @@ impl NodeShared {
     fn push_or_queue(&self, side: &Mutex<RingSide>, entry: RawDescriptor) {
         let mut side = side.lock().unwrap_or_else(|e| e.into_inner());
         side.overflow.push_back(entry);
-        Self::flush_overflow(&mut side);
-        if !side.overflow.is_empty() {
-            let _ = side.producer.prepare_wait_space();
+        self.push_overflow(&mut side);
+    }
+
+    /// Pushes what the queue holds; if some of it does not fit, arms the wait-for-space flag so
+    /// the engine rings us when it frees slots (retrying if it freed some meanwhile: without
+    /// that retry, or without re-arming after a partial flush, the rest would wait forever).
+    fn push_overflow(&self, side: &mut RingSide) {
+        loop {
+            Self::flush_overflow(side);
+            if side.overflow.is_empty() {
+                break;
+            }
+            match side.producer.prepare_wait_space() {
+                Ok(false) => continue,
+                Ok(true) | Err(_) => break,
+            }
         }
         if side.producer.needs_wake() {
             self.ring_engine();
@@ -312,10 +325,7 @@ impl NodeShared {
         for side in [&self.submit, &self.release] {
             let mut side = side.lock().unwrap_or_else(|e| e.into_inner());
             if !side.overflow.is_empty() {
-                Self::flush_overflow(&mut side);
-                if side.producer.needs_wake() {
-                    self.ring_engine();
-                }
+                self.push_overflow(&mut side);
             }
         }
         self.ring_waiters.wake_all();

@@ -169,10 +169,6 @@ async fn serve_session<Req, Resp, S, C>(
             Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             message = stream.next() => message,
         };
-        eprintln!(
-            "DEBUG serve_session got {:?}",
-            message.as_ref().map(|m| m.as_ref().map(|b| b.len()))
-        );
         let bytes = match message {
             Some(Ok(bytes)) => bytes,
             // The client's process or the engine died: nobody will read the replies.
