@@ -158,6 +158,20 @@ fn an_empty_message_behind_a_held_one_is_delivered() {
 #[test]
 fn engine_many_sessions_closed_at_once_all_reach_the_engine() {
     let _serial = serial();
+    // Two of the fuzzer's own inputs: 135 and 68 opens of `fuzz` (`50, 104, 101, 108`, then
+    // repeats: `139, n`).
+    ipc_tokio::__fuzz::engine(&[
+        139, 139, 50, 104, 101, 108, 139, 139, 139, 139, 139, 139, 139, 11, 139, 139, 139, 139,
+        139, 139, 237, 139, 139, 137, 139, 139, 139, 139, 139, 99, 109, 112, 45, 113, 117, 105, 99,
+        107, 139, 139, 40, 0,
+    ]);
+    ipc_tokio::__fuzz::engine(&[
+        139, 139, 50, 104, 101, 108, 139, 139, 139, 139, 139, 139, 139, 139, 139, 50, 104, 101,
+        108, 139, 139, 139, 139, 139, 139, 139, 11, 139, 139, 139, 139, 139, 139, 237, 0, 28, 137,
+        38, 139, 139, 117, 116, 116, 125, 139, 139, 0, 0, 0, 0, 0, 101, 1, 0, 2, 108, 139, 0, 0, 0,
+        139, 139, 139, 139, 40, 0,
+    ]);
+    // And its shape spelled out: some 250 opens, then the node leaves.
     let mut input = op::control(4, 16, 2);
     for _ in 0..250 {
         input.extend(op::control(4, 64, 0));
