@@ -1,8 +1,7 @@
 //! The hostile node: a rendezvous by hand, then whatever the input says.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +11,7 @@ use ipc_core::{
     Block, Consumer, Delivery, Doorbell, Layout, Producer, RawDescriptor, ShmRing, TxArena, kind,
     validate_deliver,
 };
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use super::world::{World, within};
@@ -90,7 +88,7 @@ impl Hostile {
                 break decoded;
             }
             let mut chunk = [0u8; 512];
-            let n = recv_with_fds(&stream, &mut chunk, &mut fds).await?;
+            let n = crate::control::recv_with_fds(&stream, &mut chunk, &mut fds).await?;
             if n == 0 {
                 return Err(io::Error::other("closed during the rendezvous"));
             }
@@ -403,30 +401,4 @@ enum Forged {
     Submit,
     Deliver,
     Nothing,
-}
-
-/// `recvmsg` with room for the welcome's three descriptors (as a node does).
-async fn recv_with_fds(
-    sock: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    sock.async_io(Interest::READABLE, || {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = rustix::net::recvmsg(
-            sock.as_fd(),
-            &mut iov,
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        Ok(msg.bytes)
-    })
-    .await
 }

@@ -286,9 +286,6 @@ impl Router {
             if !node.outbox.is_empty() {
                 sleep &= node.deliver.prepare_wait_space().unwrap_or(false);
             }
-            if !node.inbox.is_empty() && node.rx.stats().largest_free > 0 {
-                // Blocked on this node's releases: those come with a doorbell.
-            }
         }
         if !sleep {
             self.wake_all();
@@ -368,15 +365,15 @@ impl Router {
                 reason,
                 violation,
             } => {
-                if !self.nodes.contains_key(&node) {
-                } else if violation {
-                    // Nothing more it wrote is acted on.
-                    self.doom(node, reason);
-                    self.bury();
-                } else {
-                    self.last_drain(node);
-                    self.doomed.push((node, reason));
-                    self.bury_quietly = true;
+                if self.nodes.contains_key(&node) {
+                    if violation {
+                        // Nothing more it wrote is acted on.
+                        self.doom(node, reason);
+                    } else {
+                        self.last_drain(node);
+                        self.doomed.push((node, reason));
+                        self.bury_quietly = true;
+                    }
                     self.bury();
                     self.bury_quietly = false;
                 }

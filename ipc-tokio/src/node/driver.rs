@@ -215,7 +215,7 @@ fn drain(
         shared.tx_waiters.wake_all();
     }
     if deliver.needs_space_wake() {
-        shared.on_doorbell_engine();
+        shared.ring_engine();
     }
     Ok(n)
 }

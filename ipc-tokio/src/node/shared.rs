@@ -158,12 +158,8 @@ impl NodeShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rings the engine (it waits for room in our deliver ring).
-    pub(crate) fn on_doorbell_engine(&self) {
-        self.ring_engine();
-    }
-
-    fn ring_engine(&self) {
+    /// Rings the engine (it sleeps with entries waiting, or waits for room in our deliver ring).
+    pub(crate) fn ring_engine(&self) {
         if let Err(e) = self.engine_bell.ring() {
             tracing::warn!(error = %e, "cannot ring the engine's doorbell");
         }
