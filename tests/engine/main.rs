@@ -9,6 +9,7 @@
 mod support;
 
 mod children;
+mod fake_engine;
 
 mod close;
 mod flow;

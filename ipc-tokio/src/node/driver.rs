@@ -53,7 +53,7 @@ impl Driver {
     pub(crate) async fn run(self) {
         let Self {
             shared,
-            stream,
+            mut stream,
             mut frames,
             bell,
             mut out,
@@ -61,10 +61,13 @@ impl Driver {
             mut deliver,
             mut scratch,
         } = self;
-        let (mut rd, mut wr) = stream.into_split();
+        // Borrowed halves: unlike owned ones, dropping them does not shut the socket down
+        // (an end of stream the engine would see before this node has let go of its block).
+        let (mut rd, mut wr) = stream.split();
         let mut busy_passes = 0u32;
         let mut last_work = Instant::now();
         let mut spins = 0u32;
+        let mut wakes = 0u32;
         let reason = loop {
             match drain(&shared, &mut deliver, &mut scratch) {
                 Err(reason) => break reason,
@@ -99,9 +102,14 @@ impl Driver {
                 guard = bell.readable() => match guard {
                     Ok(mut guard) => {
                         guard.clear_ready();
-                        let _ = bell.get_ref().drain();
-                        shared.on_doorbell();
-                        Ok(())
+                        // An error is the engine's end closed: the engine let go of this
+                        // node. (A closed end stays readable, and readiness costs no
+                        // cooperative budget: ignoring it would spin here forever without
+                        // ever handing the thread back to the runtime.)
+                        bell.get_ref()
+                            .drain()
+                            .map(|_| shared.on_doorbell())
+                            .map_err(|e| format!("doorbell: {e}"))
                     }
                     Err(e) => Err(format!("doorbell: {e}")),
                 },
@@ -120,6 +128,12 @@ impl Driver {
                 },
             };
             deliver.woke();
+            wakes = wakes.wrapping_add(1);
+            if wakes.is_multiple_of(64) {
+                // Some wake-ups (a kick, a readiness) cost no cooperative budget: never run
+                // the thread unboundedly without letting the runtime poll its drivers.
+                tokio::task::yield_now().await;
+            }
             if let Err(reason) = woke {
                 // Deliveries already in the ring were sent before the engine let go of us:
                 // hand them to their sessions before failing everything else.
@@ -128,6 +142,10 @@ impl Driver {
             }
         };
         shared.mark_dead(&reason);
+        // Unmap first (when no handle of the node is left), then close the socket: once the
+        // engine sees this node gone, its block is no longer mapped here.
+        drop((deliver, bell, scratch, shared));
+        drop(stream);
     }
 }
 
