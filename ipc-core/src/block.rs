@@ -12,7 +12,7 @@
 //!   handed out the range, and it is freed only after the engine says it is done) and reads
 //!   deliveries through [`RxView`].
 
-use std::collections::HashSet;
+use crate::idhash::IdSet;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -258,7 +258,7 @@ impl Block {
         Ok(TxArena {
             inner: Arc::new(Mutex::new(TxInner {
                 allocator,
-                in_flight: HashSet::new(),
+                in_flight: IdSet::default(),
             })),
             block: self.clone(),
         })
@@ -337,7 +337,7 @@ struct TxInner {
     allocator: BuddyAllocator<ShmTree>,
     /// Sub-blocks submitted and not yet reported done. A `TX_DONE` for anything else is refused,
     /// so a confused engine can never make two live loans alias.
-    in_flight: HashSet<u64>,
+    in_flight: IdSet<u64>,
 }
 
 /// A loan: `len` writable bytes in the transmit arena, exclusively ours until submitted.

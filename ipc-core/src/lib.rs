@@ -71,6 +71,7 @@ pub mod descriptor;
 #[cfg(not(loom))]
 pub mod doorbell;
 pub mod error;
+pub mod idhash;
 pub mod layout;
 pub mod ring;
 mod sync;
@@ -89,6 +90,7 @@ pub use descriptor::{
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;
 pub use error::{AllocError, BlockError, FreeError, RingError};
+pub use idhash::{IdMap, IdSet};
 pub use layout::{BlockConfig, Layout};
 #[cfg(not(loom))]
 pub use ring::ShmRing;

@@ -145,3 +145,87 @@ async fn unread_session_stalls_alone_after_exactly_its_credits() {
     .await;
     engine.shutdown().await;
 }
+
+/// A sink gathers fed payloads into a batch it pushes when full or on flush. A producer that
+/// only feeds must still never wait on its own batch: not for credits (the batch is pushed
+/// before `poll_ready` waits for one) and not for room in its transmit arena (pushed before a
+/// loan waits: the batched loans hold that room until the engine copies them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeding_without_flushing_never_waits_on_its_own_batch() {
+    const BIG: usize = 256 << 10; // 16 fill the 4 MiB transmit arena
+    const SMALL: u64 = 300; // more than a batch, and than the credits
+    let dir = TestDir::new("feed");
+    let engine = support::engine_builder(&dir)
+        .credits(64)
+        .spawn()
+        .expect("engine");
+    let socket = dir.socket();
+    let server = within("connect", Node::connect(&socket, "fed"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", support::listen(&server, "feed"))
+        .await
+        .expect("listen");
+    let client = within("connect", Node::connect(&socket, "feeder"))
+        .await
+        .expect("connect");
+    let mut session = within("open", support::open(&client, "feed"))
+        .await
+        .expect("open");
+    let mut served = within("accept", listener.accept()).await.expect("accept");
+
+    // Large loans: the arena fills long before the 64 credits run out.
+    let feed_big = async {
+        for i in 0..40u8 {
+            let mut loan = session.loan(BIG).await.expect("loan");
+            loan.fill(i);
+            session.feed(loan).await.expect("feed");
+        }
+        // Small ones with few credits left to the peer: more than a batch, never flushed.
+        for seq in 0..SMALL {
+            session
+                .feed(Bytes::from(seq_message(3, seq, seq_len(seq))))
+                .await
+                .expect("feed");
+        }
+        session
+    };
+    let read = async {
+        for i in 0..40u8 {
+            let m = served.next().await.expect("open").expect("payload");
+            assert!(m.len() == BIG && m.iter().all(|&b| b == i), "payload {i}");
+        }
+        // Without a flush, only the last payload fed (still held) and a partial batch (at
+        // most 31) may be unpushed: read what must have arrived.
+        let mut seq = 0;
+        while seq < SMALL - 1 - 31 {
+            let m = served.next().await.expect("open").expect("payload");
+            expect_seq(&m, 3, seq).expect("in order");
+            seq += 1;
+        }
+        seq
+    };
+    let (mut session, mut seq) = within(
+        "feeding 340 payloads without a flush",
+        futures::future::join(feed_big, read),
+    )
+    .await;
+    within("flush", SinkExt::<Bytes>::flush(&mut session))
+        .await
+        .expect("flush");
+    while seq < SMALL {
+        let m = within("the rest after the flush", served.next())
+            .await
+            .expect("open")
+            .expect("payload");
+        expect_seq(&m, 3, seq).expect("in order");
+        seq += 1;
+    }
+    drop((session, served, listener, server, client));
+    within(
+        "all gone",
+        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
+    )
+    .await;
+    engine.shutdown().await;
+}

@@ -230,11 +230,16 @@ impl<S: DerefMut<Target = [u8]>> BuddyAllocator<S> {
             order += 1;
             let (left, right) = (self.tree[node * 2], self.tree[node * 2 + 1]);
             // Both children wholly free (value == their order + 1 == `order`): coalesce.
-            self.tree[node] = if left == order as u8 && right == order as u8 {
+            let value = if left == order as u8 && right == order as u8 {
                 order as u8 + 1
             } else {
                 left.max(right)
             };
+            if self.tree[node] == value {
+                // A node's value depends on its children's alone: nothing above changes.
+                break;
+            }
+            self.tree[node] = value;
         }
     }
 }

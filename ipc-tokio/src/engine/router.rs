@@ -22,6 +22,7 @@ use ipc_core::{
     AllocError, Block, BuddyAllocator, Consumer, Doorbell, Producer, RawDescriptor, ShmRing,
     Submission, kind, validate_release, validate_submit,
 };
+use ipc_core::{IdMap, IdSet};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
@@ -129,11 +130,11 @@ struct NodeState {
     bell_out: Doorbell,
     rx: BuddyAllocator<Vec<u8>>,
     /// Receive sub-blocks delivered and not yet released, and the sender end to credit.
-    rx_owner: HashMap<u64, EndId>,
+    rx_owner: IdMap<u64, EndId>,
     inbox: VecDeque<Inbound>,
     outbox: VecDeque<RawDescriptor>,
     frames: mpsc::UnboundedSender<EngineFrame>,
-    ends: HashSet<EndId>,
+    ends: IdSet<EndId>,
     services: HashSet<String>,
 }
 
@@ -160,14 +161,14 @@ pub(crate) struct Router {
     commands: mpsc::UnboundedReceiver<Command>,
     stats_tx: watch::Sender<EngineStats>,
     stats: EngineStats,
-    nodes: HashMap<NodeId, NodeState>,
-    ends: HashMap<EndId, End>,
+    nodes: IdMap<NodeId, NodeState>,
+    ends: IdMap<EndId, End>,
     services: HashMap<String, Service>,
     next_end: EndId,
     next_service: u32,
     /// Nodes to close at the end of this pass, with the reason.
     doomed: Vec<(NodeId, String)>,
-    credits_due: HashMap<EndId, u32>,
+    credits_due: IdMap<EndId, u32>,
     scratch: Vec<RawDescriptor>,
     /// The nodes being buried left on their own (log at info, not warn).
     bury_quietly: bool,
@@ -196,13 +197,13 @@ impl Router {
             commands,
             stats_tx,
             stats: EngineStats::default(),
-            nodes: HashMap::new(),
-            ends: HashMap::new(),
+            nodes: IdMap::default(),
+            ends: IdMap::default(),
             services: HashMap::new(),
             next_end: 1,
             next_service: 1,
             doomed: Vec::new(),
-            credits_due: HashMap::new(),
+            credits_due: IdMap::default(),
             scratch: vec![RawDescriptor::default(); BATCH],
             bury_quietly: false,
             ids: Vec::new(),
@@ -414,11 +415,11 @@ impl Router {
             bell_closed: std::sync::atomic::AtomicBool::new(false),
             bell_out: h.node_bell,
             rx,
-            rx_owner: HashMap::new(),
+            rx_owner: IdMap::default(),
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
             frames: r.frames,
-            ends: HashSet::new(),
+            ends: IdSet::default(),
             services: HashSet::new(),
         };
         tracing::info!(node = r.node, name = %state.name, pid = ?state.pid, "node joined");

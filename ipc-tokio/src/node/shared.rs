@@ -1,12 +1,14 @@
 //! State a node's driver shares with its sessions.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
-use ipc_core::{Block, Doorbell, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
-use std::time::Duration;
+use ipc_core::{
+    Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
+};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -78,15 +80,15 @@ struct RingSide {
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) sessions: HashMap<u32, Arc<SessionCore>>,
-    pub(crate) early: HashMap<u32, Vec<Early>>,
+    pub(crate) sessions: IdMap<u32, Arc<SessionCore>>,
+    pub(crate) early: IdMap<u32, Vec<Early>>,
     /// Ends this node closed and whose `CLOSE_ACK` has not arrived yet.
-    pub(crate) closing: HashSet<u32>,
-    requests: HashMap<u32, oneshot::Sender<Reply>>,
+    pub(crate) closing: IdSet<u32>,
+    requests: IdMap<u32, oneshot::Sender<Reply>>,
     /// Accept queues of `Serve` requests not yet answered, by request id: the driver moves
     /// one to `listeners` when its `ServeOk` arrives, before it can handle any `Accept`.
-    serving: HashMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
-    listeners: HashMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
+    serving: IdMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
+    listeners: IdMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
     next_req: u32,
     pub(crate) dead: bool,
 }
@@ -228,6 +230,16 @@ impl NodeShared {
         entry: RawDescriptor,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
+        self.poll_submit_batch(&mut vec![entry], cx)
+    }
+
+    /// Pushes `batch` on the submit ring, removing what it pushed (one lock, one fence, at most
+    /// one doorbell for all of it); registers `cx` to be woken when there is room for the rest.
+    pub(crate) fn poll_submit_batch(
+        &self,
+        batch: &mut Vec<RawDescriptor>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SessionError>> {
         let mut side = self.submit.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if !side.overflow.is_empty() {
@@ -235,20 +247,22 @@ impl NodeShared {
                 Self::flush_overflow(&mut side);
             }
             if side.overflow.is_empty() {
-                match side.producer.push(entry) {
-                    Ok(true) => {
-                        if side.producer.needs_wake() {
-                            self.ring_engine();
-                        }
-                        drop(side);
-                        if !self.spin.is_zero() {
-                            // An answer may follow: have the driver poll for it.
-                            self.kick.notify_one();
-                        }
-                        return Poll::Ready(Ok(()));
+                let Ok(pushed) = side.producer.push_batch(batch) else {
+                    return Poll::Ready(Err(SessionError::Disconnected));
+                };
+                if pushed > 0 {
+                    batch.drain(..pushed);
+                    if side.producer.needs_wake() {
+                        self.ring_engine();
                     }
-                    Ok(false) => {}
-                    Err(_) => return Poll::Ready(Err(SessionError::Disconnected)),
+                }
+                if batch.is_empty() {
+                    drop(side);
+                    if !self.spin.is_zero() {
+                        // An answer may follow: have the driver poll for it.
+                        self.kick.notify_one();
+                    }
+                    return Poll::Ready(Ok(()));
                 }
             }
             self.ring_waiters.register(cx.waker());

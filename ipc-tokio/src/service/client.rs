@@ -4,7 +4,6 @@
 //! task matches replies to waiting calls by id. The two run apart, so a client that waits for
 //! credits to send never stops reading replies (which is what returns the server's credits).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use ipc_core::IdMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
@@ -34,7 +34,7 @@ struct Call<Req, Resp> {
 /// Replies waiting, by request id; `closed` once the reply stream ended, after which no
 /// call may wait (nothing would ever answer it).
 struct WaitingState<Resp> {
-    replies: HashMap<u64, Reply<Resp>>,
+    replies: IdMap<u64, Reply<Resp>>,
     closed: bool,
 }
 
@@ -83,7 +83,7 @@ impl<Req: Message, Resp: Message, C: Codec> Client<Req, Resp, C> {
         let (tx, rx) = mpsc::channel(in_flight.max(1));
         let (sink, stream) = session.split();
         let waiting: Waiting<Resp> = Arc::new(Mutex::new(WaitingState {
-            replies: HashMap::new(),
+            replies: IdMap::default(),
             closed: false,
         }));
         tokio::spawn(write_calls::<Req, Resp, C>(rx, sink, waiting.clone()));
@@ -101,23 +101,26 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
     waiting: Waiting<Resp>,
 ) {
     let mut next_id = 0u64;
-    while let Some(Call { request, reply }) = calls.recv().await {
+    // Calls already queued are fed; the sink is flushed once the queue is empty, so a burst
+    // of calls reaches the engine as one batch.
+    while let Some(Call { request, reply }) = next_call(&mut calls, &mut sink).await {
         if reply.is_closed() {
             continue; // the caller gave up before we sent it
         }
         next_id += 1;
         let id = next_id;
-        let loan = match envelope::loan_encoded::<C, Req>(&sink, id, Kind::Request, request).await {
-            Ok((loan, _request)) => loan,
-            Err(e) => {
-                let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
-                let _ = reply.send(Err(call_error(e)));
-                if fatal {
-                    break;
+        let loan =
+            match envelope::loan_encoded::<C, Req>(&mut sink, id, Kind::Request, request).await {
+                Ok((loan, _request)) => loan,
+                Err(e) => {
+                    let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
+                    let _ = reply.send(Err(call_error(e)));
+                    if fatal {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         {
             let mut state = lock(&waiting);
             if state.closed {
@@ -131,7 +134,7 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
                 state.replies.retain(|_, reply| !reply.is_closed());
             }
         }
-        if let Err(e) = sink.send(loan).await {
+        if let Err(e) = sink.feed(loan).await {
             let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
             if let Some(reply) = lock(&waiting).replies.remove(&id) {
                 let _ = reply.send(Err(call_error(e)));
@@ -144,6 +147,21 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
     // Every client clone dropped (or the session died): the server's request stream ends.
     let _ = sink.close().await;
     // Calls still queued fail as the channel drops.
+}
+
+/// The next queued call; when none is queued, flushes what was fed first, then waits.
+async fn next_call<T, C>(
+    calls: &mut mpsc::Receiver<T>,
+    sink: &mut SessionSink<Bytes, C>,
+) -> Option<T> {
+    match calls.try_recv() {
+        Ok(call) => Some(call),
+        Err(mpsc::error::TryRecvError::Disconnected) => None,
+        Err(mpsc::error::TryRecvError::Empty) => {
+            SessionSink::flush(sink).await.ok()?;
+            calls.recv().await
+        }
+    }
 }
 
 async fn read_replies<Resp: Message, C: Codec>(

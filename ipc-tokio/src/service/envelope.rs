@@ -80,7 +80,7 @@ pub(crate) fn fill<C: Codec, T: Serialize>(
 /// Loans exactly the envelope's size and writes header and body in place. (`body` is not
 /// borrowed across the wait for the loan, so it need not be `Sync`.)
 pub(crate) async fn loan_encoded<C: Codec, T: Serialize>(
-    sink: &SessionSink<Bytes, C>,
+    sink: &mut SessionSink<Bytes, C>,
     id: u64,
     kind: Kind,
     body: T,
@@ -93,7 +93,7 @@ pub(crate) async fn loan_encoded<C: Codec, T: Serialize>(
 
 /// Loans and writes an envelope whose body is raw text.
 pub(crate) async fn loan_text<C>(
-    sink: &SessionSink<Bytes, C>,
+    sink: &mut SessionSink<Bytes, C>,
     id: u64,
     kind: Kind,
     text: &str,

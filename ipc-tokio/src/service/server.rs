@@ -238,17 +238,29 @@ async fn write_replies<Resp: Message, C: Codec>(
     mut sink: SessionSink<Bytes, C>,
     mut replies: mpsc::UnboundedReceiver<(u64, Outcome<Resp>)>,
 ) {
-    while let Some((id, outcome)) = replies.recv().await {
+    // Replies already queued are fed; the sink is flushed once the queue is empty.
+    loop {
+        let next = match replies.try_recv() {
+            Ok(next) => Some(next),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if SessionSink::flush(&mut sink).await.is_err() {
+                    break;
+                }
+                replies.recv().await
+            }
+        };
+        let Some((id, outcome)) = next else { break };
         let loan = match outcome {
             Outcome::Reply(reply) => {
-                match envelope::loan_encoded::<C, Resp>(&sink, id, Kind::Reply, reply).await {
+                match envelope::loan_encoded::<C, Resp>(&mut sink, id, Kind::Reply, reply).await {
                     Ok((loan, _reply)) => Ok(loan),
                     // The reply cannot be encoded or is too large: tell the caller so.
                     Err(
                         e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. }),
                     ) => {
                         envelope::loan_text(
-                            &sink,
+                            &mut sink,
                             id,
                             Kind::Error,
                             &format!("cannot send the reply: {e}"),
@@ -258,11 +270,11 @@ async fn write_replies<Resp: Message, C: Codec>(
                     Err(e) => Err(e),
                 }
             }
-            Outcome::Error(text) => envelope::loan_text(&sink, id, Kind::Error, &text).await,
-            Outcome::Panic(text) => envelope::loan_text(&sink, id, Kind::Panic, &text).await,
+            Outcome::Error(text) => envelope::loan_text(&mut sink, id, Kind::Error, &text).await,
+            Outcome::Panic(text) => envelope::loan_text(&mut sink, id, Kind::Panic, &text).await,
         };
         let sent = match loan {
-            Ok(loan) => sink.send(loan).await,
+            Ok(loan) => sink.feed(loan).await,
             Err(e) => Err(e),
         };
         if sent.is_err() {

@@ -107,7 +107,7 @@ impl<T: Payload<C>, C> Session<T, C> {
     /// # Errors
     ///
     /// As [`SessionSink::loan`].
-    pub async fn loan(&self, len: usize) -> Result<Loan, SessionError> {
+    pub async fn loan(&mut self, len: usize) -> Result<Loan, SessionError> {
         self.sink.loan(len).await
     }
 

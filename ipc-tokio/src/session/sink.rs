@@ -1,11 +1,13 @@
 //! The sending half: `Sink<T>` for the session's payload type (and, on byte sessions,
 //! `Sink<Loan>` and `Sink<Vec<u8>>`).
 //!
-//! Like tokio-util's `PollSender`, the sink holds at most one item: `poll_ready` first pushes
-//! any pending item, then reserves a credit; `start_send` stores the item; `poll_flush` pushes
-//! it: measured and encoded straight into a loan (waiting for room in the transmit arena if
-//! needed), then onto the submit ring (waiting for room there if needed), ringing the engine
-//! only if it sleeps.
+//! Like tokio-util's `PollSender`, the sink holds at most one item: `poll_ready` first moves
+//! any pending item on, then reserves a credit; `start_send` stores the item. Moving it on
+//! means measuring and encoding it straight into a loan (waiting for room in the transmit
+//! arena if needed) and adding its descriptor to a small batch. The batch goes onto the
+//! submit ring as one push (one lock, one fence, at most one doorbell) when it is full or on
+//! `poll_flush`, as `FramedWrite` buffers until a flush: `send` flushes every message, while
+//! a producer that `feed`s many and flushes once pays the ring's costs once per batch.
 //!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
@@ -56,20 +58,24 @@ impl Loan {
     }
 }
 
-/// The one item a sink holds between `start_send` and the end of `poll_flush`.
+/// Descriptors a sink gathers before it pushes them onto the submit ring.
+const SUBMIT_BATCH: usize = 32;
+
+/// The one item a sink holds between `start_send` and its move into the batch.
 enum Pending<T> {
     /// Not yet encoded (waiting for a loan).
     Item(T),
     /// Encoded in place, not yet submitted.
     Loan(Loan),
-    /// Submitted to a loan, waiting for room in the submit ring.
-    Entry(RawDescriptor),
 }
 
 /// The sending half of a session carrying `T` (encoded with `C`).
 pub struct SessionSink<T = Bytes, C = Bincode> {
     guard: Arc<EndGuard>,
     pending: Option<Pending<T>>,
+    /// Loans handed over (their descriptors), not yet on the submit ring. Always pushed, even
+    /// once the session is over: the engine frees each (`TX_DONE`) instead of delivering it.
+    batch: Vec<RawDescriptor>,
     reserved: bool,
     finished: bool,
     _codec: PhantomData<fn() -> C>,
@@ -83,6 +89,7 @@ impl<T, C> fmt::Debug for SessionSink<T, C> {
         f.debug_struct("SessionSink")
             .field("session", &self.guard.core.end)
             .field("pending", &self.pending.is_some())
+            .field("batched", &self.batch.len())
             .field("reserved", &self.reserved)
             .field("finished", &self.finished)
             .finish()
@@ -94,6 +101,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         Self {
             guard,
             pending: None,
+            batch: Vec::with_capacity(SUBMIT_BATCH),
             reserved: false,
             finished: false,
             _codec: PhantomData,
@@ -129,7 +137,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     ///
     /// The session's error if it is over.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
-        poll_fn(|cx| self.poll_push(cx)).await
+        poll_fn(|cx| self.poll_push(cx, true)).await
     }
 
     /// Flushes, then half-closes: the peer's stream ends after the last payload; this end can
@@ -149,11 +157,24 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     ///
     /// [`SessionError::TooLarge`] at once if `len` can never fit; [`SessionError::Disconnected`]
     /// if the engine is gone.
-    pub async fn loan(&self, len: usize) -> Result<Loan, SessionError> {
+    pub async fn loan(&mut self, len: usize) -> Result<Loan, SessionError> {
         poll_fn(|cx| self.poll_loan(len, cx)).await
     }
 
-    fn poll_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
+    /// A loan, or `Pending` (woken by a `TX_DONE`). Before it waits it pushes the batch: the
+    /// loans batched hold arena memory that only the engine's `TX_DONE`s give back.
+    fn poll_loan(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
+        let loan = self.try_loan(len, cx);
+        if loan.is_pending() && !self.batch.is_empty() {
+            let shared = self.guard.node.shared.clone();
+            if let Poll::Ready(Err(e)) = shared.poll_submit_batch(&mut self.batch, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        loan
+    }
+
+    fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let shared = &self.guard.node.shared;
         let too_large = || Poll::Ready(Err(self.too_large(len as u64)));
         let Ok(len32) = u32::try_from(len) else {
@@ -180,18 +201,15 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         }
     }
 
-    /// Pushes the pending item through encoding, loan and ring.
-    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        loop {
-            let Some(pending) = self.pending.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            if let Some(error) = self.guard.core.send_error() {
-                return Poll::Ready(Err(error));
-            }
-            let end = self.guard.core.end;
+    /// Moves the pending item through encoding and loan into the batch; pushes the batch onto
+    /// the submit ring when it is full, or when `flush` asks.
+    fn poll_push(&mut self, cx: &mut Context<'_>, flush: bool) -> Poll<Result<(), SessionError>> {
+        while let Some(pending) = self.pending.take() {
             match pending {
                 Pending::Item(item) => {
+                    if let Some(error) = self.guard.core.send_error() {
+                        return Poll::Ready(Err(error));
+                    }
                     let encoded =
                         item.encoded_len()
                             .and_then(|len| match self.poll_loan(len, cx) {
@@ -218,31 +236,50 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                 }
                 Pending::Loan(loan) => {
                     let sent = loan.buf.submit();
-                    self.pending = Some(Pending::Entry(RawDescriptor::data(
-                        end,
+                    self.batch.push(RawDescriptor::data(
+                        self.guard.core.end,
                         sent.offset,
                         sent.len,
-                    )));
+                    ));
                 }
-                Pending::Entry(entry) => match self.guard.node.shared.poll_submit(entry, cx) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => {
-                        self.pending = Some(Pending::Entry(entry));
-                        return Poll::Pending;
-                    }
-                },
             }
         }
+        if !self.batch.is_empty() && (flush || self.batch.len() >= SUBMIT_BATCH) {
+            ready!(
+                self.guard
+                    .node
+                    .shared
+                    .poll_submit_batch(&mut self.batch, cx)
+            )?;
+            // Pushed either way (the engine frees what it cannot deliver), but their sender
+            // learns that a session already over did not deliver them.
+            if let Some(error) = self.guard.core.send_error() {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        ready!(self.poll_push(cx))?;
+        ready!(self.poll_push(cx, false))?;
         if self.finished {
             return Poll::Ready(Err(SessionError::Closed));
         }
         if !self.reserved {
-            ready!(self.guard.core.poll_credit(cx))?;
-            self.reserved = true;
+            match self.guard.core.poll_credit(cx) {
+                Poll::Ready(taken) => {
+                    taken?;
+                    self.reserved = true;
+                }
+                Poll::Pending => {
+                    // The peer returns credits as it reads: what is batched must reach it
+                    // before this waits.
+                    if let Poll::Ready(Err(e)) = self.poll_push(cx, true) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -257,7 +294,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     }
 
     fn poll_close_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        ready!(self.poll_push(cx))?;
+        ready!(self.poll_push(cx, true))?;
         if !self.finished {
             if self.reserved {
                 self.guard.core.refund_credit();
@@ -286,7 +323,7 @@ impl<T: Payload<C>, C> futures::Sink<T> for SessionSink<T, C> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        self.get_mut().poll_push(cx)
+        self.get_mut().poll_push(cx, true)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -307,7 +344,7 @@ impl<C> futures::Sink<Loan> for SessionSink<Bytes, C> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        self.get_mut().poll_push(cx)
+        self.get_mut().poll_push(cx, true)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -329,7 +366,7 @@ impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        self.get_mut().poll_push(cx)
+        self.get_mut().poll_push(cx, true)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
@@ -338,31 +375,37 @@ impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
 }
 
 impl<T, C> Drop for SessionSink<T, C> {
-    /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: a payload already
-    /// in a loan is pushed (without waiting) and the peer's stream ends after it. An item not
+    /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: payloads already
+    /// in loans are pushed (without waiting) and the peer's stream ends after them. An item not
     /// yet encoded is dropped with a warning (call `flush` or `close` to be sure).
     fn drop(&mut self) {
         if self.reserved {
             self.guard.core.refund_credit();
         }
-        if self.finished || self.guard.core.send_error().is_some() {
-            return;
-        }
         let shared = &self.guard.node.shared;
         let end = self.guard.core.end;
+        let over = self.finished || self.guard.core.send_error().is_some();
         match self.pending.take() {
-            Some(Pending::Entry(entry)) => shared.submit_now(entry),
-            Some(Pending::Loan(loan)) => {
+            Some(Pending::Loan(loan)) if !over => {
                 let sent = loan.buf.submit();
-                shared.submit_now(RawDescriptor::data(end, sent.offset, sent.len));
+                self.batch
+                    .push(RawDescriptor::data(end, sent.offset, sent.len));
             }
-            Some(Pending::Item(_)) => {
+            Some(Pending::Item(_)) if !over => {
                 tracing::warn!(
                     session = end,
                     "sink dropped with an unflushed payload; it is not sent"
                 );
             }
-            None => {}
+            // A loan not handed over frees itself as it drops.
+            _ => {}
+        }
+        // Loans handed over go to the engine whatever happened, to be delivered or freed.
+        for entry in self.batch.drain(..) {
+            shared.submit_now(entry);
+        }
+        if over {
+            return;
         }
         shared.submit_now(RawDescriptor::control(kind::FIN, end, 0));
     }
