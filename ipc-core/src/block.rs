@@ -401,7 +401,7 @@ impl TxArena {
         self.block
             .stats()
             .tx_in_use
-            .store(inner.allocator.stats().in_use, Ordering::Relaxed);
+            .store(inner.allocator.in_use(), Ordering::Relaxed);
         drop(inner);
         let ptr = arena_range(
             &self.block.mapping,
@@ -433,7 +433,7 @@ impl TxArena {
         self.block
             .stats()
             .tx_in_use
-            .store(inner.allocator.stats().in_use, Ordering::Relaxed);
+            .store(inner.allocator.in_use(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -509,7 +509,7 @@ impl Drop for TxBuf {
         if self.owned {
             let mut inner = self.arena.lock();
             let _ = inner.allocator.free(self.offset);
-            let in_use = inner.allocator.stats().in_use;
+            let in_use = inner.allocator.in_use();
             self.arena
                 .block
                 .stats()

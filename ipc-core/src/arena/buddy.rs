@@ -10,6 +10,12 @@ pub const MIN_BLOCK_FLOOR: u64 = 64;
 /// Largest order (arena size / min block, as a power of two) the tree encoding supports.
 const MAX_ORDER: u32 = 40;
 
+/// Orders with a look-aside list: the smallest classes, where messages churn.
+const CACHED_ORDERS: usize = 5;
+
+/// Sub-blocks each look-aside list keeps at most.
+const CACHE_DEPTH: usize = 64;
+
 /// One sub-block handed out by [`BuddyAllocator::alloc`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Allocation {
@@ -37,6 +43,13 @@ pub struct BuddyAllocator<S> {
     min_shift: u32,
     max_order: u32,
     in_use: u64,
+    /// Look-aside lists: freed sub-blocks of the small orders, kept out of the tree (it still
+    /// counts them as allocated) and handed out again last-in first-out, so the common
+    /// free-then-alloc of one size skips both walks and reuses memory still in cache.
+    cache: [Vec<u64>; CACHED_ORDERS],
+    /// One bit per minimum block: set where a cached sub-block starts (a second free of it
+    /// is refused as a double free; the tree alone cannot tell it from a live one).
+    cached: Vec<u64>,
 }
 
 // ===== impl BuddyAllocator =====
@@ -96,6 +109,8 @@ impl<S: DerefMut<Target = [u8]>> BuddyAllocator<S> {
             min_shift,
             max_order,
             in_use: 0,
+            cache: Default::default(),
+            cached: vec![0; (1usize << max_order).div_ceil(64)],
         })
     }
 
@@ -124,8 +139,15 @@ impl<S: DerefMut<Target = [u8]>> BuddyAllocator<S> {
         1u64 << (order + self.min_shift)
     }
 
-    /// Usage now.
-    pub fn stats(&self) -> ArenaStats {
+    /// Bytes in live sub-blocks now (cheap: for publishing usage on the data path).
+    pub fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Usage now. Returns the look-aside lists' sub-blocks to the tree first, so that
+    /// `largest_free` is exact (and so costs a walk per cached sub-block).
+    pub fn stats(&mut self) -> ArenaStats {
+        self.trim();
         let root = u32::from(self.tree[1]);
         let largest_free = match root {
             0 => 0,
@@ -151,12 +173,24 @@ impl<S: DerefMut<Target = [u8]>> BuddyAllocator<S> {
                 capacity: self.size(),
             });
         };
+        if let Some(offset) = self.cache.get_mut(order as usize).and_then(Vec::pop) {
+            self.set_cached(offset, false);
+            let size = self.block_size(order);
+            self.in_use += size;
+            return Ok(Allocation { offset, size });
+        }
         let want = order as u8 + 1;
         if self.tree[1] < want {
-            return Err(AllocError::Full {
-                requested: len,
-                largest_free: self.stats().largest_free,
-            });
+            // Cached sub-blocks may coalesce into what is asked for.
+            if self.cache.iter().all(Vec::is_empty) || {
+                self.trim();
+                self.tree[1] < want
+            } {
+                return Err(AllocError::Full {
+                    requested: len,
+                    largest_free: self.stats().largest_free,
+                });
+            }
         }
         let mut node = 1usize;
         let mut node_order = self.max_order;
@@ -213,14 +247,52 @@ impl<S: DerefMut<Target = [u8]>> BuddyAllocator<S> {
             node /= 2;
             order += 1;
         }
-        if leaf_index & ((1usize << order) - 1) != 0 {
+        if leaf_index & ((1usize << order) - 1) != 0 || self.is_cached(offset) {
             return Err(FreeError::NotAllocated { offset });
         }
-        self.tree[node] = order as u8 + 1;
-        self.update_ancestors(node);
         let size = self.block_size(order);
         self.in_use -= size;
+        if let Some(list) = self.cache.get_mut(order as usize)
+            && list.len() < CACHE_DEPTH
+        {
+            list.push(offset);
+            self.set_cached(offset, true);
+            return Ok(size);
+        }
+        self.release(node, order);
         Ok(size)
+    }
+
+    /// Returns every sub-block of the look-aside lists to the tree (coalescing them).
+    pub fn trim(&mut self) {
+        for order in 0..CACHED_ORDERS {
+            while let Some(offset) = self.cache[order].pop() {
+                self.set_cached(offset, false);
+                let leaf = (1usize << self.max_order) + (offset >> self.min_shift) as usize;
+                self.release(leaf >> order, order as u32);
+            }
+        }
+    }
+
+    /// Marks tree node `node` (of `order`) free and updates its ancestors.
+    fn release(&mut self, node: usize, order: u32) {
+        self.tree[node] = order as u8 + 1;
+        self.update_ancestors(node);
+    }
+
+    fn is_cached(&self, offset: u64) -> bool {
+        let leaf = (offset >> self.min_shift) as usize;
+        self.cached[leaf / 64] & (1 << (leaf % 64)) != 0
+    }
+
+    fn set_cached(&mut self, offset: u64, on: bool) {
+        let leaf = (offset >> self.min_shift) as usize;
+        let word = &mut self.cached[leaf / 64];
+        if on {
+            *word |= 1 << (leaf % 64);
+        } else {
+            *word &= !(1 << (leaf % 64));
+        }
     }
 
     fn update_ancestors(&mut self, mut node: usize) {
@@ -319,6 +391,43 @@ mod tests {
             Err(FreeError::NotAllocated { offset: 0 })
         );
         assert_eq!(a.stats().in_use, 0);
+    }
+
+    #[test]
+    fn look_aside_lists_reuse_refuse_double_frees_and_coalesce_when_needed() {
+        let mut a = arena(4096, 64);
+        let x = a.alloc(64).unwrap();
+        let y = a.alloc(64).unwrap();
+        assert_eq!(a.free(x.offset), Ok(64));
+        assert_eq!(a.in_use(), 64);
+        // A cached sub-block is not live: a second free is refused.
+        assert_eq!(
+            a.free(x.offset),
+            Err(FreeError::NotAllocated { offset: x.offset })
+        );
+        // Last in, first out: the same sub-block comes back.
+        assert_eq!(a.alloc(1).unwrap(), x);
+        // Fill the arena with small sub-blocks, free them all (they stay cached up to the
+        // lists' depth), then ask for the whole arena: it needs them coalesced.
+        let mut live = vec![x, y];
+        while let Ok(b) = a.alloc(64) {
+            live.push(b);
+        }
+        assert_eq!(a.in_use(), 4096);
+        for b in &live {
+            a.free(b.offset).unwrap();
+        }
+        assert_eq!(a.in_use(), 0);
+        assert_eq!(a.alloc(4096).unwrap().offset, 0);
+        assert_eq!(a.free(0), Ok(4096));
+        assert_eq!(
+            a.stats(),
+            ArenaStats {
+                in_use: 0,
+                free: 4096,
+                largest_free: 4096
+            }
+        );
     }
 
     #[test]

@@ -652,7 +652,7 @@ impl Router {
             }
         }
         if n > 0 {
-            node.block.publish_rx_in_use(node.rx.stats().in_use);
+            node.block.publish_rx_in_use(node.rx.in_use());
             if node.release.needs_space_wake() {
                 node.ring_out();
             }
@@ -860,7 +860,7 @@ impl Router {
         node.rx_owner.insert(allocation.offset, src_end);
         node.outbox
             .push_back(RawDescriptor::data(dst_end, allocation.offset, len));
-        node.block.publish_rx_in_use(node.rx.stats().in_use);
+        node.block.publish_rx_in_use(node.rx.in_use());
         self.stats.messages += 1;
         self.tx_done(src_node, len, offset);
         Ok(())
