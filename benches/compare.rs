@@ -604,11 +604,7 @@ async fn idle_nodes(spec: &Spec, socket: &Path, engine: u32) -> Res<Measured> {
     accepted.send(got).await?;
     opened.next().await.ok_or("closed")??;
     let mut client = b.client::<Blob, Blob>("idle-typed").await?;
-    let back = client
-        .ready()
-        .await?
-        .call(Blob { data: vec![7; 64] })
-        .await?;
+    let back = client.ready().await?.call(Blob::filled(64, 7)).await?;
     check_reply_echo(&back.data)?;
 
     let engine_before = proc_cpu_s(engine);
@@ -808,26 +804,36 @@ impl Conn for ShmConn {
     }
 }
 
-/// The typed payload: bytes, serialised as such (`serde_bytes`).
+/// The typed payload: bytes, serialised as such, and decoded as a view of the received
+/// shared memory (`shared_bytes`: what a shmlink user writes for a blob field; tarpc's side
+/// uses `serde_bytes::ByteBuf`, its own best).
 #[derive(shmlink::Message, Serialize, Deserialize, Debug, Clone)]
 struct Blob {
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    #[serde(with = "shmlink::message::shared_bytes")]
+    data: Bytes,
+}
+
+impl Blob {
+    fn filled(n: usize, b: u8) -> Self {
+        Self {
+            data: Bytes::from(vec![b; n]),
+        }
+    }
 }
 
 /// A typed shmlink session of `Blob`s (the typed stream API).
 struct TypedConn(Session<Blob>);
 
 impl Conn for TypedConn {
-    type Msg = Vec<u8>;
+    type Msg = Bytes;
     async fn feed_fill(&mut self, n: usize, b: u8) -> Res<()> {
-        self.0.feed(Blob { data: vec![b; n] }).await?;
+        self.0.feed(Blob::filled(n, b)).await?;
         Ok(())
     }
     async fn feed_copy(&mut self, data: &[u8]) -> Res<()> {
         self.0
             .feed(Blob {
-                data: data.to_vec(),
+                data: Bytes::copy_from_slice(data),
             })
             .await?;
         Ok(())
@@ -836,10 +842,10 @@ impl Conn for TypedConn {
         self.0.flush().await?;
         Ok(())
     }
-    async fn recv(&mut self) -> Res<Option<Vec<u8>>> {
+    async fn recv(&mut self) -> Res<Option<Bytes>> {
         Ok(self.0.next().await.transpose()?.map(|b| b.data))
     }
-    fn try_recv(&mut self) -> Res<Option<Vec<u8>>> {
+    fn try_recv(&mut self) -> Res<Option<Bytes>> {
         Ok(self
             .0
             .next()
@@ -989,11 +995,7 @@ async fn typed_client(
         Pattern::Rtt => {
             rtt_loop(spec, &cpu, async |i| {
                 let b = seed_byte(i);
-                let reply = client
-                    .ready()
-                    .await?
-                    .call(Blob { data: vec![b; n] })
-                    .await?;
+                let reply = client.ready().await?.call(Blob::filled(n, b)).await?;
                 check_reply(&reply.data, n, b)
             })
             .await
@@ -1009,7 +1011,7 @@ async fn typed_client(
                     while calls.len() < inflight && t0.elapsed() < d {
                         let b = seed_byte(next);
                         next += 1;
-                        let call = client.ready().await?.call(Blob { data: vec![b; n] });
+                        let call = client.ready().await?.call(Blob::filled(n, b));
                         calls.push(async move { (b, call.await) });
                     }
                     let Some((b, reply)) = calls.next().await else {
@@ -1473,9 +1475,7 @@ async fn serve_async(spec: &Spec) -> Res<()> {
             let node = Node::connect(&spec.addr, "server").await?;
             let handler = tower::service_fn(|req: Blob| async move {
                 let b = reply_byte(checksum(&req.data));
-                Ok::<_, std::convert::Infallible>(Blob {
-                    data: vec![b; req.data.len()],
-                })
+                Ok::<_, std::convert::Infallible>(Blob::filled(req.data.len(), b))
             });
             let mut lifeline = node.listen::<Bytes>("lifeline").await?;
             let server = node.serve("bench", handler).await?;

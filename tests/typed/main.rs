@@ -15,6 +15,7 @@ mod layers;
 mod lifecycle;
 mod rpc;
 mod schema;
+mod shared;
 mod streams;
 
 /// The entry point of child processes: returns at once unless this process was started as a

@@ -334,3 +334,21 @@ impl RawEnvelope {
         u64::from_le_bytes(self.raw[..8].try_into().expect("8 bytes"))
     }
 }
+
+// ===== zero-copy byte fields =====
+
+/// A message with a large byte field decoded as a view of the received payload.
+#[derive(Message, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct Frame {
+    pub(crate) seq: u64,
+    #[serde(with = "shmlink::message::shared_bytes")]
+    pub(crate) pixels: bytes::Bytes,
+}
+
+pub(crate) fn frame(seq: u64) -> Frame {
+    let len = [0, 1, 100, 64 << 10][(seq % 4) as usize];
+    Frame {
+        seq,
+        pixels: bytes::Bytes::from(vec![(seq % 251) as u8; len]),
+    }
+}

@@ -811,9 +811,9 @@ impl Router {
     /// Delivers one entry into `dst`: copies data into its receive arena. Gives the entry back
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, entry: Inbound) -> Result<(), Inbound> {
-        let (src_node, src_block, src_end, dst_end, offset, len) = match &entry {
+        // Taken apart by value: the source block's handle moves instead of being cloned.
+        let (src_node, src_block, src_end, dst_end, offset, len) = match entry {
             Inbound::Control(raw) => {
-                let raw = *raw;
                 self.nodes
                     .get_mut(&dst)
                     .expect("caller checked")
@@ -828,19 +828,21 @@ impl Router {
                 dst_end,
                 offset,
                 len,
-            } => (
-                *src_node,
-                src_block.clone(),
-                *src_end,
-                *dst_end,
-                *offset,
-                *len,
-            ),
+            } => (src_node, src_block, src_end, dst_end, offset, len),
         };
         let node = self.nodes.get_mut(&dst).expect("caller checked");
         let allocation = match node.rx.alloc(u64::from(len)) {
             Ok(a) => a,
-            Err(AllocError::Full { .. }) => return Err(entry),
+            Err(AllocError::Full { .. }) => {
+                return Err(Inbound::Data {
+                    src_node,
+                    src_block,
+                    src_end,
+                    dst_end,
+                    offset,
+                    len,
+                });
+            }
             Err(e) => {
                 // The sender's node checks sizes against the arenas before sending.
                 self.doom(

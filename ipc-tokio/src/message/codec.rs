@@ -197,7 +197,9 @@ fn bincode_decode_limited<T: DeserializeOwned, const LIMIT: usize>(
     buf: &[u8],
 ) -> Result<T, DecodeError> {
     let config = bincode_config().with_limit::<LIMIT>();
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(buf, config)
+    // The borrowing decoder: it lends slices of `buf` to the visitors, which lets
+    // `shared_bytes` fields point into the payload (other types copy, as before).
+    let (value, used) = bincode::serde::borrow_decode_from_slice::<T, _>(buf, config)
         .map_err(|e| decode_error_from_bincode(e, LIMIT))?;
     if used != buf.len() {
         return Err(DecodeError::TrailingBytes {

@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod shared_bytes;
 
 #[cfg(feature = "postcard")]
 pub use codec::Postcard;

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use crate::error::SessionError;
-use crate::message::{Codec, Message};
+use crate::message::{Codec, Message, shared_bytes};
 use crate::service::envelope::{self, Envelope, Kind};
 use crate::service::{CallError, ResponseFuture};
 use crate::session::{Session, SessionSink, SessionStream};
@@ -183,7 +183,8 @@ async fn read_replies<Resp: Message, C: Codec>(
         let text = || String::from_utf8_lossy(&envelope.body).into_owned();
         let result = match envelope.kind {
             Kind::Reply => {
-                C::decode::<Resp>(&envelope.body).map_err(|e| CallError::Codec(e.to_string()))
+                shared_bytes::with_owner(&envelope.body, || C::decode::<Resp>(&envelope.body))
+                    .map_err(|e| CallError::Codec(e.to_string()))
             }
             Kind::Error => Err(CallError::Remote(text())),
             Kind::Panic => Err(CallError::Panicked(text())),

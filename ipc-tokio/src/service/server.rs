@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
 
-use crate::message::{Codec, Message};
+use crate::message::{Codec, Message, shared_bytes};
 use crate::node::Listener;
 use crate::service::envelope::{self, Envelope, Kind};
 use crate::session::{Session, SessionSink};
@@ -184,16 +184,17 @@ async fn serve_session<Req, Resp, S, C>(
         if envelope.kind != Kind::Request {
             continue;
         }
-        let request = match C::decode::<Req>(&envelope.body) {
-            Ok(request) => request,
-            Err(e) => {
-                let _ = replies.send((
-                    id,
-                    Outcome::Error(format!("cannot decode the request: {e}")),
-                ));
-                continue;
-            }
-        };
+        let request =
+            match shared_bytes::with_owner(&envelope.body, || C::decode::<Req>(&envelope.body)) {
+                Ok(request) => request,
+                Err(e) => {
+                    let _ = replies.send((
+                        id,
+                        Outcome::Error(format!("cannot decode the request: {e}")),
+                    ));
+                    continue;
+                }
+            };
         drop(envelope); // the request's shared memory goes back before the handler runs
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break false;

@@ -73,6 +73,7 @@ impl<T: Message, C: Codec> Payload<C> for T {
     }
 
     fn decode(bytes: Bytes) -> Result<Self, SessionError> {
-        C::decode(&bytes).map_err(|e| SessionError::Codec(e.to_string()))
+        crate::message::shared_bytes::with_owner(&bytes, || C::decode(&bytes))
+            .map_err(|e| SessionError::Codec(e.to_string()))
     }
 }
