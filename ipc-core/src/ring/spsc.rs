@@ -70,6 +70,9 @@ pub struct Producer<S> {
     cached_head: u32,
     last_rung: u32,
     space_epoch: u32,
+    /// Whether our wait-for-space flag may be set in the header (so `woke_space` only
+    /// writes the shared line when there is something to withdraw).
+    space_armed: bool,
 }
 
 /// The consuming half of a ring. Not `Clone`: there is exactly one per ring side.
@@ -113,6 +116,7 @@ impl<S: RingStorage> Producer<S> {
             cached_head: head,
             last_rung: 0,
             space_epoch: 0,
+            space_armed: false,
         }
     }
 
@@ -208,6 +212,7 @@ impl<S: RingStorage> Producer<S> {
     /// [`RingError::CorruptIndex`] when the consumer's index is impossible.
     pub fn prepare_wait_space(&mut self) -> Result<bool, RingError> {
         self.space_epoch = self.space_epoch.wrapping_add(1).max(1);
+        self.space_armed = true;
         self.storage
             .header()
             .space_waiting
@@ -225,12 +230,15 @@ impl<S: RingStorage> Producer<S> {
         Ok(true)
     }
 
-    /// Withdraws the wait-for-space flag after a wake-up.
+    /// Withdraws the wait-for-space flag after a wake-up (a no-op, touching no shared
+    /// memory, when it was not raised).
     pub fn woke_space(&mut self) {
-        self.storage
-            .header()
-            .space_waiting
-            .store(0, Ordering::Relaxed);
+        if std::mem::take(&mut self.space_armed) {
+            self.storage
+                .header()
+                .space_waiting
+                .store(0, Ordering::Relaxed);
+        }
     }
 
     /// The storage (for the owner's bookkeeping).

@@ -278,6 +278,13 @@ impl NodeShared {
     /// engine makes room (used from `Drop`, which cannot wait).
     fn push_or_queue(&self, side: &Mutex<RingSide>, entry: RawDescriptor) {
         let mut side = side.lock().unwrap_or_else(|e| e.into_inner());
+        if side.overflow.is_empty() && matches!(side.producer.push(entry), Ok(true)) {
+            // The common case: room in the ring, nothing queued before it.
+            if side.producer.needs_wake() {
+                self.ring_engine();
+            }
+            return;
+        }
         side.overflow.push_back(entry);
         self.push_overflow(&mut side);
     }

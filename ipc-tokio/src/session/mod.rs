@@ -52,8 +52,10 @@ impl Drop for EndGuard {
 
 /// A session: both directions of a channel to one peer, carrying `T` encoded with `C`.
 pub struct Session<T = Bytes, C = Bincode> {
-    sink: SessionSink<T, C>,
+    // The stream is declared (so dropped) first: the sink, dropped last, then sees that the
+    // whole end is closing and sends one CLOSE instead of a half-close followed by it.
     stream: SessionStream<T, C>,
+    sink: SessionSink<T, C>,
 }
 
 impl<T, C> fmt::Debug for Session<T, C> {

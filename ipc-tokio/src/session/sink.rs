@@ -404,7 +404,11 @@ impl<T, C> Drop for SessionSink<T, C> {
         for entry in self.batch.drain(..) {
             shared.submit_now(entry);
         }
-        if over {
+        // The last handle of the end: the end's CLOSE follows at once, and the peer sees the
+        // end of its stream and the session closed together (a FIN first would let it see
+        // the end of its stream, send, and succeed, before it learns of the close).
+        let last = Arc::strong_count(&self.guard) == 1;
+        if over || last {
             return;
         }
         shared.submit_now(RawDescriptor::control(kind::FIN, end, 0));
