@@ -229,3 +229,56 @@ async fn feeding_without_flushing_never_waits_on_its_own_batch() {
     .await;
     engine.shutdown().await;
 }
+
+/// A fed loan holds arena memory until it is pushed: a loan that must wait for room pushes
+/// it first (else a producer that feeds a small payload, then loans the whole arena, waits
+/// on itself forever; the tower client and server feed like this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
+    let dir = TestDir::new("fed-loan");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let server = within("connect", Node::connect(&socket, "whole"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", support::listen(&server, "whole"))
+        .await
+        .expect("listen");
+    let client = within("connect", Node::connect(&socket, "feeder"))
+        .await
+        .expect("connect");
+    let mut session = within("open", support::open(&client, "whole"))
+        .await
+        .expect("open");
+    let mut served = within("accept", listener.accept()).await.expect("accept");
+    let max = session.max_payload() as usize;
+    for round in 0..3u8 {
+        let mut small = within("small loan", session.loan(100)).await.expect("loan");
+        small.fill(round);
+        within("feed", session.feed(small)).await.expect("feed");
+        let mut whole = within(
+            "a loan of the whole arena after a fed one",
+            session.loan(max),
+        )
+        .await
+        .expect("loan");
+        whole[0] = round;
+        whole[max - 1] = round;
+        within("send", session.send(whole)).await.expect("send");
+        let first = within("small", served.next()).await.unwrap().unwrap();
+        assert!(first.len() == 100 && first.iter().all(|&b| b == round));
+        drop(first); // the whole payload needs the whole receive arena
+        let second = within("whole", served.next()).await.unwrap().unwrap();
+        assert_eq!(
+            (second.len(), second[0], second[max - 1]),
+            (max, round, round)
+        );
+    }
+    drop((session, served, listener, server, client));
+    within(
+        "all gone",
+        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
+    )
+    .await;
+    engine.shutdown().await;
+}

@@ -195,7 +195,9 @@ async fn serve_session<Req, Resp, S, C>(
                     continue;
                 }
             };
-        drop(envelope); // the request's shared memory goes back before the handler runs
+        // The request's shared memory goes back before the handler runs (unless the request
+        // keeps a view of it: a `shared_bytes` field holds it, and a credit, while it lives).
+        drop(envelope);
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break false;
         };

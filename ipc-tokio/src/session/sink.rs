@@ -5,9 +5,11 @@
 //! any pending item on, then reserves a credit; `start_send` stores the item. Moving it on
 //! means measuring and encoding it straight into a loan (waiting for room in the transmit
 //! arena if needed) and adding its descriptor to a small batch. The batch goes onto the
-//! submit ring as one push (one lock, one fence, at most one doorbell) when it is full or on
-//! `poll_flush`, as `FramedWrite` buffers until a flush: `send` flushes every message, while
-//! a producer that `feed`s many and flushes once pays the ring's costs once per batch.
+//! submit ring as one push (one lock, one fence, at most one doorbell) when it is full (32
+//! payloads, or 64 KiB: batched loans hold transmit-arena memory the node's other sinks may
+//! need) or on `poll_flush`, as `FramedWrite` buffers until a flush: `send` flushes every
+//! message, while a producer that `feed`s many and flushes once pays the ring's costs once
+//! per batch. A sink never waits for a credit or for arena room with a batch unsent.
 //!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
@@ -61,6 +63,9 @@ impl Loan {
 /// Descriptors a sink gathers before it pushes them onto the submit ring.
 const SUBMIT_BATCH: usize = 32;
 
+/// Payload bytes a sink gathers before it pushes them (at most a 64th of the arena).
+const BATCH_BYTES: u64 = 64 << 10;
+
 /// The one item a sink holds between `start_send` and its move into the batch.
 enum Pending<T> {
     /// Not yet encoded (waiting for a loan).
@@ -76,6 +81,8 @@ pub struct SessionSink<T = Bytes, C = Bincode> {
     /// Loans handed over (their descriptors), not yet on the submit ring. Always pushed, even
     /// once the session is over: the engine frees each (`TX_DONE`) instead of delivering it.
     batch: Vec<RawDescriptor>,
+    /// Payload bytes in `batch`.
+    batched_bytes: u64,
     reserved: bool,
     finished: bool,
     _codec: PhantomData<fn() -> C>,
@@ -102,6 +109,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             guard,
             pending: None,
             batch: Vec::with_capacity(SUBMIT_BATCH),
+            batched_bytes: 0,
             reserved: false,
             finished: false,
             _codec: PhantomData,
@@ -165,13 +173,44 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     /// loans batched hold arena memory that only the engine's `TX_DONE`s give back.
     fn poll_loan(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let loan = self.try_loan(len, cx);
-        if loan.is_pending() && !self.batch.is_empty() {
-            let shared = self.guard.node.shared.clone();
-            if let Poll::Ready(Err(e)) = shared.poll_submit_batch(&mut self.batch, cx) {
+        if loan.is_pending() {
+            // A loan fed and not yet moved on holds memory too (its credit is reserved).
+            if let Some(Pending::Loan(held)) =
+                self.pending.take_if(|p| matches!(p, Pending::Loan(_)))
+            {
+                self.add_to_batch(held);
+            }
+            if let Poll::Ready(Err(e)) = self.poll_submit_batch(cx) {
                 return Poll::Ready(Err(e));
             }
         }
         loan
+    }
+
+    /// Hands `loan` over: its descriptor joins the batch.
+    fn add_to_batch(&mut self, loan: Loan) {
+        let sent = loan.buf.submit();
+        self.batched_bytes += u64::from(sent.len);
+        self.batch.push(RawDescriptor::data(
+            self.guard.core.end,
+            sent.offset,
+            sent.len,
+        ));
+    }
+
+    /// Pushes the batch onto the submit ring (all of it, or `Pending` until there is room).
+    fn poll_submit_batch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        if self.batch.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(
+            self.guard
+                .node
+                .shared
+                .poll_submit_batch(&mut self.batch, cx)
+        )?;
+        self.batched_bytes = 0;
+        Poll::Ready(Ok(()))
     }
 
     fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
@@ -234,23 +273,14 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                         }
                     }
                 }
-                Pending::Loan(loan) => {
-                    let sent = loan.buf.submit();
-                    self.batch.push(RawDescriptor::data(
-                        self.guard.core.end,
-                        sent.offset,
-                        sent.len,
-                    ));
-                }
+                Pending::Loan(loan) => self.add_to_batch(loan),
             }
         }
-        if !self.batch.is_empty() && (flush || self.batch.len() >= SUBMIT_BATCH) {
-            ready!(
-                self.guard
-                    .node
-                    .shared
-                    .poll_submit_batch(&mut self.batch, cx)
-            )?;
+        let cap = BATCH_BYTES.min(self.guard.node.shared.tx.capacity() / 64);
+        if !self.batch.is_empty()
+            && (flush || self.batch.len() >= SUBMIT_BATCH || self.batched_bytes >= cap)
+        {
+            ready!(self.poll_submit_batch(cx))?;
             // Pushed either way (the engine frees what it cannot deliver), but their sender
             // learns that a session already over did not deliver them.
             if let Some(error) = self.guard.core.send_error() {
