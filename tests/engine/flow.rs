@@ -159,20 +159,13 @@ async fn feeding_without_flushing_never_waits_on_its_own_batch() {
         .credits(64)
         .spawn()
         .expect("engine");
-    let socket = dir.socket();
-    let server = within("connect", Node::connect(&socket, "fed"))
-        .await
-        .expect("connect");
-    let mut listener = within("listen", support::listen(&server, "feed"))
-        .await
-        .expect("listen");
-    let client = within("connect", Node::connect(&socket, "feeder"))
-        .await
-        .expect("connect");
-    let mut session = within("open", support::open(&client, "feed"))
-        .await
-        .expect("open");
-    let mut served = within("accept", listener.accept()).await.expect("accept");
+    let support::Pair {
+        server,
+        listener,
+        client,
+        opened: mut session,
+        accepted: mut served,
+    } = support::pair(&engine, "feed").await;
 
     // Large loans: the arena fills long before the 64 credits run out.
     let feed_big = async {
@@ -222,12 +215,7 @@ async fn feeding_without_flushing_never_waits_on_its_own_batch() {
         seq += 1;
     }
     drop((session, served, listener, server, client));
-    within(
-        "all gone",
-        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
-    )
-    .await;
-    engine.shutdown().await;
+    support::all_gone(engine).await;
 }
 
 /// A fed loan holds arena memory until it is pushed: a loan that must wait for room pushes
@@ -237,20 +225,13 @@ async fn feeding_without_flushing_never_waits_on_its_own_batch() {
 async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
     let dir = TestDir::new("fed-loan");
     let engine = support::engine(&dir);
-    let socket = dir.socket();
-    let server = within("connect", Node::connect(&socket, "whole"))
-        .await
-        .expect("connect");
-    let mut listener = within("listen", support::listen(&server, "whole"))
-        .await
-        .expect("listen");
-    let client = within("connect", Node::connect(&socket, "feeder"))
-        .await
-        .expect("connect");
-    let mut session = within("open", support::open(&client, "whole"))
-        .await
-        .expect("open");
-    let mut served = within("accept", listener.accept()).await.expect("accept");
+    let support::Pair {
+        server,
+        listener,
+        client,
+        opened: mut session,
+        accepted: mut served,
+    } = support::pair(&engine, "whole").await;
     let max = session.max_payload() as usize;
     for round in 0..3u8 {
         let mut small = within("small loan", session.loan(100)).await.expect("loan");
@@ -275,10 +256,5 @@ async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
         );
     }
     drop((session, served, listener, server, client));
-    within(
-        "all gone",
-        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
-    )
-    .await;
-    engine.shutdown().await;
+    support::all_gone(engine).await;
 }

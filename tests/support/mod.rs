@@ -96,6 +96,53 @@ pub fn engine(dir: &TestDir) -> Engine {
     engine_builder(dir).spawn().expect("spawn engine")
 }
 
+/// Two nodes of this process and one byte session between them, on `engine`'s socket.
+#[allow(dead_code)] // not every suite that includes this module uses it
+pub struct Pair {
+    pub server: Node,
+    pub listener: Listener,
+    pub client: Node,
+    /// The client's end.
+    pub opened: Session,
+    /// The server's end.
+    pub accepted: Session,
+}
+
+/// Connects a server node that listens on `service` and a client node that opens it.
+#[allow(dead_code)]
+pub async fn pair(engine: &Engine, service: &str) -> Pair {
+    let socket = engine.socket_path();
+    let server = within("connect", Node::connect(socket, &format!("{service}-srv")))
+        .await
+        .expect("connect server");
+    let mut listener = within("listen", listen(&server, service))
+        .await
+        .expect("listen");
+    let client = within("connect", Node::connect(socket, &format!("{service}-cli")))
+        .await
+        .expect("connect client");
+    let opened = within("open", open(&client, service)).await.expect("open");
+    let accepted = within("accept", listener.accept()).await.expect("accept");
+    Pair {
+        server,
+        listener,
+        client,
+        opened,
+        accepted,
+    }
+}
+
+/// Waits until the engine holds no node and no session end, then shuts it down.
+#[allow(dead_code)]
+pub async fn all_gone(engine: Engine) {
+    within(
+        "all gone",
+        engine.wait_for_stats(|s| s.nodes == 0 && s.session_ends == 0),
+    )
+    .await;
+    engine.shutdown().await;
+}
+
 /// Opens a byte session (`Session<Bytes>`) to `service`.
 pub async fn open(node: &Node, service: &str) -> Result<Session, OpenError> {
     node.open(service).await

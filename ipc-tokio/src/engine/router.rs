@@ -811,14 +811,14 @@ impl Router {
     /// Delivers one entry into `dst`: copies data into its receive arena. Gives the entry back
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, entry: Inbound) -> Result<(), Inbound> {
-        // Taken apart by value: the source block's handle moves instead of being cloned.
-        let (src_node, src_block, src_end, dst_end, offset, len) = match entry {
+        // Borrowed, not cloned: the entry goes back whole if the receiver has no room.
+        let (src_node, src_block, src_end, dst_end, offset, len) = match &entry {
             Inbound::Control(raw) => {
                 self.nodes
                     .get_mut(&dst)
                     .expect("caller checked")
                     .outbox
-                    .push_back(raw);
+                    .push_back(*raw);
                 return Ok(());
             }
             Inbound::Data {
@@ -828,21 +828,12 @@ impl Router {
                 dst_end,
                 offset,
                 len,
-            } => (src_node, src_block, src_end, dst_end, offset, len),
+            } => (*src_node, src_block, *src_end, *dst_end, *offset, *len),
         };
         let node = self.nodes.get_mut(&dst).expect("caller checked");
         let allocation = match node.rx.alloc(u64::from(len)) {
             Ok(a) => a,
-            Err(AllocError::Full { .. }) => {
-                return Err(Inbound::Data {
-                    src_node,
-                    src_block,
-                    src_end,
-                    dst_end,
-                    offset,
-                    len,
-                });
-            }
+            Err(AllocError::Full { .. }) => return Err(entry),
             Err(e) => {
                 // The sender's node checks sizes against the arenas before sending.
                 self.doom(
@@ -853,7 +844,7 @@ impl Router {
             }
         };
         if let Err(e) =
-            ipc_core::copy_payload(&src_block, offset, &node.block, allocation.offset, len)
+            ipc_core::copy_payload(src_block, offset, &node.block, allocation.offset, len)
         {
             let _ = node.rx.free(allocation.offset);
             self.doom(src_node, format!("payload outside its arena: {e}"));
