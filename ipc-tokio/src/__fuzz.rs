@@ -88,6 +88,20 @@ const CREDITS: u32 = 8;
 /// The service `fuzz-b` serves.
 const SERVICE: &str = "fuzz";
 
+/// The node's own `recvmsg` of a welcome (bytes, and up to three descriptors, close-on-exec),
+/// for tests that register by hand.
+///
+/// # Errors
+///
+/// As `recvmsg(2)`; `InvalidData` if more descriptors came than a welcome carries.
+pub async fn recv_with_fds(
+    sock: &tokio::net::UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    crate::control::recv_with_fds(sock, buf, fds).await
+}
+
 /// Runs `data` as the operations of a hostile node against a shared engine.
 ///
 /// # Panics

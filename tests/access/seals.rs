@@ -1,15 +1,12 @@
 //! A node cannot resize or reseal its block, and no two nodes ever get the same block: the
 //! descriptor a node receives names a file of its own, sealed, and linked nowhere.
 
-use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::SealFlags;
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use shmlink::core::control::{self, EngineFrame, NodeFrame};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::echo;
@@ -49,9 +46,12 @@ async fn hand_made_rendezvous(socket: &Path, name: &str) -> (UnixStream, u32, Ve
         if let Some((frame, _)) = control::decode_engine_frame(&bytes).expect("decode") {
             break frame;
         }
-        let n = within("welcome", recv_with_fds(&stream, &mut chunk, &mut fds))
-            .await
-            .expect("recvmsg");
+        let n = within(
+            "welcome",
+            ipc_tokio::__fuzz::recv_with_fds(&stream, &mut chunk, &mut fds),
+        )
+        .await
+        .expect("recvmsg");
         assert!(n > 0, "the engine closed the connection during rendezvous");
         bytes.extend_from_slice(&chunk[..n]);
     };
@@ -60,32 +60,6 @@ async fn hand_made_rendezvous(socket: &Path, name: &str) -> (UnixStream, u32, Ve
     };
     assert_eq!(fds.len(), 3, "block and two doorbells");
     (stream, node, fds)
-}
-
-/// `recvmsg` with room for a few descriptors (`SCM_RIGHTS`, close-on-exec).
-async fn recv_with_fds(
-    sock: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    sock.async_io(Interest::READABLE, || {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = rustix::net::recvmsg(
-            sock.as_fd(),
-            &mut iov,
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        Ok(msg.bytes)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

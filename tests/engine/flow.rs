@@ -258,3 +258,37 @@ async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
     drop((session, served, listener, server, client));
     support::all_gone(engine).await;
 }
+
+/// Loans fed and never flushed are not lost: dropping the sink pushes its batch and the loan
+/// it holds, and the peer's stream ends after the last of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_dropped_unflushed_still_delivers_the_loans_it_was_fed() {
+    const FED: u64 = 20; // fewer than a batch: only the drop pushes them
+    let dir = TestDir::new("unflushed");
+    let engine = support::engine(&dir);
+    let support::Pair {
+        server,
+        listener,
+        client,
+        opened,
+        accepted: mut served,
+    } = support::pair(&engine, "unflushed").await;
+    let (mut tx, rx) = opened.split();
+    for seq in 0..FED {
+        let message = seq_message(4, seq, seq_len(seq));
+        let mut loan = within("loan", tx.loan(message.len())).await.expect("loan");
+        loan.copy_from_slice(&message);
+        within("feed", tx.feed(loan)).await.expect("feed");
+    }
+    drop(tx);
+    for seq in 0..FED {
+        let m = within("a fed payload", served.next())
+            .await
+            .expect("open")
+            .expect("payload");
+        expect_seq(&m, 4, seq).expect("in order");
+    }
+    assert_eq!(within("the end", served.next()).await, None);
+    drop((rx, served, listener, server, client));
+    support::all_gone(engine).await;
+}

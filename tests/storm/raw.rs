@@ -2,13 +2,10 @@
 //! engine doorbell, node doorbell), and no `Ready`. The engine has created and mapped a block
 //! for a connection that is not a node yet.
 
-use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use shmlink::core::control::{self, EngineFrame, NodeFrame};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Says hello as `name` and reads the welcome; returns the connection and the descriptors.
@@ -34,7 +31,7 @@ pub(crate) async fn hello_and_welcome(
             Ok(None) => {}
             Err(e) => return Err(format!("decode: {e}")),
         }
-        let n = recv_with_fds(&stream, &mut chunk, &mut fds)
+        let n = ipc_tokio::__fuzz::recv_with_fds(&stream, &mut chunk, &mut fds)
             .await
             .map_err(|e| format!("recvmsg: {e}"))?;
         if n == 0 {
@@ -46,30 +43,4 @@ pub(crate) async fn hello_and_welcome(
         return Err(format!("expected 3 descriptors, got {}", fds.len()));
     }
     Ok((stream, fds))
-}
-
-/// `recvmsg` with room for a few descriptors (`SCM_RIGHTS`, close-on-exec).
-async fn recv_with_fds(
-    sock: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    sock.async_io(Interest::READABLE, || {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = rustix::net::recvmsg(
-            sock.as_fd(),
-            &mut iov,
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        Ok(msg.bytes)
-    })
-    .await
 }

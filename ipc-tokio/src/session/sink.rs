@@ -187,17 +187,6 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         loan
     }
 
-    /// Hands `loan` over: its descriptor joins the batch.
-    fn add_to_batch(&mut self, loan: Loan) {
-        let sent = loan.buf.submit();
-        self.batched_bytes += u64::from(sent.len);
-        self.batch.push(RawDescriptor::data(
-            self.guard.core.end,
-            sent.offset,
-            sent.len,
-        ));
-    }
-
     /// Pushes the batch onto the submit ring (all of it, or `Pending` until there is room).
     fn poll_submit_batch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         if self.batch.is_empty() {
@@ -404,6 +393,19 @@ impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
     }
 }
 
+impl<T, C> SessionSink<T, C> {
+    /// Hands `loan` over: its descriptor joins the batch.
+    fn add_to_batch(&mut self, loan: Loan) {
+        let sent = loan.buf.submit();
+        self.batched_bytes += u64::from(sent.len);
+        self.batch.push(RawDescriptor::data(
+            self.guard.core.end,
+            sent.offset,
+            sent.len,
+        ));
+    }
+}
+
 impl<T, C> Drop for SessionSink<T, C> {
     /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: payloads already
     /// in loans are pushed (without waiting) and the peer's stream ends after them. An item not
@@ -412,15 +414,10 @@ impl<T, C> Drop for SessionSink<T, C> {
         if self.reserved {
             self.guard.core.refund_credit();
         }
-        let shared = &self.guard.node.shared;
         let end = self.guard.core.end;
         let over = self.finished || self.guard.core.send_error().is_some();
         match self.pending.take() {
-            Some(Pending::Loan(loan)) if !over => {
-                let sent = loan.buf.submit();
-                self.batch
-                    .push(RawDescriptor::data(end, sent.offset, sent.len));
-            }
+            Some(Pending::Loan(loan)) if !over => self.add_to_batch(loan),
             Some(Pending::Item(_)) if !over => {
                 tracing::warn!(
                     session = end,
@@ -431,6 +428,7 @@ impl<T, C> Drop for SessionSink<T, C> {
             _ => {}
         }
         // Loans handed over go to the engine whatever happened, to be delivered or freed.
+        let shared = &self.guard.node.shared;
         for entry in self.batch.drain(..) {
             shared.submit_now(entry);
         }
