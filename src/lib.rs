@@ -69,7 +69,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub use ipc_core as core;
-pub use ipc_core::BlockConfig;
+pub use ipc_core::{BlockConfig, window_charge};
 pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::{
@@ -77,6 +77,7 @@ pub use ipc_tokio::{
     NodeOptions, OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError,
     SessionSink, SessionStream, SpawnError, default_socket_path,
 };
+pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
 
 #[doc(hidden)]
 pub mod __private;

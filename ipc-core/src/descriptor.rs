@@ -346,6 +346,17 @@ pub fn validate_deliver(
     }
 }
 
+/// What a payload of `len` bytes counts against its session's window in bytes: the size of
+/// the buddy class it occupies (`min_block` or the next power of two), 0 for an empty one.
+/// Node and engine compute it alike, so both agree when a window is full.
+pub fn window_charge(len: u32, min_block: u64) -> u64 {
+    if len == 0 {
+        0
+    } else {
+        u64::from(len).next_power_of_two().max(min_block)
+    }
+}
+
 impl RawDescriptor {
     /// A `DATA` entry.
     pub fn data(session: u32, offset: u64, len: u32) -> Self {
@@ -364,6 +375,17 @@ impl RawDescriptor {
             session,
             kind,
             aux,
+            ..Self::default()
+        }
+    }
+
+    /// A `CREDIT` entry returning `messages` and `bytes` (their window charges) to `session`.
+    pub fn credit(session: u32, messages: u64, bytes: u64) -> Self {
+        Self {
+            session,
+            kind: kind::CREDIT,
+            aux: messages,
+            offset: bytes,
             ..Self::default()
         }
     }

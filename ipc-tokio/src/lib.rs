@@ -17,7 +17,10 @@ mod spin;
 #[doc(hidden)]
 pub mod __fuzz;
 
-pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
+pub use engine::{
+    DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder, EngineStats, Policy,
+    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+};
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
 pub use node::{Listener, Node, NodeOptions};
 pub use service::{CallError, Client, ServeConfig, Server};

@@ -39,6 +39,8 @@ pub(crate) fn run(spec: ChildSpec) {
             }
             "closer" => closer(&a[0], cmds).await,
             "quitter" => quitter(&a[0], a[1].parse().map_err(ctx("count"))?, cmds).await,
+            "iso-rx" => iso_rx(&a[0], &a[1], a[2].parse().map_err(ctx("stuck"))?, cmds).await,
+            "iso-tx" => iso_tx(&a[0], &a[1], a[2].parse().map_err(ctx("len"))?, cmds).await,
             other => Err(format!("unknown role {other:?}")),
         }
     });
@@ -591,4 +593,59 @@ async fn quitter(socket: &str, count: u64, mut cmds: Commands) -> Result<(), Str
     drop(node);
     say(format!("OK sent={count}"));
     Ok(())
+}
+
+// ===== isolation =====
+
+/// Serves `service`: holds the first `stuck` sessions it accepts without ever reading them,
+/// and echoes every later one. Reports on `done`.
+async fn iso_rx(
+    socket: &str,
+    service: &str,
+    stuck: usize,
+    mut cmds: Commands,
+) -> Result<(), String> {
+    let node = connect(socket, &format!("{service}-rx")).await?;
+    let mut listener = support::listen(&node, service)
+        .await
+        .map_err(ctx("listen"))?;
+    say("LISTENING");
+    let mut held = Vec::new();
+    let mut echoes = tokio::task::JoinSet::new();
+    let command = loop {
+        tokio::select! {
+            session = listener.accept() => {
+                let mut session = session.ok_or("engine went away")?;
+                if held.len() < stuck {
+                    held.push(session);
+                    continue;
+                }
+                echoes.spawn(async move {
+                    while let Some(Ok(message)) = session.next().await {
+                        if session.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            command = cmds.next() => break command?,
+        }
+    };
+    if command != "done" {
+        return Err(format!("unexpected command {command:?}"));
+    }
+    let n = held.len();
+    cmds.done(format!("stuck={n}")).await
+}
+
+/// Opens `service` and completes the isolation test's round trips of `len` bytes.
+async fn iso_tx(socket: &str, service: &str, len: usize, cmds: Commands) -> Result<(), String> {
+    let node = connect(socket, "iso-tx2").await?;
+    let mut session = node
+        .open::<Bytes>(service)
+        .await
+        .map_err(ctx(format!("open {service}")))?;
+    crate::isolation::round_trips(&mut session, len, crate::isolation::ROUND_TRIPS).await?;
+    cmds.done(format!("round_trips={}", crate::isolation::ROUND_TRIPS))
+        .await
 }

@@ -13,6 +13,8 @@ mod fake_engine;
 
 mod close;
 mod flow;
+mod isolation;
+
 mod kill;
 mod mesh;
 mod names;

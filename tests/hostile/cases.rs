@@ -214,7 +214,10 @@ fn credits_and_session_state() {
     run(
         "credits_and_session_state",
         &[
-            ("data-beyond-credits", Violation("exceeded its 8 credits")),
+            (
+                "data-beyond-credits",
+                Violation("exceeded its window: 8 messages"),
+            ),
             ("data-after-fin", Violation("after it finished")),
             (
                 "data-after-close",
@@ -332,7 +335,7 @@ fn control_frames_after_registration() {
             ),
             (
                 "ctl-unknown-version",
-                BadFrame(Version, "protocol version 2"),
+                BadFrame(Version, "protocol version 3"),
             ),
             ("ctl-unknown-tag", BadFrame(Bad, "unknown frame tag 200")),
             ("ctl-engine-frame", BadFrame(Bad, "unknown frame tag 64")),

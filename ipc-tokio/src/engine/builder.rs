@@ -1,4 +1,4 @@
-//! Configuration and the handle of a running engine.
+//! The engine's builder and the handle of a running engine.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,55 +8,13 @@ use ipc_core::BlockConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::engine::command::Command;
+use crate::engine::config::{
+    Config, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy, default_socket_path,
+};
 use crate::engine::listener::{self, Listening};
-use crate::engine::router::{Command, Router};
+use crate::engine::router::Router;
 use crate::error::SpawnError;
-
-/// Who may connect: checked against the peer's credentials (`SO_PEERCRED`) before the engine
-/// creates any shared memory for it.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Policy {
-    /// Only processes running as the engine's own user.
-    #[default]
-    SameUid,
-    /// Only processes running as one of these users.
-    AllowUids(Vec<u32>),
-}
-
-impl Policy {
-    pub(crate) fn allows(&self, uid: u32) -> bool {
-        match self {
-            Self::SameUid => uid == rustix::process::getuid().as_raw(),
-            Self::AllowUids(uids) => uids.contains(&uid),
-        }
-    }
-}
-
-/// The engine's settings, shared by its tasks.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) socket: PathBuf,
-    pub(crate) block: BlockConfig,
-    pub(crate) credits: u32,
-    pub(crate) policy: Policy,
-    pub(crate) spin: Duration,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) max_sessions_per_node: usize,
-}
-
-/// The default socket path: `$XDG_RUNTIME_DIR/shmlink/engine.sock`, or
-/// `/tmp/shmlink-<uid>/engine.sock` when `XDG_RUNTIME_DIR` is not set.
-pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("shmlink").join("engine.sock"),
-        _ => PathBuf::from(format!(
-            "/tmp/shmlink-{}",
-            rustix::process::getuid().as_raw()
-        ))
-        .join("engine.sock"),
-    }
-}
 
 /// Builds an [`Engine`].
 #[derive(Debug, Clone)]
@@ -71,7 +29,8 @@ impl Default for EngineBuilder {
             config: Config {
                 socket: default_socket_path(),
                 block: BlockConfig::default(),
-                credits: 256,
+                credits: DEFAULT_WINDOW_MESSAGES,
+                window_bytes: DEFAULT_WINDOW_BYTES,
                 policy: Policy::SameUid,
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
@@ -94,9 +53,20 @@ impl EngineBuilder {
         self
     }
 
-    /// Messages one session end may have in flight before its peer releases them (at least 1).
+    /// Messages one session end may have in flight before its peer releases them (at least 1;
+    /// default [`DEFAULT_WINDOW_MESSAGES`]).
     pub fn credits(mut self, credits: u32) -> Self {
         self.config.credits = credits.max(1);
+        self
+    }
+
+    /// Bytes one session end may have in flight before its peer releases them (default
+    /// [`DEFAULT_WINDOW_BYTES`]). Each message counts the size class it occupies in the
+    /// arenas ([`ipc_core::window_charge`]); one message larger than the window may still go,
+    /// alone. This bounds what a session whose receiver stops reading holds of both nodes'
+    /// arenas; see the crate docs, "Isolation".
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.config.window_bytes = bytes.max(1);
         self
     }
 
@@ -160,22 +130,6 @@ impl EngineBuilder {
             tasks: Some((listener, router)),
         })
     }
-}
-
-/// Counts from the engine's registry, updated as they change.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EngineStats {
-    /// Registered nodes (each holds one block).
-    pub nodes: usize,
-    /// Live session ends.
-    pub session_ends: usize,
-    /// Served names.
-    pub services: usize,
-    /// Messages copied since start.
-    pub messages: u64,
-    /// Nodes closed for breaking the protocol since start.
-    pub violations: u64,
 }
 
 /// A running engine. Dropping it shuts it down in the background; [`Engine::shutdown`] waits.

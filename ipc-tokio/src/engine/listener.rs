@@ -14,8 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{FrameBuf, send_with_fds, write_frame};
-use crate::engine::builder::Config;
-use crate::engine::router::{Command, Handover, Registration};
+use crate::engine::command::{Command, Handover, Registration};
+use crate::engine::config::Config;
 use crate::error::SpawnError;
 
 /// A bound socket and the lock that proves this engine owns the path.
@@ -285,6 +285,7 @@ async fn rendezvous(
     let welcome = EngineFrame::Welcome {
         node,
         credits: config.credits,
+        window_bytes: config.window_bytes,
     }
     .encode();
     send_with_fds(
@@ -321,6 +322,7 @@ async fn rendezvous(
         Handover {
             name,
             pid: cred.pid(),
+            uid: cred.uid(),
             block: Arc::new(block),
             engine_bell,
             node_bell,

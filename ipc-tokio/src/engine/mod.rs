@@ -26,7 +26,18 @@
 //! ```
 
 mod builder;
+mod command;
+mod config;
+mod datapath;
+mod link;
 mod listener;
+mod registry;
 mod router;
+mod scheduler;
+mod violation;
 
-pub use builder::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
+pub use builder::{Engine, EngineBuilder};
+pub use config::{
+    DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
+    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+};

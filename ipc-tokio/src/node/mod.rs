@@ -155,7 +155,7 @@ impl Node {
             bytes.extend_from_slice(&chunk[..n]);
         };
         let (node_id, credits) = match welcome {
-            EngineFrame::Welcome { node, credits } => (node, credits),
+            EngineFrame::Welcome { node, credits, .. } => (node, credits),
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
             other => {
                 return Err(ConnectError::Protocol(format!(

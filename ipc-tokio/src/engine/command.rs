@@ -1,0 +1,61 @@
+//! What the engine's tasks tell the router: registrations, control requests, departures.
+
+use std::sync::Arc;
+
+use ipc_core::control::{EngineFrame, Schema};
+use ipc_core::{Block, Doorbell};
+use tokio::sync::mpsc;
+
+/// A node's id in the registry.
+pub(crate) type NodeId = u32;
+/// A session end's id in the registry.
+pub(crate) type EndId = u32;
+
+/// What a connection task hands over once a node is ready.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub(crate) name: String,
+    pub(crate) pid: Option<i32>,
+    pub(crate) uid: u32,
+    pub(crate) block: Arc<Block>,
+    pub(crate) engine_bell: Doorbell,
+    pub(crate) node_bell: Doorbell,
+}
+
+/// A node to add to the registry.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) node: NodeId,
+    pub(crate) frames: mpsc::UnboundedSender<EngineFrame>,
+    pub(crate) handover: Handover,
+}
+
+/// Requests from connection tasks and the engine handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Register(Box<Registration>),
+    Serve {
+        node: NodeId,
+        req: u32,
+        service: String,
+        schema: Schema,
+    },
+    Unserve {
+        node: NodeId,
+        req: u32,
+        service: u32,
+    },
+    Open {
+        node: NodeId,
+        req: u32,
+        service: String,
+        schema: Schema,
+    },
+    Gone {
+        node: NodeId,
+        reason: String,
+        /// The connection ended because the node broke the control protocol.
+        violation: bool,
+    },
+    Shutdown,
+}

@@ -1,0 +1,613 @@
+//! The registry: the engine's administrative state, as plain data.
+//!
+//! Nodes, session ends, services (by id, with a name index) and each end's window in flight.
+//! No I/O, no Tokio, no shared memory: the router drives it (the way quinn's `Endpoint` is
+//! driven by its connection tasks), and its unit tests run without a socket or a runtime.
+//! Every operation is O(1) in the number of nodes, ends and services (hash maps keyed by
+//! ids the engine assigned, or by name).
+
+use std::collections::HashMap;
+
+use ipc_core::control::{ErrorCode, Schema};
+use ipc_core::{IdMap, IdSet};
+
+use crate::engine::command::{EndId, NodeId};
+use crate::engine::violation::{Violation, ViolationKind};
+
+/// A service's id (sent to the node in `ServeOk`, named by `Unserve`).
+pub(crate) type ServiceId = u32;
+
+/// Names one node may serve at once.
+pub(crate) const MAX_SERVICES_PER_NODE: usize = 1024;
+
+/// What the registry enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// A session end's window in messages.
+    pub(crate) credits: u32,
+    /// A session end's window in bytes (size-class charges).
+    pub(crate) window_bytes: u64,
+    /// Session ends one node may hold.
+    pub(crate) max_sessions_per_node: usize,
+}
+
+/// A registered node.
+#[derive(Debug)]
+pub(crate) struct NodeEntry {
+    pub(crate) name: String,
+    pub(crate) pid: Option<i32>,
+    pub(crate) uid: u32,
+    pub(crate) ends: IdSet<EndId>,
+    pub(crate) services: IdSet<ServiceId>,
+}
+
+/// One end of a session.
+#[derive(Debug)]
+pub(crate) struct End {
+    pub(crate) node: NodeId,
+    /// The other end, while it exists.
+    pub(crate) peer: Option<EndId>,
+    /// The node half-closed this end: no more data from it.
+    pub(crate) fin: bool,
+    /// Messages sent on this end and not yet released by the receiver.
+    pub(crate) in_flight: u32,
+    /// Their window charges.
+    pub(crate) in_flight_bytes: u64,
+}
+
+/// A served name.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) node: NodeId,
+    pub(crate) schema: Schema,
+}
+
+/// A control request the registry refuses: the code and message the node gets.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A session the registry opened.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) client_end: EndId,
+    pub(crate) server_end: EndId,
+    pub(crate) server_node: NodeId,
+    pub(crate) service: ServiceId,
+    pub(crate) client_name: String,
+    pub(crate) server_name: String,
+}
+
+/// Where a message or control entry sent on an end goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The receiving end.
+    pub(crate) end: EndId,
+    /// Its node.
+    pub(crate) node: NodeId,
+}
+
+/// The engine's administrative state.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    limits: Limits,
+    nodes: IdMap<NodeId, NodeEntry>,
+    ends: IdMap<EndId, End>,
+    services: IdMap<ServiceId, Service>,
+    /// Peers choose names: a keyed hash, not the id hash (collision floods).
+    names: HashMap<String, ServiceId>,
+    next_end: EndId,
+    next_service: ServiceId,
+}
+
+// ===== impl Registry =====
+
+impl Registry {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            nodes: IdMap::default(),
+            ends: IdMap::default(),
+            services: IdMap::default(),
+            names: HashMap::new(),
+            next_end: 1,
+            next_service: 1,
+        }
+    }
+
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn end_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> Option<&NodeEntry> {
+        self.nodes.get(&id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn end(&self, id: EndId) -> Option<&End> {
+        self.ends.get(&id)
+    }
+
+    // ===== nodes =====
+
+    pub(crate) fn add_node(&mut self, id: NodeId, name: String, pid: Option<i32>, uid: u32) {
+        self.nodes.insert(
+            id,
+            NodeEntry {
+                name,
+                pid,
+                uid,
+                ends: IdSet::default(),
+                services: IdSet::default(),
+            },
+        );
+    }
+
+    /// Removes a node and the names it serves. Its ends stay until the caller closes each
+    /// ([`Registry::close_end`]), which tells it whom to notify.
+    pub(crate) fn remove_node(&mut self, id: NodeId) -> Option<NodeEntry> {
+        let entry = self.nodes.remove(&id)?;
+        for service in &entry.services {
+            if let Some(s) = self.services.remove(service) {
+                self.names.remove(&s.name);
+            }
+        }
+        Some(entry)
+    }
+
+    // ===== services =====
+
+    pub(crate) fn serve(
+        &mut self,
+        node: NodeId,
+        name: String,
+        schema: Schema,
+    ) -> Result<ServiceId, Refusal> {
+        let entry = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| Refusal::new(ErrorCode::Resources, "unknown node"))?;
+        if entry.services.len() >= MAX_SERVICES_PER_NODE {
+            return Err(Refusal::new(
+                ErrorCode::Resources,
+                format!("a node may serve at most {MAX_SERVICES_PER_NODE} names"),
+            ));
+        }
+        if self.names.contains_key(&name) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyServed,
+                format!("{name:?} is already served"),
+            ));
+        }
+        let id = loop {
+            let id = self.next_service;
+            self.next_service = self.next_service.wrapping_add(1).max(1);
+            if !self.services.contains_key(&id) {
+                break id;
+            }
+        };
+        entry.services.insert(id);
+        self.names.insert(name.clone(), id);
+        self.services.insert(id, Service { name, node, schema });
+        Ok(id)
+    }
+
+    /// Removes service `id` if `node` serves it. O(1).
+    pub(crate) fn unserve(&mut self, node: NodeId, id: ServiceId) -> Result<String, Refusal> {
+        match self.services.get(&id) {
+            Some(s) if s.node == node => {}
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::NotServed,
+                    format!("service id {id} is not served by this node"),
+                ));
+            }
+        }
+        let service = self.services.remove(&id).expect("checked");
+        self.names.remove(&service.name);
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.services.remove(&id);
+        }
+        Ok(service.name)
+    }
+
+    // ===== sessions =====
+
+    fn alloc_end(&mut self) -> EndId {
+        loop {
+            let id = self.next_end;
+            self.next_end = self.next_end.wrapping_add(1).max(1);
+            if !self.ends.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Opens a session from `node` to the server of `service`.
+    pub(crate) fn open(
+        &mut self,
+        node: NodeId,
+        service: &str,
+        schema: &Schema,
+    ) -> Result<Opened, Refusal> {
+        let client = self
+            .nodes
+            .get(&node)
+            .ok_or_else(|| Refusal::new(ErrorCode::Resources, "unknown node"))?;
+        let Some(&service_id) = self.names.get(service) else {
+            return Err(Refusal::new(
+                ErrorCode::NotServed,
+                format!("no node serves {service:?}"),
+            ));
+        };
+        let target = &self.services[&service_id];
+        if !schema.matches(&target.schema) {
+            return Err(Refusal::new(
+                ErrorCode::SchemaMismatch,
+                format!(
+                    "{service:?}: the client sends {} and receives {}, but the server receives {} and sends {}",
+                    schema.send, schema.recv, target.schema.recv, target.schema.send
+                ),
+            ));
+        }
+        let server_node = target.node;
+        let limit = self.limits.max_sessions_per_node;
+        let server_full = self
+            .nodes
+            .get(&server_node)
+            .is_none_or(|s| s.ends.len() >= limit);
+        if client.ends.len() >= limit || server_full {
+            return Err(Refusal::new(
+                ErrorCode::Resources,
+                format!("session limit of {limit} per node reached"),
+            ));
+        }
+        let client_name = client.name.clone();
+        let server_name = self.nodes[&server_node].name.clone();
+        let (c, s) = (self.alloc_end(), self.alloc_end());
+        for (end, owner, peer) in [(c, node, s), (s, server_node, c)] {
+            self.ends.insert(
+                end,
+                End {
+                    node: owner,
+                    peer: Some(peer),
+                    fin: false,
+                    in_flight: 0,
+                    in_flight_bytes: 0,
+                },
+            );
+            self.nodes
+                .get_mut(&owner)
+                .expect("checked")
+                .ends
+                .insert(end);
+        }
+        Ok(Opened {
+            client_end: c,
+            server_end: s,
+            server_node,
+            service: service_id,
+            client_name,
+            server_name,
+        })
+    }
+
+    fn owned_end(&mut self, node: NodeId, end: EndId) -> Result<&mut End, Violation> {
+        match self.ends.get_mut(&end) {
+            Some(e) if e.node == node => Ok(e),
+            _ => Err(Violation::new(
+                ViolationKind::ForeignSession,
+                format!("session {end} does not belong to this node"),
+            )),
+        }
+    }
+
+    /// Checks that `node` owns `end`.
+    pub(crate) fn check_owner(&mut self, node: NodeId, end: EndId) -> Result<(), Violation> {
+        self.owned_end(node, end).map(|_| ())
+    }
+
+    /// A message of window charge `charge` sent by `node` on `end`: checked against the
+    /// end's window and charged to it. `None` when the peer is gone (the sender was told).
+    pub(crate) fn send(
+        &mut self,
+        node: NodeId,
+        end: EndId,
+        charge: u64,
+    ) -> Result<Option<Route>, Violation> {
+        let Limits {
+            credits,
+            window_bytes,
+            ..
+        } = self.limits;
+        let state = self.owned_end(node, end)?;
+        if state.fin {
+            return Err(Violation::new(
+                ViolationKind::DataAfterFin,
+                format!("data on session {end} after it finished"),
+            ));
+        }
+        if state.in_flight >= credits
+            || (state.in_flight_bytes > 0
+                && state.in_flight_bytes.saturating_add(charge) > window_bytes)
+        {
+            return Err(Violation::new(
+                ViolationKind::Window,
+                format!(
+                    "session {end} exceeded its window: {} messages and {} bytes in flight, \
+                     {charge} more bytes, window {credits} messages and {window_bytes} bytes",
+                    state.in_flight, state.in_flight_bytes
+                ),
+            ));
+        }
+        let Some(peer) = state.peer else {
+            return Ok(None);
+        };
+        state.in_flight += 1;
+        state.in_flight_bytes += charge;
+        let node = self.ends[&peer].node;
+        Ok(Some(Route { end: peer, node }))
+    }
+
+    /// `node` half-closes `end`; returns where to tell it.
+    pub(crate) fn fin(&mut self, node: NodeId, end: EndId) -> Result<Option<Route>, Violation> {
+        let state = self.owned_end(node, end)?;
+        state.fin = true;
+        let Some(peer) = state.peer else {
+            return Ok(None);
+        };
+        Ok(Some(Route {
+            end: peer,
+            node: self.ends[&peer].node,
+        }))
+    }
+
+    /// Gives `messages` and `bytes` of window back to `end`; returns its node, if the end
+    /// still exists.
+    pub(crate) fn refund(&mut self, end: EndId, messages: u32, bytes: u64) -> Option<NodeId> {
+        let state = self.ends.get_mut(&end)?;
+        state.in_flight = state.in_flight.saturating_sub(messages);
+        state.in_flight_bytes = state.in_flight_bytes.saturating_sub(bytes);
+        Some(state.node)
+    }
+
+    /// Removes `end`; returns its peer (which must be told) if it had one.
+    pub(crate) fn close_end(&mut self, end: EndId) -> Option<Route> {
+        let state = self.ends.remove(&end)?;
+        if let Some(n) = self.nodes.get_mut(&state.node) {
+            n.ends.remove(&end);
+        }
+        let peer = state.peer?;
+        let p = self.ends.get_mut(&peer)?;
+        p.peer = None;
+        Some(Route {
+            end: peer,
+            node: p.node,
+        })
+    }
+
+    /// Forgets everything (engine shutdown: every node goes at once, nobody is told).
+    pub(crate) fn clear(&mut self) {
+        self.nodes.clear();
+        self.ends.clear();
+        self.services.clear();
+        self.names.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        credits: 4,
+        window_bytes: 1024,
+        max_sessions_per_node: 3,
+    };
+
+    fn schema() -> Schema {
+        Schema::bytes()
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new(LIMITS);
+        r.add_node(1, "server".into(), Some(10), 1000);
+        r.add_node(2, "client".into(), Some(11), 1000);
+        r
+    }
+
+    #[test]
+    fn serve_open_and_route_both_ways() {
+        let mut r = registry();
+        let id = r.serve(1, "svc".into(), schema()).unwrap();
+        let o = r.open(2, "svc", &schema()).unwrap();
+        assert_eq!((o.server_node, o.service), (1, id));
+        assert_eq!(
+            (o.client_name.as_str(), o.server_name.as_str()),
+            ("client", "server")
+        );
+        assert_eq!(
+            r.send(2, o.client_end, 10).unwrap(),
+            Some(Route {
+                end: o.server_end,
+                node: 1
+            })
+        );
+        assert_eq!(
+            r.send(1, o.server_end, 10).unwrap(),
+            Some(Route {
+                end: o.client_end,
+                node: 2
+            })
+        );
+        assert_eq!(r.end_count(), 2);
+    }
+
+    #[test]
+    fn names_are_unique_and_unserve_is_by_id_and_owner() {
+        let mut r = registry();
+        let id = r.serve(1, "svc".into(), schema()).unwrap();
+        assert_eq!(
+            r.serve(2, "svc".into(), schema()).unwrap_err().code,
+            ErrorCode::AlreadyServed
+        );
+        assert_eq!(r.unserve(2, id).unwrap_err().code, ErrorCode::NotServed);
+        assert_eq!(r.unserve(1, id).unwrap(), "svc");
+        assert_eq!(r.unserve(1, id).unwrap_err().code, ErrorCode::NotServed);
+        assert_eq!(
+            r.open(2, "svc", &schema()).unwrap_err().code,
+            ErrorCode::NotServed
+        );
+        assert_eq!(r.service_count(), 0);
+        // The name is free again.
+        r.serve(2, "svc".into(), schema()).unwrap();
+    }
+
+    #[test]
+    fn schema_mismatch_names_both_sides() {
+        let mut r = registry();
+        let typed = |name: &str| ipc_core::control::MessageType {
+            name: name.into(),
+            fingerprint: 7,
+        };
+        let server = Schema {
+            send: typed("A"),
+            recv: typed("B"),
+        };
+        r.serve(1, "svc".into(), server).unwrap();
+        let refusal = r.open(2, "svc", &schema()).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::SchemaMismatch);
+        assert!(
+            refusal.message.contains("A (0x") && refusal.message.contains("bytes"),
+            "{}",
+            refusal.message
+        );
+    }
+
+    #[test]
+    fn the_window_counts_messages_and_bytes() {
+        let mut r = registry();
+        r.serve(1, "svc".into(), schema()).unwrap();
+        let o = r.open(2, "svc", &schema()).unwrap();
+        let c = o.client_end;
+        // One message larger than the window may go alone ...
+        r.send(2, c, 4096).unwrap();
+        // ... but nothing after it.
+        let v = r.send(2, c, 1).unwrap_err();
+        assert_eq!(v.kind, ViolationKind::Window);
+        assert_eq!(r.refund(c, 1, 4096), Some(2));
+        // Bytes: 1024 in 256-byte charges.
+        for _ in 0..4 {
+            r.send(2, c, 256).unwrap();
+        }
+        assert_eq!(r.send(2, c, 256).unwrap_err().kind, ViolationKind::Window);
+        r.refund(c, 1, 256);
+        // Messages: 4 at most even when they are empty.
+        r.send(2, c, 0).unwrap();
+        assert_eq!(r.send(2, c, 0).unwrap_err().kind, ViolationKind::Window);
+        r.refund(c, 4, 768);
+        assert_eq!(r.end(c).unwrap().in_flight_bytes, 0);
+        assert_eq!(r.end(c).unwrap().in_flight, 0);
+    }
+
+    #[test]
+    fn foreign_ends_and_data_after_fin_are_violations() {
+        let mut r = registry();
+        r.serve(1, "svc".into(), schema()).unwrap();
+        let o = r.open(2, "svc", &schema()).unwrap();
+        assert_eq!(
+            r.send(1, o.client_end, 1).unwrap_err().kind,
+            ViolationKind::ForeignSession
+        );
+        assert_eq!(
+            r.send(2, 999, 1).unwrap_err().kind,
+            ViolationKind::ForeignSession
+        );
+        assert_eq!(
+            r.fin(2, o.client_end).unwrap(),
+            Some(Route {
+                end: o.server_end,
+                node: 1
+            })
+        );
+        assert_eq!(
+            r.send(2, o.client_end, 1).unwrap_err().kind,
+            ViolationKind::DataAfterFin
+        );
+    }
+
+    #[test]
+    fn closing_an_end_unlinks_its_peer() {
+        let mut r = registry();
+        r.serve(1, "svc".into(), schema()).unwrap();
+        let o = r.open(2, "svc", &schema()).unwrap();
+        assert_eq!(
+            r.close_end(o.client_end),
+            Some(Route {
+                end: o.server_end,
+                node: 1
+            })
+        );
+        assert_eq!(r.close_end(o.client_end), None);
+        // The server's sends now go nowhere (its node was told).
+        assert_eq!(r.send(1, o.server_end, 1).unwrap(), None);
+        assert_eq!(r.close_end(o.server_end), None);
+        assert_eq!(r.end_count(), 0);
+        assert!(r.node(1).unwrap().ends.is_empty());
+    }
+
+    #[test]
+    fn removing_a_node_frees_its_names_and_leaves_its_ends_to_close() {
+        let mut r = registry();
+        r.serve(1, "a".into(), schema()).unwrap();
+        r.serve(1, "b".into(), schema()).unwrap();
+        let o = r.open(2, "a", &schema()).unwrap();
+        let entry = r.remove_node(1).unwrap();
+        assert_eq!(entry.services.len(), 2);
+        assert_eq!(r.service_count(), 0);
+        assert_eq!(entry.ends.len(), 1);
+        for end in &entry.ends {
+            assert_eq!(
+                r.close_end(*end),
+                Some(Route {
+                    end: o.client_end,
+                    node: 2
+                })
+            );
+        }
+        r.serve(2, "a".into(), schema()).unwrap();
+    }
+
+    #[test]
+    fn the_session_limit_counts_both_nodes() {
+        let mut r = registry();
+        r.serve(1, "svc".into(), schema()).unwrap();
+        for _ in 0..3 {
+            r.open(2, "svc", &schema()).unwrap();
+        }
+        assert_eq!(
+            r.open(2, "svc", &schema()).unwrap_err().code,
+            ErrorCode::Resources
+        );
+    }
+}
