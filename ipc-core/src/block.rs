@@ -325,6 +325,42 @@ pub fn copy_payload(
     Ok(())
 }
 
+/// Copies `len` bytes out of `src`'s transmit arena at `src_offset` into engine memory: what
+/// the engine keeps of a payload whose sender is gone, so that its block can be released.
+///
+/// # Errors
+///
+/// [`Violation::OutOfBounds`] when the range is not inside the transmit arena.
+pub fn copy_out(src: &Block, src_offset: u64, len: u32) -> Result<Vec<u8>, Violation> {
+    let from = arena_range(&src.mapping, &src.layout.tx, src_offset, u64::from(len))?;
+    let mut out = vec![0u8; len as usize];
+    if len > 0 {
+        // SAFETY: `from..from + len` lies inside a live mapping (checked above) and `out` is a
+        // fresh allocation of `len` bytes: the two never overlap. The source may change under
+        // us if the node is hostile: we copy raw bytes and interpret none of them.
+        unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), len as usize) };
+    }
+    Ok(out)
+}
+
+/// Copies `data` into `dst`'s receive arena at `dst_offset` (delivery of a payload the engine
+/// kept in its own memory, see [`copy_out`]).
+///
+/// # Errors
+///
+/// [`Violation::OutOfBounds`] when the range is not inside the receive arena, or `data` is
+/// longer than a payload can be.
+pub fn copy_in(dst: &Block, dst_offset: u64, data: &[u8]) -> Result<(), Violation> {
+    let len = data.len() as u64; // usize is at most 64 bits on every target we build for
+    let to = arena_range(&dst.mapping, &dst.layout.rx, dst_offset, len)?;
+    if !data.is_empty() {
+        // SAFETY: the destination range lies inside a live mapping (checked above); `data` is
+        // engine memory, which never overlaps a mapping of shared memory.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), to, data.len()) };
+    }
+    Ok(())
+}
+
 /// The node's transmit arena: allocates loans, frees them when the engine says it copied them.
 #[derive(Debug, Clone)]
 pub struct TxArena {

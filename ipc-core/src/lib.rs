@@ -82,7 +82,7 @@ pub mod __fuzz;
 
 pub use arena::{Allocation, ArenaStats, BuddyAllocator};
 #[cfg(not(loom))]
-pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_payload};
+pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_in, copy_out, copy_payload};
 pub use descriptor::{
     ArenaBounds, Delivery, RawDescriptor, Submission, Violation, kind, validate_deliver,
     validate_release, validate_submit, window_charge,

@@ -18,8 +18,8 @@ mod spin;
 pub mod __fuzz;
 
 pub use engine::{
-    DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder, EngineStats, Policy,
-    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
+    EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
 pub use node::{Listener, Node, NodeOptions};

@@ -40,6 +40,15 @@ pub(crate) fn run(spec: ChildSpec) {
             "closer" => closer(&a[0], cmds).await,
             "quitter" => quitter(&a[0], a[1].parse().map_err(ctx("count"))?, cmds).await,
             "iso-rx" => iso_rx(&a[0], &a[1], a[2].parse().map_err(ctx("stuck"))?, cmds).await,
+            "iso-dead-tx" => {
+                iso_dead_tx(
+                    &a[0],
+                    a[1].parse().map_err(ctx("len"))?,
+                    a[2].parse().map_err(ctx("count"))?,
+                    cmds,
+                )
+                .await
+            }
             "iso-tx" => iso_tx(&a[0], &a[1], a[2].parse().map_err(ctx("len"))?, cmds).await,
             other => Err(format!("unknown role {other:?}")),
         }
@@ -648,4 +657,24 @@ async fn iso_tx(socket: &str, service: &str, len: usize, cmds: Commands) -> Resu
     crate::isolation::round_trips(&mut session, len, crate::isolation::ROUND_TRIPS).await?;
     cmds.done(format!("round_trips={}", crate::isolation::ROUND_TRIPS))
         .await
+}
+
+/// Opens "dead", sends `count` payloads of `len` bytes, says SENT and waits to be killed.
+async fn iso_dead_tx(
+    socket: &str,
+    len: usize,
+    count: u64,
+    mut cmds: Commands,
+) -> Result<(), String> {
+    let node = connect(socket, "dead-tx").await?;
+    let mut session = node.open::<Bytes>("dead").await.map_err(ctx("open dead"))?;
+    for seq in 0..count {
+        session
+            .send(crate::isolation::iso_message(seq, len))
+            .await
+            .map_err(ctx(format!("send {seq}")))?;
+    }
+    say("SENT");
+    let _ = cmds.next().await;
+    Err("expected to be killed".into())
 }

@@ -180,3 +180,105 @@ async fn one_unread_session_of_4_kib_messages_stalls_alone() {
 async fn the_promised_number_of_unread_sessions_stall_alone() {
     matrix("iso-max", 1 << 20, shmlink::STALLED_SESSIONS_AT_DEFAULTS).await;
 }
+
+/// A sender that dies while its payloads still wait for room in a receiver that does not
+/// read: the engine keeps the payloads in its own memory and releases the dead node's block
+/// and descriptors at once (issue 10: no pinned dead blocks); the receiver, once it reads,
+/// gets every payload intact and then learns that the peer is gone.
+#[test]
+fn a_dead_senders_block_is_released_while_its_payloads_wait() {
+    if !crate::support::isolate(
+        "isolation::a_dead_senders_block_is_released_while_its_payloads_wait",
+    ) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(dead_sender_body());
+}
+
+async fn dead_sender_body() {
+    const FILL: usize = 1 << 20; // 4 fill the 4 MiB receive arena
+    const ORPHAN: usize = 512 << 10;
+    const ORPHANS: u64 = 3;
+    let dir = TestDir::new("iso-dead");
+    let engine = crate::support::engine(&dir);
+    let rx_node = within("connect", Node::connect(dir.socket(), "dead-rx"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", crate::support::listen(&rx_node, "dead"))
+        .await
+        .expect("listen");
+    let filler = within("connect", Node::connect(dir.socket(), "filler"))
+        .await
+        .expect("connect");
+    let mut fill = within("open", filler.open::<Bytes>("dead"))
+        .await
+        .expect("open");
+    let mut filled = within("accept", listener.accept()).await.expect("accept");
+    for seq in 0..4 {
+        within("fill", fill.send(iso_message(seq, FILL)))
+            .await
+            .expect("fill");
+    }
+    within("filled", engine.wait_for_stats(|s| s.messages == 4)).await;
+    let base_fds = crate::support::open_fds();
+    let base_maps = crate::support::block_mappings();
+
+    let mut sender = spawn_child(
+        "iso-dead-tx",
+        &[
+            dir.socket().display().to_string(),
+            ORPHAN.to_string(),
+            ORPHANS.to_string(),
+        ],
+    );
+    let mut orphaned = within("accept", listener.accept()).await.expect("accept");
+    sender.expect("SENT").await;
+    within(
+        "the payloads wait in the engine",
+        engine.wait_for_stats(|s| s.waiting == ORPHANS as usize),
+    )
+    .await;
+    sender.sigkill();
+    sender.reap_killed().await;
+    within(
+        "the dead node is gone, its payloads still wait",
+        engine.wait_for_stats(|s| s.nodes == 2 && s.waiting == ORPHANS as usize),
+    )
+    .await;
+    let mut fds = crate::support::open_fds();
+    // The engine closes the node's descriptors as it buries it; nothing else may remain.
+    assert_eq!(
+        fds.len(),
+        base_fds.len(),
+        "fds now {fds:?}, before {base_fds:?}"
+    );
+    fds.clear();
+    assert_eq!(
+        crate::support::block_mappings(),
+        base_maps,
+        "the dead block is unmapped"
+    );
+
+    // The receiver reads: the filler first (freeing its arena), then every orphan intact,
+    // then the end of a peer that died.
+    for seq in 0..4 {
+        let m = within("filler", filled.next()).await.unwrap().unwrap();
+        assert_eq!(m, iso_message(seq, FILL));
+    }
+    for seq in 0..ORPHANS {
+        let m = within("orphan", orphaned.next()).await.unwrap().unwrap();
+        assert_eq!(m, iso_message(seq, ORPHAN), "orphan {seq}");
+    }
+    assert_eq!(
+        within("the end", orphaned.next()).await,
+        Some(Err(shmlink::SessionError::Disconnected))
+    );
+    within("nothing waits", engine.wait_for_stats(|s| s.waiting == 0)).await;
+    drop((orphaned, filled, fill, listener, filler, rx_node));
+    crate::support::all_gone(engine).await;
+}

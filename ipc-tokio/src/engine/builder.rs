@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::engine::command::Command;
 use crate::engine::config::{
-    Config, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy, default_socket_path,
+    Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats,
+    Policy, default_socket_path,
 };
 use crate::engine::listener::{self, Listening};
 use crate::engine::router::Router;
@@ -31,6 +32,7 @@ impl Default for EngineBuilder {
                 block: BlockConfig::default(),
                 credits: DEFAULT_WINDOW_MESSAGES,
                 window_bytes: DEFAULT_WINDOW_BYTES,
+                orphan_budget: DEFAULT_ORPHAN_BUDGET,
                 policy: Policy::SameUid,
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
@@ -67,6 +69,16 @@ impl EngineBuilder {
     /// arenas; see the crate docs, "Isolation".
     pub fn window_bytes(mut self, bytes: u64) -> Self {
         self.config.window_bytes = bytes.max(1);
+        self
+    }
+
+    /// Engine memory for payloads whose sender exited (or was killed) before their receiver
+    /// had room for them (default [`DEFAULT_ORPHAN_BUDGET`]). The engine copies such payloads
+    /// out of the dead node's block, so the block and its fds are released at once whatever
+    /// the receivers do; past this budget, the rest of such a session's data is dropped and
+    /// its receiver sees `Disconnected` after the last payload it gets.
+    pub fn orphan_budget(mut self, bytes: u64) -> Self {
+        self.config.orphan_budget = bytes;
         self
     }
 

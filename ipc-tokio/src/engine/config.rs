@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// ... and bytes in flight (each message charged its size class, see
     /// [`ipc_core::window_charge`]).
     pub(crate) window_bytes: u64,
+    /// Engine memory for payloads whose sender left before they could be delivered.
+    pub(crate) orphan_budget: u64,
     pub(crate) policy: Policy,
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -88,3 +90,7 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 1 << 60; // TEMP
 /// of 4 MiB. Beyond that, new loans and deliveries wait for room (back-pressure), nothing is
 /// lost, and everything resumes as soon as a stalled receiver reads or its session closes.
 pub const STALLED_SESSIONS_AT_DEFAULTS: usize = 6;
+
+/// Default engine memory for payloads whose sender left before their receiver had room
+/// ([`EngineBuilder::orphan_budget`](crate::EngineBuilder::orphan_budget)): 64 MiB.
+pub const DEFAULT_ORPHAN_BUDGET: u64 = 64 << 20;

@@ -16,7 +16,7 @@ use ipc_core::{
 };
 
 use crate::engine::command::{EndId, NodeId};
-use crate::engine::link::Inbound;
+use crate::engine::link::{Inbound, Source};
 use crate::engine::router::{BATCH, Router};
 use crate::engine::violation::{Violation, ViolationKind};
 
@@ -127,16 +127,18 @@ impl Router {
                 let charge = window_charge(len, link.block.layout().tx.min_block);
                 match self.registry.send(node, session, charge)? {
                     Some(route) => {
-                        let src_block = link.block.clone();
+                        let src = Source::Block {
+                            block: link.block.clone(),
+                            offset,
+                        };
                         self.inbound(
                             route.node,
                             route.end,
                             Inbound::Data {
                                 src_node: node,
-                                src_block,
+                                src,
                                 src_end: session,
                                 charge,
-                                offset,
                                 len,
                             },
                         );
@@ -186,27 +188,19 @@ impl Router {
     pub(super) fn inbound(&mut self, dst: NodeId, end: EndId, entry: Inbound) {
         let Some(link) = self.links.get_mut(&dst) else {
             // The receiver is gone: its sender's loan comes back.
-            if let Inbound::Data {
-                src_node,
-                len,
-                offset,
-                ..
-            } = entry
-            {
-                self.tx_done(src_node, len, offset);
-            }
+            self.discard(entry);
             return;
         };
         if let Some(queue) = link.waiting.get_mut(&end) {
+            self.stats.waiting += usize::from(entry.is_data());
             queue.push_back(entry);
-            self.stats.waiting += 1;
             return;
         }
         if let Err(entry) = self.deliver(dst, end, entry) {
+            self.stats.waiting += usize::from(entry.is_data());
             let link = self.links.get_mut(&dst).expect("checked");
             link.waiting.insert(end, VecDeque::from([entry]));
             link.blocked.push_back(end);
-            self.stats.waiting += 1;
         }
     }
 
@@ -214,19 +208,18 @@ impl Router {
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, end: EndId, entry: Inbound) -> Result<(), Inbound> {
         // Borrowed, not taken apart: the entry goes back whole if the receiver has no room.
-        let (src_node, src_block, src_end, charge, offset, len) = match &entry {
+        let (src_node, src, src_end, charge, len) = match &entry {
             Inbound::Control(raw) => {
                 self.push_out(dst, *raw);
                 return Ok(());
             }
             Inbound::Data {
                 src_node,
-                src_block,
+                src,
                 src_end,
                 charge,
-                offset,
                 len,
-            } => (*src_node, src_block, *src_end, *charge, *offset, *len),
+            } => (*src_node, src, *src_end, *charge, *len),
         };
         let link = self.links.get_mut(&dst).expect("caller checked");
         let allocation = match link.rx.alloc(u64::from(len)) {
@@ -244,9 +237,13 @@ impl Router {
                 return Ok(());
             }
         };
-        if let Err(e) =
-            ipc_core::copy_payload(src_block, offset, &link.block, allocation.offset, len)
-        {
+        let copied = match src {
+            Source::Block { block, offset } => {
+                ipc_core::copy_payload(block, *offset, &link.block, allocation.offset, len)
+            }
+            Source::Orphan(data) => ipc_core::copy_in(&link.block, allocation.offset, data),
+        };
+        if let Err(e) = copied {
             let _ = link.rx.free(allocation.offset);
             self.doom(
                 src_node,
@@ -261,8 +258,36 @@ impl Router {
         link.block.publish_rx_in_use(link.rx.in_use());
         self.push_out(dst, RawDescriptor::data(end, allocation.offset, len));
         self.stats.messages += 1;
-        self.tx_done(src_node, len, offset);
+        match entry {
+            Inbound::Data {
+                src: Source::Block { offset, .. },
+                ..
+            } => self.tx_done(src_node, len, offset),
+            Inbound::Data {
+                src: Source::Orphan(data),
+                ..
+            } => self.orphaned = self.orphaned.saturating_sub(data.len() as u64),
+            Inbound::Control(_) => {}
+        }
         Ok(())
+    }
+
+    /// Drops an entry that will never be delivered, giving back what it holds: the sender's
+    /// loan, or the engine memory of an orphan.
+    pub(super) fn discard(&mut self, entry: Inbound) {
+        match entry {
+            Inbound::Data {
+                src_node,
+                src: Source::Block { offset, .. },
+                len,
+                ..
+            } => self.tx_done(src_node, len, offset),
+            Inbound::Data {
+                src: Source::Orphan(data),
+                ..
+            } => self.orphaned = self.orphaned.saturating_sub(data.len() as u64),
+            Inbound::Control(_) => {}
+        }
     }
 
     /// Retries the waiting ends of nodes that released memory, each in turn: an end whose
@@ -287,10 +312,11 @@ impl Router {
             };
             let mut queue = link.waiting.remove(&end).unwrap_or_default();
             while let Some(entry) = queue.pop_front() {
+                let data = usize::from(entry.is_data());
                 match self.deliver(id, end, entry) {
                     Ok(()) => {
                         moved = true;
-                        self.stats.waiting = self.stats.waiting.saturating_sub(1);
+                        self.stats.waiting = self.stats.waiting.saturating_sub(data);
                     }
                     Err(entry) => {
                         queue.push_front(entry);

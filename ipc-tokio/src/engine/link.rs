@@ -21,16 +21,29 @@ use crate::engine::command::{EndId, NodeId};
 pub(crate) enum Inbound {
     Data {
         src_node: NodeId,
-        /// Keeps the sender's block mapped until the payload is copied, even if the sender
-        /// exits meanwhile: what it sent before leaving is still delivered.
-        src_block: Arc<Block>,
+        /// Where the payload is until it is copied.
+        src: Source,
         src_end: EndId,
         /// Its window charge, returned to `src_end` when the receiver releases it.
         charge: u64,
-        offset: u64,
         len: u32,
     },
     Control(RawDescriptor),
+}
+
+impl Inbound {
+    pub(crate) fn is_data(&self) -> bool {
+        matches!(self, Self::Data { .. })
+    }
+}
+
+/// Where a payload waits to be copied.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// In the sender's transmit arena, at `offset`.
+    Block { block: Arc<Block>, offset: u64 },
+    /// In engine memory: its sender is gone, and its block with it (`Router::bury`).
+    Orphan(Box<[u8]>),
 }
 
 /// One node's block as the engine drives it.

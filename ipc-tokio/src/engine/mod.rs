@@ -38,6 +38,6 @@ mod violation;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{
-    DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
     STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use ipc_core::RawDescriptor;
 use ipc_core::control::{EngineFrame, ErrorCode, Schema};
+use ipc_core::{Block, RawDescriptor};
 use ipc_core::{IdMap, descriptor::close_reason, kind};
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::command::{Command, EndId, NodeId, Registration};
 use crate::engine::config::{Config, EngineStats};
-use crate::engine::link::{Inbound, Link, LinkParts};
+use crate::engine::link::{Inbound, Link, LinkParts, Source};
 use crate::engine::registry::{Limits, Refusal, Registry};
 use crate::engine::scheduler::Scheduler;
 use crate::engine::violation::Violation;
@@ -63,6 +63,8 @@ pub(crate) struct Router {
     /// Nodes with entries in their outbox.
     pub(super) dirty: Vec<NodeId>,
     pub(super) scratch: Vec<RawDescriptor>,
+    /// Bytes of orphaned payloads held in engine memory (bounded by `config.orphan_budget`).
+    pub(super) orphaned: u64,
     /// Reused buffers for node ids.
     ids: Vec<NodeId>,
 }
@@ -102,6 +104,7 @@ impl Router {
             released: Vec::new(),
             dirty: Vec::new(),
             scratch: vec![RawDescriptor::default(); BATCH],
+            orphaned: 0,
             ids: Vec::new(),
         }
     }
@@ -436,21 +439,74 @@ impl Router {
             // Loans other nodes sent into the dead node and that were never copied.
             for (_, queue) in link.waiting.drain() {
                 for entry in queue {
-                    self.stats.waiting = self.stats.waiting.saturating_sub(1);
-                    if let Inbound::Data {
-                        src_node,
-                        len,
-                        offset,
-                        ..
-                    } = entry
-                    {
-                        self.tx_done(src_node, len, offset);
-                    }
+                    self.stats.waiting = self
+                        .stats
+                        .waiting
+                        .saturating_sub(usize::from(entry.is_data()));
+                    self.discard(entry);
                 }
             }
-            // Payloads the dead node sent that wait for room elsewhere stay queued: they hold
-            // its block and are delivered when room frees, like everything it sent before.
+            self.adopt_orphans(id, &link.block);
             drop(link); // unmaps the block, closes the memfd and both doorbells
+        }
+    }
+
+    /// Payloads the dead node `id` sent that still wait for room in other nodes: copied into
+    /// engine memory, within the engine-wide orphan budget, so that its block and fds go now
+    /// whatever its peers do. Past the budget, the rest of such a session's waiting data is
+    /// dropped: its receiver then reads up to the gap and learns that the peer is gone
+    /// (`Disconnected`, queued behind) — never a silent gap followed by more data.
+    fn adopt_orphans(&mut self, id: NodeId, block: &Block) {
+        let budget = self.config.orphan_budget;
+        let mut orphaned = self.orphaned;
+        let mut dropped = 0usize;
+        for link in self.links.values_mut() {
+            if link.blocked.is_empty() {
+                continue;
+            }
+            for queue in link.waiting.values_mut() {
+                let mut cut = false;
+                queue.retain_mut(|entry| {
+                    let Inbound::Data {
+                        src_node, src, len, ..
+                    } = entry
+                    else {
+                        return true;
+                    };
+                    let Source::Block { offset, .. } = src else {
+                        return true;
+                    };
+                    if *src_node != id {
+                        return true;
+                    }
+                    let len64 = u64::from(*len);
+                    if !cut && orphaned.saturating_add(len64) <= budget {
+                        match ipc_core::copy_out(block, *offset, *len) {
+                            Ok(data) => {
+                                *src = Source::Orphan(data.into_boxed_slice());
+                                orphaned += len64;
+                                return true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(node = id, error = %e, "cannot keep a payload of a node that left");
+                            }
+                        }
+                    }
+                    cut = true;
+                    dropped += 1;
+                    false
+                });
+            }
+        }
+        self.orphaned = orphaned;
+        self.stats.waiting = self.stats.waiting.saturating_sub(dropped);
+        if dropped > 0 {
+            tracing::warn!(
+                node = id,
+                dropped,
+                budget,
+                "orphan budget exhausted: payloads of a node that left were dropped, their receivers see it disconnected"
+            );
         }
     }
 
@@ -484,6 +540,7 @@ impl Router {
         self.registry.clear();
         self.sched.active.clear();
         self.stats.waiting = 0;
+        self.orphaned = 0;
         self.publish();
         tracing::info!("engine stopped");
     }
