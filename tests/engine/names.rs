@@ -273,3 +273,56 @@ async fn session_limit_per_node_and_sessions_to_oneself() {
     drop((opened, accepted, listener, node));
     engine.shutdown().await;
 }
+
+/// Thousands of `open`s in flight at once from one node all complete, and the node's
+/// control channel and data path still work after (issue 10: 5,000 concurrent opens once
+/// wedged a node's control channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_opens_all_complete() {
+    const OPENS: usize = 5000;
+    let dir = TestDir::new("many-opens");
+    let engine = support::engine_builder(&dir)
+        .max_sessions_per_node(4 * OPENS)
+        .spawn()
+        .expect("engine");
+    let server = within("connect", Node::connect(dir.socket(), "many-srv"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", support::listen(&server, "many"))
+        .await
+        .expect("listen");
+    let client = within("connect", Node::connect(dir.socket(), "many-cli"))
+        .await
+        .expect("connect");
+    let accepting = tokio::spawn(async move {
+        let mut accepted = Vec::with_capacity(OPENS);
+        while accepted.len() < OPENS {
+            accepted.push(listener.accept().await.expect("accept"));
+        }
+        (listener, accepted)
+    });
+    let opens = futures::future::join_all((0..OPENS).map(|_| support::open(&client, "many")));
+    let sessions: Vec<_> = within("every open completes", opens)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("open");
+    let (_listener, mut accepted) = within("every session accepted", accepting)
+        .await
+        .expect("accept task");
+    assert_eq!(sessions.len(), OPENS);
+    // The data path still works on the last session, and a new open still succeeds.
+    let mut last = sessions.into_iter().last().expect("sessions");
+    let mut served = accepted.pop().expect("accepted");
+    within("send", last.send(Bytes::from_static(b"ping")))
+        .await
+        .expect("send");
+    let got = within("receive", served.next())
+        .await
+        .expect("open")
+        .expect("payload");
+    assert_eq!(&got[..], b"ping");
+    within("another open", support::open(&client, "many"))
+        .await
+        .expect("open after the storm");
+}

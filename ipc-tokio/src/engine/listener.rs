@@ -339,7 +339,35 @@ async fn serve(
     mut out: mpsc::UnboundedReceiver<EngineFrame>,
     commands: &mpsc::UnboundedSender<Command>,
 ) -> (String, bool) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
+    // Frames to the node go out on their own future, polled beside the reads: a write that
+    // waits for the node to read never stops the engine reading what the node writes (both
+    // sockets' buffers full, both sides waiting to write, was a deadlock).
+    let wr = tokio::sync::Mutex::new(wr);
+    let mut writer = Box::pin(async {
+        while let Some(frame) = out.recv().await {
+            if let Err(e) = write_frame(&mut *wr.lock().await, &frame.encode()).await {
+                return (format!("write failed: {e}"), false);
+            }
+        }
+        // The router dropped this node (a violation, or shutdown): close the socket.
+        ("closed by the engine".to_owned(), false)
+    });
+    // Tells a node that broke the protocol why, if it reads within a second (the writer
+    // goes first: a frame it had half written is abandoned, the connection closes anyway).
+    async fn last_word(
+        writer: std::pin::Pin<Box<impl std::future::Future>>,
+        wr: &tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
+        frame: Vec<u8>,
+    ) {
+        drop(writer);
+        let mut wr = wr.lock().await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            write_frame(&mut *wr, &frame),
+        )
+        .await;
+    }
     loop {
         tokio::select! {
             frame = frames.next(&mut rd, control::decode_node_frame) => {
@@ -348,12 +376,12 @@ async fn serve(
                     Ok(Some(NodeFrame::Unserve { req, service })) => Command::Unserve { node, req, service },
                     Ok(Some(NodeFrame::Open { req, service, schema })) => Command::Open { node, req, service, schema },
                     Ok(Some(other)) => {
-                        let _ = write_frame(&mut wr, &error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous")).await;
+                        last_word(writer, &wr, error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous")).await;
                         return (format!("protocol violation: unexpected {other:?}"), true);
                     }
                     Ok(None) => return ("closed by the node".into(), false),
                     Err(e) => {
-                        let _ = write_frame(&mut wr, &error_frame(0, frame_error_code(&e), e.to_string())).await;
+                        last_word(writer, &wr, error_frame(0, frame_error_code(&e), e.to_string())).await;
                         let violation = e.kind() == std::io::ErrorKind::InvalidData;
                         return (format!("protocol violation: {e}"), violation);
                     }
@@ -362,15 +390,7 @@ async fn serve(
                     return ("engine shutting down".into(), false);
                 }
             }
-            frame = out.recv() => match frame {
-                Some(frame) => {
-                    if let Err(e) = write_frame(&mut wr, &frame.encode()).await {
-                        return (format!("write failed: {e}"), false);
-                    }
-                }
-                // The router dropped this node (a violation, or shutdown): close the socket.
-                None => return ("closed by the engine".into(), false),
-            },
+            ended = &mut writer => return ended,
         }
     }
 }

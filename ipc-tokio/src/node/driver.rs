@@ -64,6 +64,22 @@ impl Driver {
         // Borrowed halves: unlike owned ones, dropping them does not shut the socket down
         // (an end of stream the engine would see before this node has let go of its block).
         let (mut rd, mut wr) = stream.split();
+        // Control frames go out on their own future, polled beside everything else: a write
+        // that waits for the engine to read never stops this node reading what the engine
+        // writes (thousands of requests in flight at once filled both sockets' buffers and
+        // wedged both sides when a write was awaited in the loop).
+        let mut writer = Box::pin(async {
+            loop {
+                match out.recv().await {
+                    Some(bytes) => {
+                        if let Err(e) = write_frame(&mut wr, &bytes).await {
+                            break format!("control socket: {e}");
+                        }
+                    }
+                    None => break "node state dropped".to_owned(),
+                }
+            }
+        });
         let mut busy_passes = 0u32;
         let mut last_work = Instant::now();
         let mut spins = 0u32;
@@ -122,10 +138,7 @@ impl Driver {
                     Ok(None) => Err("the engine closed the connection".to_owned()),
                     Err(e) => Err(format!("control socket: {e}")),
                 },
-                bytes = out.recv() => match bytes {
-                    Some(bytes) => write_frame(&mut wr, &bytes).await.map_err(|e| format!("control socket: {e}")),
-                    None => Err("node state dropped".to_owned()),
-                },
+                reason = &mut writer => Err(reason),
             };
             deliver.woke();
             wakes = wakes.wrapping_add(1);
@@ -144,7 +157,7 @@ impl Driver {
         shared.mark_dead(&reason);
         // Unmap first (when no handle of the node is left), then close the socket: once the
         // engine sees this node gone, its block is no longer mapped here.
-        drop((deliver, bell, scratch, shared));
+        drop((deliver, bell, scratch, shared, writer));
         drop(stream);
     }
 }
