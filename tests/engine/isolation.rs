@@ -282,3 +282,48 @@ async fn dead_sender_body() {
     drop((orphaned, filled, fill, listener, filler, rx_node));
     crate::support::all_gone(engine).await;
 }
+
+/// Cost follows work (invariant 8): idle nodes leave the router's active list, and an
+/// exchanging pair brings only itself back onto it, however many nodes are connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_nodes_leave_the_routers_active_list() {
+    const IDLE: usize = 200;
+    let dir = TestDir::new("iso-idle");
+    let engine = crate::support::engine(&dir);
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let node = within("connect", Node::connect(dir.socket(), &format!("idle-{i}")))
+            .await
+            .expect("connect");
+        idle.push(node);
+    }
+    let crate::support::Pair {
+        server,
+        listener,
+        client,
+        mut opened,
+        mut accepted,
+    } = crate::support::pair(&engine, "iso-busy").await;
+    within(
+        "every node goes idle",
+        engine.wait_for_stats(|s| s.nodes == IDLE + 2 && s.active_nodes == 0),
+    )
+    .await;
+    let mut most_active = 0;
+    for seq in 0..200u64 {
+        let message = iso_message(seq, 64);
+        within("send", opened.send(message.clone()))
+            .await
+            .expect("send");
+        let got = within("receive", accepted.next()).await.unwrap().unwrap();
+        assert_eq!(got, message);
+        most_active = most_active.max(engine.stats().active_nodes);
+    }
+    assert!(
+        most_active <= 2,
+        "only the exchanging pair may be active, saw {most_active} of {} nodes",
+        IDLE + 2
+    );
+    drop((opened, accepted, listener, server, client, idle));
+    crate::support::all_gone(engine).await;
+}

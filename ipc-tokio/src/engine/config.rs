@@ -72,6 +72,9 @@ pub struct EngineStats {
     pub messages: u64,
     /// Nodes closed for breaking the protocol since start.
     pub violations: u64,
+    /// Nodes the router polls on every pass (they rang, or were busy within the spin time);
+    /// the others cost nothing until they ring (invariant 8).
+    pub active_nodes: usize,
     /// Messages accepted from senders and not yet copied to their receivers (they wait for
     /// room in a receive arena).
     pub waiting: usize,

@@ -171,8 +171,9 @@ impl Router {
         moved |= self.pump_released();
         self.flush_dirty();
         self.bury();
+        let active = self.sched.active.len();
         self.demote_idle(now);
-        if moved {
+        if moved || active != self.sched.active.len() {
             self.publish();
         }
         self.ids = ids;
@@ -526,6 +527,7 @@ impl Router {
         self.stats.nodes = self.registry.node_count();
         self.stats.session_ends = self.registry.end_count();
         self.stats.services = self.registry.service_count();
+        self.stats.active_nodes = self.sched.active.len();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             let changed = *s != stats;
