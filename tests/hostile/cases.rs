@@ -1,7 +1,7 @@
 //! The attacks, grouped by what they break. Each test runs its attacks in order on one
 //! engine (see `world`); each attack is one hostile child (see `attacks` for what it does).
 
-use shmlink::core::control::ErrorCode;
+use ipc_core::control::ErrorCode;
 
 use crate::support;
 use crate::world::Expect::{self, BadFrame, CountedBadFrame, Either, Survives, Violation};
