@@ -105,3 +105,9 @@ pub use ipc_tokio::{
 
 #[doc(hidden)]
 pub mod __private;
+
+/// The README's Rust blocks, compiled and run as doc tests (`cargo test --doc -p shmlink`), so
+/// the README can never drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
