@@ -1,5 +1,5 @@
-//! The fuzz targets (STYLE.md 24), replayed on stable in every test run: every committed
-//! corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
+//! The fuzz targets (docs/ARCHITECTURE.md, Testing), replayed on stable in every test run: every
+//! committed corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
 //! `ipc_tokio::__fuzz`), then each crash or failure the fuzzers found, as its own test.
 //!
 //! The seeds in `fuzz/corpus/<target>/` are written by [`write_seeds`]:

@@ -404,7 +404,7 @@ fn control_frame_violations_are_counted() {
 
 /// The node clears `O_NONBLOCK` on its doorbell (the open file description is shared with
 /// the engine), fills the counter, and asks to be woken: the engine must not block on it
-/// (DESIGN.md invariant 4), whatever it then does with the node.
+/// (docs/ARCHITECTURE.md, invariant 4), whatever it then does with the node.
 #[test]
 fn a_node_cannot_stall_the_engine_through_its_doorbell() {
     run_with(

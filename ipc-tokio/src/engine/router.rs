@@ -1,8 +1,8 @@
 //! The router: the one task that touches shared memory on the engine side.
 //!
 //! Each pass it drains every node's release and submit rings (copies of each entry,
-//! validated before use: DESIGN.md invariant 3), copies payloads into receivers' arenas,
-//! and flushes every node's outbox into its deliver ring. When nothing is left it announces
+//! validated before use: docs/ARCHITECTURE.md, invariant 3), copies payloads into receivers'
+//! arenas, and flushes every node's outbox into its deliver ring. When nothing is left it announces
 //! sleep on every ring it consumes (the waiting-flag protocol of `ipc_core::ring`) and parks
 //! until a doorbell or a command arrives: idle costs nothing (invariant 7).
 //!
