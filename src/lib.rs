@@ -53,12 +53,36 @@
 //! [`bytes::Bytes`](https://docs.rs/bytes) (received zero-copy; large payloads can be
 //! written in place with [`Session::loan`]).
 //!
+//! # What this crate exports
+//!
+//! Everything a program needs to embed an engine, connect nodes and exchange messages, by name:
+//! the engine ([`Engine`], [`EngineBuilder`], [`BlockConfig`], [`Policy`], [`EngineStats`]),
+//! nodes and sessions ([`Node`], [`NodeOptions`], [`Listener`], [`Session`], [`SessionSink`],
+//! [`SessionStream`], [`Loan`], [`Payload`], [`MessageType`]), request/response ([`Client`],
+//! [`ResponseFuture`], [`Server`], [`ServeConfig`]), typed messages ([`Message`] and its derive,
+//! the [`message`] module with its codecs), and one error enum per operation ([`SpawnError`],
+//! [`ConnectError`], [`OpenError`], [`SessionError`], [`CallError`], [`BlockError`]). The
+//! crate exports no module named `core`, so `use shmlink::*;` leaves `core::` meaning the
+//! language's core library:
+//!
+//! ```
+//! use shmlink::*;
+//!
+//! assert_eq!(core::mem::size_of::<u8>(), 1);
+//! let _config: BlockConfig = BlockConfig::default();
+//! ```
+//!
 //! # Crates
 //!
-//! - [`core`] (`ipc-core`): blocks, the buddy allocator, rings, descriptors, doorbells. All
-//!   `unsafe` code of the project lives there.
+//! - `ipc-core`: blocks, the buddy allocator, rings, descriptors, doorbells, control frames.
+//!   All `unsafe` code of the project lives there. It is the wire protocol's implementation,
+//!   not an API: this crate re-exports only the few of its types that appear in its own
+//!   signatures.
 //! - `ipc-tokio`: the engine, nodes, sessions, codecs, the tower client and server.
 //! - `ipc-macros`: `#[derive(Message)]`.
+//!
+//! How it fits together (the engine's tasks, the block layout, the invariants and the tests
+//! that guard them) is told in the repository's `docs/ARCHITECTURE.md`.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -68,10 +92,11 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-pub use ipc_core as core;
-pub use ipc_core::{BlockConfig, window_charge};
+pub use ipc_core::control::MessageType;
+pub use ipc_core::{BlockConfig, BlockError, window_charge};
 pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
+pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{
     CallError, Client, ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node,
     NodeOptions, OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError,
@@ -81,3 +106,9 @@ pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSI
 
 #[doc(hidden)]
 pub mod __private;
+
+/// The README's Rust blocks, compiled and run as doc tests (`cargo test --doc -p shmlink`), so
+/// the README can never drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

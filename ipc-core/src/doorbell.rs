@@ -8,8 +8,9 @@
 //! Why a socket pair and not an eventfd: an eventfd handed to a node over `SCM_RIGHTS` shares
 //! one open file description with the engine, and with it the `O_NONBLOCK` flag. A hostile
 //! node could clear that flag and fill the counter, and the engine's next `write` would block
-//! (DESIGN.md invariant 4). With a socket pair each side owns its own socket, and every call
-//! here passes `MSG_DONTWAIT`, so no flag anyone else can change decides whether we block.
+//! (docs/ARCHITECTURE.md, invariant 4). With a socket pair each side owns its own socket, and
+//! every call here passes `MSG_DONTWAIT`, so no flag anyone else can change decides whether we
+//! block.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -1,9 +1,10 @@
 //! The layout of a block: header, rings, the transmit arena's tree, and the two arenas.
 //!
 //! A block is one sealed memfd, mapped by exactly two parties: its node and the engine
-//! (DESIGN.md invariant 1). The engine computes a [`Layout`] from a [`BlockConfig`], writes
-//! it into the header, and hands the block over; the node reads the header once, checks it
-//! against the file's real size, and from then on uses only its own validated copy.
+//! (docs/ARCHITECTURE.md, invariant 1). The engine computes a [`Layout`] from a
+//! [`BlockConfig`], writes it into the header, and hands the block over; the node reads the
+//! header once, checks it against the file's real size, and from then on uses only its own
+//! validated copy.
 //!
 //! ```text
 //!  offset 0      +---------------------------------------------+

@@ -1,4 +1,5 @@
-//! The buddy allocator against a model (STYLE.md 23): a `BTreeMap` of live `offset -> size`.
+//! The buddy allocator against a model (docs/ARCHITECTURE.md, Testing): a `BTreeMap` of live
+//! `offset -> size`.
 //!
 //! Random sequences of allocations and frees (of live sub-blocks, and of offsets that are
 //! out of bounds, misaligned, interior, already freed or never allocated) over arenas of

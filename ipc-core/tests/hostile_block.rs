@@ -1,4 +1,4 @@
-//! Hostile values written into a REAL block (DESIGN.md invariant 3; STYLE.md 24).
+//! Hostile values written into a REAL block (docs/ARCHITECTURE.md, invariant 3 and Testing).
 //!
 //! A peer controls every byte of the block it shares. These tests play that peer: they write
 //! garbage through the memfd (`pwrite`, so it lands in the same pages the other side has

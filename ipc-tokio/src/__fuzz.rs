@@ -17,7 +17,8 @@
 //!    doorbells, ready) and opens a byte session to `fuzz`; `fuzz-b`'s end of every session
 //!    the hostile node opens echoes what arrives, without ever waiting on the hostile node;
 //! 2. runs the input as a list of the hostile node's operations ([`Op`]);
-//! 3. checks DESIGN.md invariants 3 and 6, panicking (a crash to the fuzzer) if one breaks:
+//! 3. checks invariants 3 and 6 (docs/ARCHITECTURE.md), panicking (a crash to the fuzzer) if
+//!    one breaks:
 //!    - the legitimate pair still exchanges a message, intact and in order, after the
 //!      operations and again after the hostile node is gone;
 //!    - while the hostile node never touched its deliver ring or forged a `DATA` entry,

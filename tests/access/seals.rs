@@ -4,8 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use ipc_core::control::{self, EngineFrame, NodeFrame};
 use rustix::fs::SealFlags;
-use shmlink::core::control::{self, EngineFrame, NodeFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

@@ -184,7 +184,8 @@ async fn split_halves_close_the_session_only_together() {
 
 /// A node that sends, half-closes and exits at once: its last messages and its FIN were
 /// queued in its submit ring before its socket closed, so they must reach the peer
-/// (DESIGN.md invariant 5: nothing is lost silently; its `send` and `close` succeeded).
+/// (docs/ARCHITECTURE.md, invariant 5: nothing is lost silently; its `send` and `close`
+/// succeeded).
 ///
 /// The engine runs on this test's current-thread runtime, and the test blocks that thread
 /// until the child has exited: the child queues everything while the engine is paused,

@@ -7,8 +7,8 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
-use shmlink::core::control::{self, EngineFrame, NodeFrame};
-use shmlink::core::{Block, Doorbell};
+use ipc_core::control::{self, EngineFrame, NodeFrame};
+use ipc_core::{Block, Doorbell};
 use shmlink::{Node, OpenError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};

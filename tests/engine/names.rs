@@ -325,4 +325,6 @@ async fn thousands_of_concurrent_opens_all_complete() {
     within("another open", support::open(&client, "many"))
         .await
         .expect("open after the storm");
+    drop((last, served, accepted, client, server));
+    support::all_gone(engine).await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::core::control::{
+use ipc_core::control::{
     self, EngineFrame, ErrorCode, MAX_FRAME, MessageType, NodeFrame, PROTOCOL_VERSION, Schema,
 };
 use shmlink::{ConnectError, Engine, Node, Policy};

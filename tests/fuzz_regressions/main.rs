@@ -1,5 +1,5 @@
-//! The fuzz targets (STYLE.md 24), replayed on stable in every test run: every committed
-//! corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
+//! The fuzz targets (docs/ARCHITECTURE.md, Testing), replayed on stable in every test run: every
+//! committed corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
 //! `ipc_tokio::__fuzz`), then each crash or failure the fuzzers found, as its own test.
 //!
 //! The seeds in `fuzz/corpus/<target>/` are written by [`write_seeds`]:
@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::core::control::{EngineFrame, MessageType, NodeFrame, Schema};
-use shmlink::core::layout::{Layout, RawHeader};
-use shmlink::core::{BlockConfig, RawDescriptor, kind};
+use ipc_core::control::{EngineFrame, MessageType, NodeFrame, Schema};
+use ipc_core::layout::{Layout, RawHeader};
+use ipc_core::{BlockConfig, RawDescriptor, kind};
 use shmlink::{Engine, Node};
 
 /// The engine target checks that the process's descriptors and mappings return to their
@@ -70,22 +70,22 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn corpus_control_msg() {
-    replay("control_msg", shmlink::core::__fuzz::control_msg);
+    replay("control_msg", ipc_core::__fuzz::control_msg);
 }
 
 #[test]
 fn corpus_descriptor() {
-    replay("descriptor", shmlink::core::__fuzz::descriptor);
+    replay("descriptor", ipc_core::__fuzz::descriptor);
 }
 
 #[test]
 fn corpus_header() {
-    replay("header", shmlink::core::__fuzz::header);
+    replay("header", ipc_core::__fuzz::header);
 }
 
 #[test]
 fn corpus_ring_drain() {
-    replay("ring_drain", shmlink::core::__fuzz::ring_drain);
+    replay("ring_drain", ipc_core::__fuzz::ring_drain);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The attacks, grouped by what they break. Each test runs its attacks in order on one
 //! engine (see `world`); each attack is one hostile child (see `attacks` for what it does).
 
-use shmlink::core::control::ErrorCode;
+use ipc_core::control::ErrorCode;
 
 use crate::support;
 use crate::world::Expect::{self, BadFrame, CountedBadFrame, Either, Survives, Violation};
@@ -407,7 +407,7 @@ fn control_frame_violations_are_counted() {
 
 /// The node clears `O_NONBLOCK` on its doorbell (the open file description is shared with
 /// the engine), fills the counter, and asks to be woken: the engine must not block on it
-/// (DESIGN.md invariant 4), whatever it then does with the node.
+/// (docs/ARCHITECTURE.md, invariant 4), whatever it then does with the node.
 #[test]
 fn a_node_cannot_stall_the_engine_through_its_doorbell() {
     run_with(

@@ -1,5 +1,5 @@
-//! Hostile nodes against a real engine (issue 6, item 1; DESIGN.md invariant 3 "shared memory
-//! is untrusted input", and 4, 5, 6 as seen from a well-behaved node).
+//! Hostile nodes against a real engine (issue 6, item 1; docs/ARCHITECTURE.md, invariant 3
+//! "shared memory is untrusted input", and 4, 5, 6 as seen from a well-behaved node).
 //!
 //! Each attack runs in a real child process (this binary re-executed) that registers by hand
 //! ([`raw`]: a raw `UnixStream`, `Hello`, the `Welcome` and its three descriptors taken with

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::core::control::ErrorCode;
+use ipc_core::control::ErrorCode;
 use shmlink::{BlockConfig, Engine, EngineStats, Listener, Node, Session};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

@@ -4,7 +4,7 @@
 
 use std::os::fd::OwnedFd;
 
-use shmlink::core::control::{self, EngineFrame, NodeFrame};
+use ipc_core::control::{self, EngineFrame, NodeFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

@@ -11,6 +11,7 @@ mod harness;
 mod messages;
 
 mod decode;
+mod facade;
 mod layers;
 mod lifecycle;
 mod rpc;

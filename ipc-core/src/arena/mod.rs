@@ -23,7 +23,8 @@
 //! The allocator is generic over where the tree lives ([`BuddyAllocator<S>`] with
 //! `S: DerefMut<Target = [u8]>`): a node keeps its transmit arena's tree inside its block,
 //! the engine keeps each receive arena's tree in its own memory (a node must not be able to
-//! corrupt the engine's allocator: DESIGN.md invariant 3), and tests use a `Vec<u8>`.
+//! corrupt the engine's allocator: docs/ARCHITECTURE.md, invariant 3), and tests use a
+//! `Vec<u8>`.
 //! Exactly one party ever mutates a given tree (invariant 2).
 
 mod buddy;

@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, Ordering, fence};
 /// The shared header of a ring: four words, each on its own pair of cache lines.
 ///
 /// `head` is written by the consumer only, `tail` and `space_waiting` by the producer only,
-/// `waiting` by the consumer only (one writer per word: DESIGN.md invariant 2).
+/// `waiting` by the consumer only (one writer per word: docs/ARCHITECTURE.md, invariant 2).
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RingHeader {

@@ -7,7 +7,7 @@
 //!   (credentials, hello, block and doorbells over `SCM_RIGHTS`, then control frames);
 //! - the *router* owns every block and ring and moves every message: it is the only task
 //!   that touches shared memory, so it needs no locks, and it never waits on a node
-//!   (DESIGN.md invariant 4): a node that stops reading only fills its own queues.
+//!   (docs/ARCHITECTURE.md, invariant 4): a node that stops reading only fills its own queues.
 //!
 //! ```
 //! use ipc_tokio::{Engine, Node};

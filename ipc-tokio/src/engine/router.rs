@@ -7,7 +7,8 @@
 //! copies payloads into receivers' arenas, returns windows, and pushes what each node's
 //! deliver ring takes. Nodes idle for the spin time are demoted (they ring when they push
 //! again); when none is left the router parks until a doorbell or a command arrives: idle
-//! costs nothing (invariant 7). The data path itself is in `datapath.rs`.
+//! costs nothing (invariant 7). The data path itself is in `datapath.rs`; the invariants are
+//! those of docs/ARCHITECTURE.md.
 //!
 //! A node that breaks the protocol is closed with a typed [`Violation`]; nothing it wrote is
 //! trusted, and no other node notices beyond its sessions with that node ending in
