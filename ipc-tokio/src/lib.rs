@@ -18,7 +18,9 @@ mod spin;
 pub mod __fuzz;
 
 pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
-pub use error::{ConnectError, OpenError, SessionError, SpawnError};
+pub use error::{
+    CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,
+};
 pub use node::{Listener, Node, NodeOptions};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Node, OpenError};
+use shmlink::{NameError, Node, OpenError};
 
 use crate::support::{self, TestDir, ok_field, spawn_child, within};
 
@@ -57,16 +57,23 @@ async fn names_are_served_once_and_freed_by_dropping_the_listener() {
     // Names must be 1..=255 bytes.
     assert_eq!(
         within("open", support::open(&b, "")).await.map(drop),
-        Err(OpenError::Name)
+        Err(OpenError::Name {
+            name: String::new(),
+            reason: NameError::Empty
+        })
     );
     let long = "n".repeat(256);
+    let too_long = Err(OpenError::Name {
+        name: long.clone(),
+        reason: NameError::TooLong { len: 256 },
+    });
     assert_eq!(
         within("open", support::open(&b, &long)).await.map(drop),
-        Err(OpenError::Name)
+        too_long
     );
     assert_eq!(
         within("listen", support::listen(&b, &long)).await.map(drop),
-        Err(OpenError::Name)
+        too_long
     );
     let longest = "n".repeat(255);
     drop(

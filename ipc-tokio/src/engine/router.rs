@@ -520,11 +520,9 @@ impl Router {
             );
         };
         if !schema.matches(&target.schema) {
-            let message = format!(
-                "{service:?}: the client sends {} and receives {}, but the server receives {} and sends {}",
-                schema.send, schema.recv, target.schema.recv, target.schema.send
-            );
-            return self.refuse(node, req, ErrorCode::SchemaMismatch, message);
+            tracing::debug!(node, req, %service, "schema mismatch");
+            let server = target.schema.clone();
+            return self.reply(node, EngineFrame::SchemaMismatch { req, server });
         }
         let (server_node, service_id) = (target.node, target.id);
         let limit = self.config.max_sessions_per_node;

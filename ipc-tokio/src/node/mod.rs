@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_core::control::{self, EngineFrame, MAX_NAME, NodeFrame, Schema};
+use ipc_core::control::{self, EngineFrame, NodeFrame, Schema};
 use ipc_core::{Block, Doorbell, Producer};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -105,8 +105,11 @@ impl Node {
         name: &str,
         options: NodeOptions,
     ) -> Result<Self, ConnectError> {
-        if name.is_empty() || name.len() > MAX_NAME {
-            return Err(ConnectError::Name);
+        if let Err(reason) = control::check_name(name) {
+            return Err(ConnectError::Name {
+                name: name.to_owned(),
+                reason,
+            });
         }
         let mut stream = UnixStream::connect(path.as_ref()).await?;
         let engine_uid = stream.peer_cred()?.uid();
@@ -222,10 +225,10 @@ impl Node {
     }
 
     fn check_name(service: &str) -> Result<(), OpenError> {
-        if service.is_empty() || service.len() > MAX_NAME {
-            return Err(OpenError::Name);
-        }
-        Ok(())
+        control::check_name(service).map_err(|reason| OpenError::Name {
+            name: service.to_owned(),
+            reason,
+        })
     }
 
     /// Opens a session to the node serving `service`, carrying `T`: [`Bytes`] for a raw
@@ -267,14 +270,14 @@ impl Node {
                 |req| NodeFrame::Open {
                     req,
                     service: service.to_owned(),
-                    schema,
+                    schema: schema.clone(),
                 },
                 None,
             )
             .await?;
         match reply {
             Reply::Session(core) => Ok(core),
-            other => Err(other.into_error(service)),
+            other => Err(other.into_error(service, schema)),
         }
     }
 
@@ -323,14 +326,14 @@ impl Node {
                 |req| NodeFrame::Serve {
                     req,
                     service: service.to_owned(),
-                    schema,
+                    schema: schema.clone(),
                 },
                 Some(accept_tx),
             )
             .await?;
         match reply {
             Reply::Served(id) => Ok((id, accept_rx)),
-            other => Err(other.into_error(service)),
+            other => Err(other.into_error(service, schema)),
         }
     }
 

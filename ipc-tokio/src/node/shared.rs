@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
+use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame, Schema};
 use ipc_core::{
     Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
 };
@@ -21,13 +21,27 @@ pub(crate) enum Reply {
     Session(Arc<SessionCore>),
     Served(u32),
     Unserved,
-    Error { code: u16, message: String },
+    /// The serving end's schema differs from the one sent.
+    Mismatch(Schema),
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 impl Reply {
-    pub(crate) fn into_error(self, service: &str) -> OpenError {
-        let Reply::Error { code, message } = self else {
-            return OpenError::Refused("unexpected reply from the engine".into());
+    /// The error a reply other than success means; `schema` is what the request declared.
+    pub(crate) fn into_error(self, service: &str, schema: Schema) -> OpenError {
+        let (code, message) = match self {
+            Reply::Error { code, message } => (code, message),
+            Reply::Mismatch(server) => {
+                return OpenError::SchemaMismatch {
+                    service: service.to_owned(),
+                    client: schema,
+                    server,
+                };
+            }
+            _ => return OpenError::Refused("unexpected reply from the engine".into()),
         };
         match ErrorCode::from_u16(code) {
             Some(ErrorCode::NotServed) => OpenError::NotServed {
@@ -36,7 +50,6 @@ impl Reply {
             Some(ErrorCode::AlreadyServed) => OpenError::AlreadyServed {
                 service: service.to_owned(),
             },
-            Some(ErrorCode::SchemaMismatch) => OpenError::SchemaMismatch(message),
             _ => OpenError::Refused(message),
         }
     }
@@ -439,6 +452,9 @@ impl NodeShared {
                 if !delivered {
                     self.close_end(session);
                 }
+            }
+            EngineFrame::SchemaMismatch { req, server } => {
+                let _ = self.answer(req, Reply::Mismatch(server));
             }
             EngineFrame::Error {
                 req: 0, message, ..

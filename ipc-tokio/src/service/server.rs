@@ -258,10 +258,12 @@ async fn write_replies<Resp: Message, C: Codec>(
             Outcome::Reply(reply) => {
                 match envelope::loan_encoded::<C, Resp>(&mut sink, id, Kind::Reply, reply).await {
                     Ok((loan, _reply)) => Ok(loan),
-                    // The reply cannot be encoded or is too large: tell the caller so.
-                    Err(
-                        e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. }),
-                    ) => {
+                    // The reply can never fit: tell the caller so, with the figures.
+                    Err(crate::SessionError::TooLarge { len, max }) => {
+                        envelope::loan_too_large(&mut sink, id, len, max).await
+                    }
+                    // The reply cannot be encoded: tell the caller so.
+                    Err(e @ crate::SessionError::Codec(_)) => {
                         envelope::loan_text(
                             &mut sink,
                             id,
