@@ -19,6 +19,7 @@ mod names;
 mod payloads;
 mod rendezvous;
 mod restart;
+mod unserve;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].

@@ -351,7 +351,20 @@ fn symmetric<T: Payload<C>, C>() -> Schema {
 }
 
 /// Sessions opened to a served name, in the order they were opened. Dropping it stops
-/// serving the name (sessions already accepted go on).
+/// serving the name (sessions already accepted go on); [`Listener::unserve`] does the same and
+/// waits until the engine has removed the name.
+///
+/// # Ordering
+///
+/// Dropping a `Listener` queues the engine's `Unserve` on this node's control socket before
+/// `drop` returns. The engine handles one node's requests in order, so any later
+/// [`Node::open`] or [`Node::listen`] *of the same node* (or of a clone of it) sees the name
+/// unserved. Another node's open travels on another socket and may reach the engine before the
+/// `Unserve`: it then still succeeds, and its session is closed at once (its stream ends, its
+/// first send fails with [`SessionError::Closed`](crate::SessionError::Closed)). To order an
+/// unserve before what other nodes do, await [`Listener::unserve`] (or
+/// [`Server::shutdown`](crate::Server::shutdown)): once it returns, every open the engine
+/// receives fails with [`OpenError::NotServed`].
 pub struct Listener<T = Bytes, C = Bincode> {
     node: Arc<NodeHandle>,
     id: u32,
@@ -404,6 +417,25 @@ impl<T: Payload<C>, C> Listener<T, C> {
     /// The served name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Stops serving the name and returns once the engine has removed it (or the connection
+    /// to the engine is gone): from then on every open of the name, by any node, fails with
+    /// [`OpenError::NotServed`] until someone serves it again. Sessions opened but not yet
+    /// accepted are closed, as on drop.
+    pub async fn unserve(self) {
+        let acked = self.node.shared.unserve(self.id);
+        drop(self);
+        if let Some(acked) = acked {
+            // An error reply cannot happen for a name this node serves; a closed channel
+            // means the node is gone, which unserves everything too.
+            let _ = acked.await;
+        }
+    }
+
+    /// The node and the service id, for a server that unserves on its own.
+    pub(crate) fn service(&self) -> (Arc<NodeHandle>, u32) {
+        (self.node.clone(), self.id)
     }
 }
 

@@ -226,15 +226,33 @@ impl NodeShared {
         self.state().listeners.get(&id).cloned()
     }
 
+    /// Stops serving `id` without waiting: the `Unserve` is queued on the control channel
+    /// at once, so every later request of this node reaches the engine after it.
     pub(crate) fn remove_listener(&self, id: u32) {
+        drop(self.unserve(id));
+    }
+
+    /// Stops serving `id`: queues the `Unserve` now and returns the receiver of its answer
+    /// (`UnserveOk`, or a closed channel once the node is gone); `None` if `id` was not
+    /// served any more (or the node is gone), so there is nothing to wait for.
+    pub(crate) fn unserve(&self, id: u32) -> Option<oneshot::Receiver<Reply>> {
         let mut state = self.state();
-        if state.listeners.remove(&id).is_some() && !state.dead {
-            state.next_req = state.next_req.wrapping_add(1).max(1);
-            let req = state.next_req;
-            let _ = self
-                .out
-                .send(NodeFrame::Unserve { req, service: id }.encode());
+        if state.listeners.remove(&id).is_none() || state.dead {
+            return None;
         }
+        state.next_req = state.next_req.wrapping_add(1).max(1);
+        let req = state.next_req;
+        let (tx, rx) = oneshot::channel();
+        state.requests.insert(req, tx);
+        if self
+            .out
+            .send(NodeFrame::Unserve { req, service: id }.encode())
+            .is_err()
+        {
+            state.requests.remove(&req);
+            return None;
+        }
+        Some(rx)
     }
 
     /// Pushes `entry` on the submit ring, or registers `cx` to be woken when there is room.
