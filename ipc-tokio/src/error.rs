@@ -1,6 +1,8 @@
 //! Errors of the engine, nodes and sessions: one enum per operation.
 
 use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ipc_core::BlockError;
 pub use ipc_core::control::{MessageType, NameError, Schema};
@@ -39,7 +41,27 @@ pub enum SpawnError {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The socket could not be reached or the connection broke.
+    /// Nothing accepts connections on the socket path: no such file, no engine listening on
+    /// it any more (a stale socket), or no permission.
+    #[error("cannot reach an engine on {}: {source}", path.display())]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// The error of `connect`.
+        #[source]
+        source: io::Error,
+    },
+    /// The rendezvous did not complete within
+    /// [`NodeOptions::connect_timeout`](crate::NodeOptions::connect_timeout): something
+    /// accepted the connection but never answered like an engine.
+    #[error("no answer from the engine on {} within {timeout:?}", path.display())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The connection broke during the rendezvous.
     #[error("cannot reach the engine: {0}")]
     Io(#[from] io::Error),
     /// The engine refused the node (credentials, protocol version, resources).

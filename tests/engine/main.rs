@@ -12,6 +12,7 @@ mod children;
 mod fake_engine;
 
 mod close;
+mod connect;
 mod flow;
 mod kill;
 mod mesh;

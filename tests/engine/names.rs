@@ -280,3 +280,70 @@ async fn session_limit_per_node_and_sessions_to_oneself() {
     drop((opened, accepted, listener, node));
     engine.shutdown().await;
 }
+
+/// Names with NUL or control characters are refused by `listen`, `serve`, `open` and `client`
+/// before anything is sent: the engine's registry is untouched and the node stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_control_characters_are_refused_before_anything_is_sent() {
+    #[derive(shmlink::Message, serde::Serialize, serde::Deserialize)]
+    struct Unit;
+
+    let dir = TestDir::new("names-control");
+    let engine = support::engine(&dir);
+    let node = within("connect", Node::connect(dir.socket(), "n"))
+        .await
+        .unwrap();
+    let cases = [
+        ("a\0b", NameError::Control { ch: '\0', at: 1 }),
+        ("\tquotes", NameError::Control { ch: '\t', at: 0 }),
+        (
+            "q\u{1b}]0;x\u{7}",
+            NameError::Control {
+                ch: '\u{1b}',
+                at: 1,
+            },
+        ),
+        (
+            "c1\u{9b}",
+            NameError::Control {
+                ch: '\u{9b}',
+                at: 2,
+            },
+        ),
+    ];
+    for (name, reason) in cases {
+        let want = Err(OpenError::Name {
+            name: name.to_owned(),
+            reason,
+        });
+        assert_eq!(
+            within("listen", support::listen(&node, name))
+                .await
+                .map(drop),
+            want
+        );
+        assert_eq!(
+            within("open", support::open(&node, name)).await.map(drop),
+            want
+        );
+        let echo = tower::service_fn(|u: Unit| async move { Ok::<_, String>(u) });
+        assert_eq!(
+            within("serve", node.serve(name, echo)).await.map(drop),
+            want
+        );
+        assert_eq!(
+            within("client", node.client::<Unit, Unit>(name))
+                .await
+                .map(drop),
+            want
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.services, stats.session_ends, stats.nodes), (0, 0, 1));
+    // The node is fine: a valid name works.
+    let _listener = within("listen", support::listen(&node, "ok"))
+        .await
+        .expect("a valid name");
+    drop((_listener, node));
+    support::all_gone(engine).await;
+}

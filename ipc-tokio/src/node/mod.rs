@@ -55,6 +55,12 @@ pub struct NodeOptions {
     /// `SO_PEERCRED` before anything is sent: a node never talks to an engine someone else
     /// put on the socket path). Default: none.
     pub engine_uids: Vec<u32>,
+    /// The longest the whole rendezvous may take: connecting to the socket, the hello, the
+    /// engine's welcome with the block and doorbells, validating them and answering ready
+    /// (default 5 s). Past it, [`Node::connect`] fails with [`ConnectError::Timeout`]: an
+    /// engine that accepts and never answers (stopped with `SIGSTOP`, or not an engine at all)
+    /// cannot make a node wait forever.
+    pub connect_timeout: Duration,
 }
 
 impl Default for NodeOptions {
@@ -62,6 +68,7 @@ impl Default for NodeOptions {
         Self {
             spin: Duration::from_micros(20),
             engine_uids: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -71,6 +78,13 @@ impl NodeOptions {
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self
+    }
+
+    /// Sets [`NodeOptions::connect_timeout`].
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -88,7 +102,10 @@ impl Node {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Io`] if the socket cannot be reached, [`ConnectError::Refused`] if the
+    /// [`ConnectError::Name`] if `name` is not a valid node name (nothing is sent),
+    /// [`ConnectError::Unreachable`] if nothing listens on `path`, [`ConnectError::Timeout`]
+    /// if the rendezvous takes longer than [`NodeOptions::connect_timeout`],
+    /// [`ConnectError::Io`] if the connection breaks, [`ConnectError::Refused`] if the
     /// engine refuses (credentials, version, resources), [`ConnectError::Block`] if the block
     /// it hands over fails validation, [`ConnectError::Protocol`] on an unexpected answer.
     pub async fn connect(path: impl AsRef<Path>, name: &str) -> Result<Self, ConnectError> {
@@ -111,14 +128,37 @@ impl Node {
                 reason,
             });
         }
-        let mut stream = UnixStream::connect(path.as_ref()).await?;
+        let path = path.as_ref();
+        let timeout = options.connect_timeout;
+        match tokio::time::timeout(timeout, Self::rendezvous(path, name, options)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectError::Timeout {
+                path: path.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The rendezvous, from connecting to `Ready` (bounded by the caller).
+    async fn rendezvous(
+        path: &Path,
+        name: &str,
+        options: NodeOptions,
+    ) -> Result<Self, ConnectError> {
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    path: path.to_owned(),
+                    source,
+                })?;
         let engine_uid = stream.peer_cred()?.uid();
         let own = rustix::process::getuid().as_raw();
         if engine_uid != own && engine_uid != 0 && !options.engine_uids.contains(&engine_uid) {
             return Err(ConnectError::Refused {
                 message: format!(
                     "the engine on {} runs as uid {engine_uid}, not as this user (uid {own}) or root",
-                    path.as_ref().display()
+                    path.display()
                 ),
             });
         }
