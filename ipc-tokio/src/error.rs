@@ -32,6 +32,19 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The socket path is longer than a Unix socket address holds (`sun_path`: 107 bytes and
+    /// a NUL); nothing was created.
+    #[error(
+        "the socket path {path} is {len} bytes long, more than the {max} a Unix socket address holds"
+    )]
+    PathTooLong {
+        /// The socket path.
+        path: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest path allowed.
+        max: usize,
+    },
     /// `spawn` was called outside a Tokio runtime.
     #[error("Engine::spawn must be called from within a Tokio runtime")]
     NoRuntime,

@@ -20,6 +20,7 @@ mod names;
 mod payloads;
 mod rendezvous;
 mod restart;
+mod spawn;
 mod unserve;
 
 /// The entry point of child processes: returns at once unless this process was started
