@@ -13,6 +13,7 @@ mod fake_engine;
 
 mod close;
 mod connect;
+mod daemon;
 mod flow;
 mod kill;
 mod mesh;
