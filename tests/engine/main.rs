@@ -22,6 +22,7 @@ mod payloads;
 mod rendezvous;
 mod restart;
 mod spawn;
+mod too_large;
 mod unserve;
 
 /// The entry point of child processes: returns at once unless this process was started
