@@ -128,9 +128,9 @@ pub enum OpenError {
         /// The service name.
         service: String,
         /// What this (opening) end sends and receives.
-        client: Schema,
+        client: Box<Schema>,
         /// What the serving end sends and receives.
-        server: Schema,
+        server: Box<Schema>,
     },
     /// The service name is empty, longer than 255 bytes or holds a control character;
     /// nothing was sent.

@@ -37,8 +37,8 @@ impl Reply {
             Reply::Mismatch(server) => {
                 return OpenError::SchemaMismatch {
                     service: service.to_owned(),
-                    client: schema,
-                    server,
+                    client: Box::new(schema),
+                    server: Box::new(server),
                 };
             }
             _ => return OpenError::Refused("unexpected reply from the engine".into()),
