@@ -80,7 +80,7 @@ async fn subscriber() -> Result<(), Box<dyn std::error::Error>> {
     let node = Node::connect(&socket, "trader").await?;
 
     match node.open::<NotATick>("ticks").await {
-        Err(OpenError::SchemaMismatch(message)) => println!("wrong type refused: {message}"),
+        Err(e @ OpenError::SchemaMismatch { .. }) => println!("wrong type refused: {e}"),
         other => return Err(format!("expected a schema mismatch, got {other:?}").into()),
     }
 

@@ -92,15 +92,15 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-pub use ipc_core::control::MessageType;
 pub use ipc_core::{BlockConfig, BlockError, window_charge};
 pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{
-    CallError, Client, ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node,
-    NodeOptions, OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError,
-    SessionSink, SessionStream, SpawnError, default_socket_path,
+    CallError, Client, CodecError, ConnectError, Engine, EngineBuilder, EngineStats, Listener,
+    Loan, MessageType, NameError, Node, NodeOptions, OpenError, Payload, Policy, Schema,
+    ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError,
+    default_socket_path,
 };
 pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
 

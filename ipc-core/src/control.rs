@@ -4,7 +4,8 @@
 //! after itself. Integers are little-endian; strings are `[len: u16][UTF-8]`. The engine parses
 //! every frame a node sends with [`decode_node_frame`]: a frame longer than [`MAX_FRAME`], of
 //! another version, with an unknown tag, cut short, with bytes left over, or with a name that
-//! is empty, too long or not UTF-8 is a [`FrameError`], never a panic.
+//! is empty, too long, not UTF-8 or holds a control character (see [`check_name`]) is a
+//! [`FrameError`], never a panic.
 //!
 //! Setup travels here (hello, serve, open); everything whose order matters relative to data
 //! (data, half-close, close, credits) travels in the rings.
@@ -151,6 +152,14 @@ pub enum EngineFrame {
         /// The client node's name.
         peer: String,
     },
+    /// An `Open` failed because the two ends declare different message types: `server` is
+    /// what the serving end sends and receives (the client's own schema is in its `Open`).
+    SchemaMismatch {
+        /// The request id.
+        req: u32,
+        /// The serving end's schema.
+        server: Schema,
+    },
     /// A request failed (`req` is 0 for errors not tied to a request, after which the engine
     /// closes the connection).
     Error {
@@ -231,6 +240,63 @@ pub enum FrameError {
     /// A string is empty, too long, or not UTF-8.
     #[error("invalid string field: {0}")]
     String(&'static str),
+    /// A node or service name breaks the rules of [`check_name`].
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+}
+
+/// Why a node or service name is refused (by [`check_name`]).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("the name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME`] bytes.
+    #[error("the name is {len} bytes long, more than {MAX_NAME}")]
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+    },
+    /// The name holds a control character (NUL, a newline, an escape, ...): names end up in
+    /// logs, listings and error messages, where such a character could forge or hide text.
+    #[error("the name holds the control character {ch:?} at byte {at}")]
+    Control {
+        /// The character.
+        ch: char,
+        /// Its byte offset in the name.
+        at: usize,
+    },
+}
+
+/// Checks a node or service name: 1 to [`MAX_NAME`] bytes of UTF-8 without control characters
+/// (Unicode category Cc: U+0000 to U+001F and U+007F to U+009F). Nodes check their names with it
+/// before sending them; the engine checks every name it parses with it again.
+///
+/// # Errors
+///
+/// The [`NameError`] that disqualifies the name.
+///
+/// # Examples
+///
+/// ```
+/// use ipc_core::control::{NameError, check_name};
+///
+/// assert_eq!(check_name("billing.quotes"), Ok(()));
+/// assert_eq!(check_name(""), Err(NameError::Empty));
+/// assert_eq!(check_name("a\0b"), Err(NameError::Control { ch: '\0', at: 1 }));
+/// ```
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME {
+        return Err(NameError::TooLong { len: name.len() });
+    }
+    match name.char_indices().find(|(_, ch)| ch.is_control()) {
+        Some((at, ch)) => Err(NameError::Control { ch, at }),
+        None => Ok(()),
+    }
 }
 
 // ===== encoding =====
@@ -282,6 +348,7 @@ mod tag {
     pub(super) const OPEN_OK: u8 = 67;
     pub(super) const ACCEPT: u8 = 68;
     pub(super) const ERROR: u8 = 69;
+    pub(super) const SCHEMA_MISMATCH: u8 = 70;
 }
 
 impl NodeFrame {
@@ -346,6 +413,10 @@ impl EngineFrame {
                 .u32(*session)
                 .str(peer)
                 .finish(),
+            Self::SchemaMismatch { req, server } => Writer::new(tag::SCHEMA_MISMATCH)
+                .u32(*req)
+                .schema(server)
+                .finish(),
             Self::Error { req, code, message } => Writer::new(tag::ERROR)
                 .u32(*req)
                 .u16(*code)
@@ -396,16 +467,23 @@ impl<'a> Reader<'a> {
             .map(str::to_owned)
             .map_err(|_| FrameError::String("not UTF-8"))
     }
+    /// A node or service name: [`check_name`]'s rules.
     fn name(&mut self) -> Result<String, FrameError> {
+        let name = self.text(MAX_NAME, false)?;
+        check_name(&name)?;
+        Ok(name)
+    }
+    /// A message type's name (chosen by a program, not a user: only length and UTF-8 rules).
+    fn type_name(&mut self) -> Result<String, FrameError> {
         self.text(MAX_NAME, false)
     }
     fn schema(&mut self) -> Result<Schema, FrameError> {
         let send = MessageType {
-            name: self.name()?,
+            name: self.type_name()?,
             fingerprint: self.u64()?,
         };
         let recv = MessageType {
-            name: self.name()?,
+            name: self.type_name()?,
             fingerprint: self.u64()?,
         };
         Ok(Schema { send, recv })
@@ -507,6 +585,10 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             session: r.u32()?,
             peer: r.name()?,
         },
+        tag::SCHEMA_MISMATCH => EngineFrame::SchemaMismatch {
+            req: r.u32()?,
+            server: r.schema()?,
+        },
         tag::ERROR => EngineFrame::Error {
             req: r.u32()?,
             code: r.u16()?,
@@ -582,6 +664,10 @@ mod tests {
             },
             EngineFrame::ServeOk { req: 1, service: 2 },
             EngineFrame::UnserveOk { req: 1 },
+            EngineFrame::SchemaMismatch {
+                req: 2,
+                server: schema(),
+            },
             EngineFrame::OpenOk {
                 req: 3,
                 session: 4,
@@ -650,6 +736,55 @@ mod tests {
             decode_node_frame(&bad_utf8),
             Err(FrameError::String("not UTF-8"))
         );
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        for (name, ch, at) in [
+            ("a\0b", '\0', 1),
+            ("\nx", '\n', 0),
+            ("x\u{1b}[2J", '\u{1b}', 1),
+        ] {
+            let want = FrameError::Name(NameError::Control { ch, at });
+            let hello = NodeFrame::Hello { name: name.into() }.encode();
+            assert_eq!(decode_node_frame(&hello), Err(want.clone()), "{name:?}");
+            for frame in [
+                NodeFrame::Serve {
+                    req: 1,
+                    service: name.into(),
+                    schema: schema(),
+                },
+                NodeFrame::Open {
+                    req: 1,
+                    service: name.into(),
+                    schema: Schema::bytes(),
+                },
+            ] {
+                assert_eq!(decode_node_frame(&frame.encode()), Err(want.clone()));
+            }
+        }
+        // The C1 range is control too; ordinary non-ASCII text is not.
+        assert_eq!(
+            check_name("a\u{85}"),
+            Err(NameError::Control {
+                ch: '\u{85}',
+                at: 1
+            })
+        );
+        assert_eq!(check_name("grüße/日本"), Ok(()));
+        assert_eq!(
+            check_name(&"n".repeat(MAX_NAME + 1)),
+            Err(NameError::TooLong { len: MAX_NAME + 1 })
+        );
+        // A message type's name is the program's, not checked for control characters.
+        let mut typed = schema();
+        typed.send.name = "odd\ttype".into();
+        let serve = NodeFrame::Serve {
+            req: 1,
+            service: "ok".into(),
+            schema: typed,
+        };
+        assert!(decode_node_frame(&serve.encode()).is_ok());
     }
 
     #[test]

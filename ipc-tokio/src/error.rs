@@ -1,9 +1,14 @@
 //! Errors of the engine, nodes and sessions: one enum per operation.
 
 use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ipc_core::BlockError;
+pub use ipc_core::control::{MessageType, NameError, Schema};
 use thiserror::Error;
+
+use crate::message::{Codec, DecodeError, EncodeError, Message};
 
 /// Why an engine could not start.
 #[derive(Debug, Error)]
@@ -27,6 +32,19 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The socket path is longer than a Unix socket address holds (`sun_path`: 107 bytes and
+    /// a NUL); nothing was created.
+    #[error(
+        "the socket path {path} is {len} bytes long, more than the {max} a Unix socket address holds"
+    )]
+    PathTooLong {
+        /// The socket path.
+        path: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest path allowed.
+        max: usize,
+    },
     /// `spawn` was called outside a Tokio runtime.
     #[error("Engine::spawn must be called from within a Tokio runtime")]
     NoRuntime,
@@ -36,7 +54,27 @@ pub enum SpawnError {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The socket could not be reached or the connection broke.
+    /// Nothing accepts connections on the socket path: no such file, no engine listening on
+    /// it any more (a stale socket), or no permission.
+    #[error("cannot reach an engine on {}: {source}", path.display())]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// The error of `connect`.
+        #[source]
+        source: io::Error,
+    },
+    /// The rendezvous did not complete within
+    /// [`NodeOptions::connect_timeout`](crate::NodeOptions::connect_timeout): something
+    /// accepted the connection but never answered like an engine.
+    #[error("no answer from the engine on {} within {timeout:?}", path.display())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The connection broke during the rendezvous.
     #[error("cannot reach the engine: {0}")]
     Io(#[from] io::Error),
     /// The engine refused the node (credentials, protocol version, resources).
@@ -51,9 +89,16 @@ pub enum ConnectError {
     /// The block handed over failed validation.
     #[error("the engine's block is invalid: {0}")]
     Block(#[from] BlockError),
-    /// The node's name is empty or longer than 255 bytes.
-    #[error("invalid node name: must be 1..=255 bytes")]
-    Name,
+    /// The node's name is empty, longer than 255 bytes or holds a control character; nothing
+    /// was sent.
+    #[error("invalid node name {name:?}: {reason}")]
+    Name {
+        /// The name refused.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
 }
 
 /// Why `Node::open`, `Node::listen` (or their typed forms) failed.
@@ -72,12 +117,31 @@ pub enum OpenError {
         /// The service name.
         service: String,
     },
-    /// The two ends disagree on message types; the message names both sides.
-    #[error("schema mismatch: {0}")]
-    SchemaMismatch(String),
-    /// The name is empty or longer than 255 bytes.
-    #[error("invalid service name: must be 1..=255 bytes")]
-    Name,
+    /// The two ends disagree on message types: both schemas, with each type's name and
+    /// fingerprint. For a session opened with `open::<T>` both directions carry `T`; for a
+    /// request/response client, `client.send` is the request and `client.recv` the response.
+    #[error(
+        "schema mismatch on {service:?}: this end sends {} and receives {}, but the serving end receives {} and sends {}",
+        client.send, client.recv, server.recv, server.send
+    )]
+    SchemaMismatch {
+        /// The service name.
+        service: String,
+        /// What this (opening) end sends and receives.
+        client: Box<Schema>,
+        /// What the serving end sends and receives.
+        server: Box<Schema>,
+    },
+    /// The service name is empty, longer than 255 bytes or holds a control character;
+    /// nothing was sent.
+    #[error("invalid service name {name:?}: {reason}")]
+    Name {
+        /// The name refused.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
     /// The engine refused for another reason.
     #[error("the engine refused: {0}")]
     Refused(String),
@@ -108,6 +172,72 @@ pub enum SessionError {
     #[error("start_send called without poll_ready")]
     NotReady,
     /// A typed message could not be encoded or decoded; the session goes on.
-    #[error("codec error: {0}")]
-    Codec(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Why a typed message could not be encoded or decoded: which type, which codec, and the
+/// codec's own error, as fields.
+///
+/// A message too large for a session is never a `CodecError`: it is
+/// [`SessionError::TooLarge`] (or [`CallError::TooLarge`](crate::CallError::TooLarge)) with
+/// the limit that applies.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// A message to send could not be encoded; nothing was sent.
+    #[error("cannot encode a {type_name} with {codec}: {source}")]
+    Encode {
+        /// The message type's [`NAME`](crate::message::Message::NAME).
+        type_name: &'static str,
+        /// The codec's [`NAME`](crate::message::Codec::NAME).
+        codec: &'static str,
+        /// The codec's error.
+        #[source]
+        source: EncodeError,
+    },
+    /// A received payload could not be decoded; it was dropped.
+    #[error("cannot decode a {type_name} with {codec}: {source}")]
+    Decode {
+        /// The message type's [`NAME`](crate::message::Message::NAME).
+        type_name: &'static str,
+        /// The codec's [`NAME`](crate::message::Codec::NAME).
+        codec: &'static str,
+        /// The codec's error.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl CodecError {
+    /// An encoding error of a `T` with the codec `C`.
+    pub(crate) fn encode<T: Message, C: Codec>(source: EncodeError) -> Self {
+        Self::Encode {
+            type_name: T::NAME,
+            codec: C::NAME,
+            source,
+        }
+    }
+
+    /// A decoding error of a `T` with the codec `C`.
+    pub(crate) fn decode<T: Message, C: Codec>(source: DecodeError) -> Self {
+        Self::Decode {
+            type_name: T::NAME,
+            codec: C::NAME,
+            source,
+        }
+    }
+}
+
+/// The error of encoding a `T` with `C`: a message longer than the codec accepts is
+/// [`SessionError::TooLarge`] (the caller lowers `max` to the session's limit if smaller),
+/// anything else a [`CodecError::Encode`].
+pub(crate) fn encode_error<T: Message, C: Codec>(e: EncodeError) -> SessionError {
+    match e {
+        EncodeError::TooLarge { len, max } => SessionError::TooLarge {
+            len: len as u64,
+            max: max as u64,
+        },
+        other => SessionError::Codec(CodecError::encode::<T, C>(other)),
+    }
 }

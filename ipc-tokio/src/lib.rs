@@ -21,7 +21,9 @@ pub use engine::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
     EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
-pub use error::{ConnectError, OpenError, SessionError, SpawnError};
+pub use error::{
+    CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,
+};
 pub use node::{Listener, Node, NodeOptions};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -1,6 +1,7 @@
 //! `shmlinkd`: a standalone shmlink engine.
 //!
 //! ```text
+//! shmlinkd [-h|--help] [-V|--version]
 //! shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] [--min-block BYTES]
 //!          [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]
 //! ```
@@ -19,6 +20,40 @@ use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] \
 [--min-block BYTES] [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]";
+
+/// What `--help` prints (on stdout).
+const HELP: &str = "\
+shmlinkd: a standalone shmlink engine (shared-memory messaging for processes on one host)
+
+Usage: shmlinkd [OPTIONS]
+
+Options:
+  --socket PATH       socket nodes connect to [env SHMLINK_SOCKET]
+                      (default $XDG_RUNTIME_DIR/shmlink/engine.sock,
+                      or /tmp/shmlink-UID/engine.sock without XDG_RUNTIME_DIR)
+  --tx-arena BYTES    each node's transmit arena, K/M/G suffixes [env SHMLINK_TX_ARENA] (32M)
+  --rx-arena BYTES    each node's receive arena [env SHMLINK_RX_ARENA] (32M)
+  --min-block BYTES   smallest allocation class [env SHMLINK_MIN_BLOCK] (256)
+  --ring ENTRIES      capacity of every ring: submit, deliver, release [env SHMLINK_RING]
+  --credits N         messages a session end may have in flight [env SHMLINK_CREDITS] (256)
+  --allow-uid UID     also admit nodes of this uid; repeatable
+                      [env SHMLINK_ALLOW_UIDS, comma-separated]
+  --spin-us N         how long the engine polls before it parks [env SHMLINK_SPIN_US] (50)
+  --log FILTER        tracing filter [env RUST_LOG] (info)
+  -h, --help          print this help and exit
+  -V, --version       print the version and exit
+
+A flag wins over its variable. SIGINT or SIGTERM shuts down gracefully: every node sees
+Disconnected and the socket file is removed.";
+
+/// What the command line asks for.
+#[derive(Debug)]
+enum Parsed {
+    /// Run the engine.
+    Run(Options),
+    /// Print this text on stdout and exit successfully (`--help`, `--version`).
+    Print(String),
+}
 
 #[derive(Debug)]
 struct Options {
@@ -52,7 +87,7 @@ fn parse_num<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> 
         .map_err(|_| format!("{what}: not a number: {text:?}"))
 }
 
-fn options() -> Result<Options, String> {
+fn options() -> Result<Parsed, String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut o = Options {
         socket: env("SHMLINK_SOCKET").map_or_else(shmlink::default_socket_path, Into::into),
@@ -92,8 +127,15 @@ fn options() -> Result<Options, String> {
     }
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.into());
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Print(HELP.into())),
+            "-V" | "--version" => {
+                return Ok(Parsed::Print(format!(
+                    "shmlinkd {}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            _ => {}
         }
         let value = args
             .next()
@@ -111,12 +153,16 @@ fn options() -> Result<Options, String> {
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
-    Ok(o)
+    Ok(Parsed::Run(o))
 }
 
 fn main() -> ExitCode {
     let options = match options() {
-        Ok(o) => o,
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Print(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);

@@ -138,7 +138,9 @@ async fn foreign_connect(socket: &str, attempts: &str, cmds: Commands) -> Result
                 say("EXCHANGED");
                 "ok".to_owned()
             }
-            Err(ConnectError::Io(e)) => format!("io {:?} {e}", e.kind()),
+            Err(ConnectError::Io(e) | ConnectError::Unreachable { source: e, .. }) => {
+                format!("io {:?} {e}", e.kind())
+            }
             Err(ConnectError::Refused { message }) => format!("refused {message}"),
             Err(e) => format!("other {e:?}"),
         };

@@ -12,6 +12,8 @@ mod children;
 mod fake_engine;
 
 mod close;
+mod connect;
+mod daemon;
 mod flow;
 mod isolation;
 
@@ -21,6 +23,9 @@ mod names;
 mod payloads;
 mod rendezvous;
 mod restart;
+mod spawn;
+mod too_large;
+mod unserve;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].

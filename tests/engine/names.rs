@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Node, OpenError};
+use shmlink::{NameError, Node, OpenError};
 
 use crate::support::{self, TestDir, ok_field, spawn_child, within};
 
@@ -57,16 +57,23 @@ async fn names_are_served_once_and_freed_by_dropping_the_listener() {
     // Names must be 1..=255 bytes.
     assert_eq!(
         within("open", support::open(&b, "")).await.map(drop),
-        Err(OpenError::Name)
+        Err(OpenError::Name {
+            name: String::new(),
+            reason: NameError::Empty
+        })
     );
     let long = "n".repeat(256);
+    let too_long = Err(OpenError::Name {
+        name: long.clone(),
+        reason: NameError::TooLong { len: 256 },
+    });
     assert_eq!(
         within("open", support::open(&b, &long)).await.map(drop),
-        Err(OpenError::Name)
+        too_long
     );
     assert_eq!(
         within("listen", support::listen(&b, &long)).await.map(drop),
-        Err(OpenError::Name)
+        too_long
     );
     let longest = "n".repeat(255);
     drop(
@@ -326,5 +333,77 @@ async fn thousands_of_concurrent_opens_all_complete() {
         .await
         .expect("open after the storm");
     drop((last, served, accepted, client, server));
+    support::all_gone(engine).await;
+}
+
+/// Names with NUL or control characters are refused by `listen`, `serve`, `open` and `client`
+/// before anything is sent: the engine's registry is untouched and the node stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_control_characters_are_refused_before_anything_is_sent() {
+    #[derive(shmlink::Message, serde::Serialize, serde::Deserialize)]
+    struct Unit;
+
+    let dir = TestDir::new("names-control");
+    let engine = support::engine(&dir);
+    let node = within("connect", Node::connect(dir.socket(), "n"))
+        .await
+        .unwrap();
+    let cases = [
+        ("a\0b", NameError::Control { ch: '\0', at: 1 }),
+        ("\tquotes", NameError::Control { ch: '\t', at: 0 }),
+        (
+            "q\u{1b}]0;x\u{7}",
+            NameError::Control {
+                ch: '\u{1b}',
+                at: 1,
+            },
+        ),
+        (
+            "c1\u{9b}",
+            NameError::Control {
+                ch: '\u{9b}',
+                at: 2,
+            },
+        ),
+    ];
+    for (name, reason) in cases {
+        let want = Err(OpenError::Name {
+            name: name.to_owned(),
+            reason,
+        });
+        assert_eq!(
+            within("listen", support::listen(&node, name))
+                .await
+                .map(drop),
+            want
+        );
+        assert_eq!(
+            within("open", support::open(&node, name)).await.map(drop),
+            want
+        );
+        let echo = tower::service_fn(|u: Unit| async move { Ok::<_, String>(u) });
+        assert_eq!(
+            within("serve", node.serve(name, echo)).await.map(drop),
+            want
+        );
+        assert_eq!(
+            within("client", node.client::<Unit, Unit>(name))
+                .await
+                .map(drop),
+            want
+        );
+    }
+    // Had any of them reached the engine, it would have closed this node for a bad frame:
+    // a valid name still works, and the registry holds only that.
+    let _listener = within("listen", support::listen(&node, "ok"))
+        .await
+        .expect("a valid name");
+    let stats = within(
+        "registered",
+        engine.wait_for_stats(|s| s.nodes == 1 && s.services == 1),
+    )
+    .await;
+    assert_eq!((stats.session_ends, stats.violations), (0, 0));
+    drop((_listener, node));
     support::all_gone(engine).await;
 }

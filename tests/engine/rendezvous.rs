@@ -64,6 +64,7 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::UnserveOk { .. } => "UnserveOk",
         EngineFrame::OpenOk { .. } => "OpenOk",
         EngineFrame::Accept { .. } => "Accept",
+        EngineFrame::SchemaMismatch { .. } => "SchemaMismatch",
         EngineFrame::Error { .. } => "Error",
     }
 }

@@ -309,7 +309,7 @@ fn scribbles_the_engine_ignores() {
 
 /// Control frames from a registered node: cut short, too long, of an unknown version or
 /// tag, frames only the engine sends, a second hello or ready, bytes after the fields, a
-/// string longer than its frame. Also what is not a violation: a frame dribbled one byte at
+/// string longer than its frame, a service name with a control character. Also what is not a violation: a frame dribbled one byte at
 /// a time, unserving services of others, descriptors attached to a frame.
 #[test]
 fn control_frames_after_registration() {
@@ -352,6 +352,14 @@ fn control_frames_after_registration() {
                 "ctl-string-longer-than-frame",
                 BadFrame(Bad, "frame truncated"),
             ),
+            (
+                "ctl-open-name-nul",
+                BadFrame(Bad, "control character '\\0' at byte 3"),
+            ),
+            (
+                "ctl-serve-name-escape",
+                BadFrame(Bad, "control character '\\u{1b}' at byte 3"),
+            ),
             ("ctl-frame-dribbled", Survives),
             ("ctl-unserve-foreign", Survives),
             ("ctl-fds-attached", Survives),
@@ -359,7 +367,8 @@ fn control_frames_after_registration() {
     );
 }
 
-/// Before registration: a frame before hello, a hello of another version, a frame instead
+/// Before registration: a frame before hello, a hello of another version or with a control
+/// character in the node's name, a frame instead
 /// of ready (the engine had created a block and doorbells: all must go), leaving before
 /// ready, and ring entries written before ready (the engine must judge them as the node's
 /// once it is registered).
@@ -373,6 +382,10 @@ fn before_registration() {
             (
                 "hello-unknown-version",
                 BadFrame(Version, "protocol version 9"),
+            ),
+            (
+                "hello-name-newline",
+                BadFrame(Bad, "control character '\\n'"),
             ),
             ("open-instead-of-ready", BadFrame(Bad, "expected Ready")),
             ("close-instead-of-ready", Survives),

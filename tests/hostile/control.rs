@@ -133,6 +133,15 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Outcom
             body.extend_from_slice(b"short");
             frame(&body)
         }),
+        "ctl-open-name-nul" => bad_frame(socket, me, |n| open_frame(n.req(), "tar\0get")),
+        "ctl-serve-name-escape" => bad_frame(socket, me, |n| {
+            NodeFrame::Serve {
+                req: n.req(),
+                service: "svc\u{1b}[2J".into(),
+                schema: Schema::bytes(),
+            }
+            .encode()
+        }),
         "ctl-frame-dribbled" => {
             // A valid frame one byte per write, with data flowing in between: not a
             // violation, the engine just waits for the rest.
@@ -213,6 +222,19 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Outcom
             let (frame, _, fds) = recv_frame_with_fds(&sock)?;
             if !fds.is_empty() {
                 return Err(format!("{} descriptors sent after a bad hello", fds.len()));
+            }
+            refused(frame, sock)
+        }
+        "hello-name-newline" => {
+            let mut sock = connect_raw(socket)?;
+            let f = NodeFrame::Hello {
+                name: format!("{me}\nforged log line"),
+            }
+            .encode();
+            sock.write_all(&f).map_err(|e| format!("write: {e}"))?;
+            let (frame, _, fds) = recv_frame_with_fds(&sock)?;
+            if !fds.is_empty() {
+                return Err(format!("{} descriptors sent after a bad name", fds.len()));
             }
             refused(frame, sock)
         }

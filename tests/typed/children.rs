@@ -341,9 +341,9 @@ async fn wire(node: Node, commands: mpsc::UnboundedReceiver<String>) {
                 while let Some(item) = session.next().await {
                     let answer = match item {
                         Ok(message) => message,
-                        Err(SessionError::Codec(text)) => Strict {
+                        Err(SessionError::Codec(e)) => Strict {
                             id: DECODE_ERROR_ID,
-                            text,
+                            text: e.to_string(),
                             flag: false,
                         },
                         Err(other) => fatal(format!("strict: {other}")),

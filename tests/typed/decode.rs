@@ -3,7 +3,7 @@
 //! hand with `Wire`'s), but `Strict` refuses text that is not UTF-8 and flags other than 0/1.
 
 use futures::{SinkExt, StreamExt};
-use shmlink::{CallError, SessionError};
+use shmlink::{CallError, CodecError, DecodeError, SessionError};
 use tower::ServiceExt;
 
 use crate::harness::{World, within};
@@ -38,12 +38,26 @@ async fn undecodable_messages_from_a_child_are_errors_and_the_stream_goes_on() {
     );
     assert_eq!(items[0], Ok(strict_of(&samples[0])));
     assert!(
-        matches!(&items[1], Err(SessionError::Codec(_))),
+        matches!(
+            &items[1],
+            Err(SessionError::Codec(CodecError::Decode {
+                type_name: "Wire",
+                codec: "bincode2",
+                source: DecodeError::Invalid { .. },
+            }))
+        ),
         "not UTF-8: {:?}",
         items[1]
     );
     assert!(
-        matches!(&items[2], Err(SessionError::Codec(_))),
+        matches!(
+            &items[2],
+            Err(SessionError::Codec(CodecError::Decode {
+                type_name: "Wire",
+                source: DecodeError::Invalid { .. },
+                ..
+            }))
+        ),
         "flag 7: {:?}",
         items[2]
     );
@@ -141,7 +155,13 @@ async fn undecodable_requests_and_replies_fail_that_call_only() {
             assert_eq!(reply, Ok(request), "a reply that decodes");
         } else {
             assert!(
-                matches!(&reply, Err(CallError::Codec(_))),
+                matches!(
+                    &reply,
+                    Err(CallError::Codec(CodecError::Decode {
+                        source: DecodeError::Invalid { .. },
+                        ..
+                    }))
+                ),
                 "call {id}: expected a codec error, got {reply:?}"
             );
         }

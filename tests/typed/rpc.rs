@@ -165,7 +165,9 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
     let max = node.max_payload();
     let too_long = usize::try_from(max).expect("fits") + 1;
 
-    // A request that can never fit fails at once with its size and the limit.
+    // A request that can never fit fails at once with its size and the limit: the session's
+    // maximum payload less the 9-byte envelope header.
+    let body_max = max - 9;
     let reply = within(
         "an oversized request",
         client.clone().oneshot(Op::Echo {
@@ -180,7 +182,7 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
                 len > max,
                 "reported length {len} is not above the maximum {max}"
             );
-            assert_eq!(limit, max);
+            assert_eq!(limit, body_max);
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -189,7 +191,8 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
         echo_reply(2)
     );
 
-    // A reply that can never fit comes back as the server's error.
+    // A reply that can never fit (the server, another process, cannot send it) comes back
+    // with its size and the limit.
     let reply = within(
         "an oversized reply",
         client.clone().oneshot(Op::Grow {
@@ -199,10 +202,14 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
     )
     .await;
     match reply {
-        Err(CallError::Remote(message)) => {
-            assert!(message.contains("cannot send the reply"), "{message:?}")
+        Err(CallError::ReplyTooLarge { len, max: limit }) => {
+            assert!(
+                len > body_max,
+                "reported length {len} is not above {body_max}"
+            );
+            assert_eq!(limit, body_max);
         }
-        other => panic!("expected a remote error, got {other:?}"),
+        other => panic!("expected ReplyTooLarge, got {other:?}"),
     }
     // A large reply that fits is fine, and so is the session after it.
     let reply = within(

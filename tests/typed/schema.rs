@@ -14,25 +14,50 @@ fn hex(fingerprint: u64) -> String {
     format!("{fingerprint:016x}")
 }
 
-/// Asserts `result` is a schema mismatch whose message names each of `names` and shows each
-/// of `fingerprints` in hex; returns the message.
+/// The message type's own name in a schema's type name: `rpc:` (request/response sessions)
+/// and `/codec` stripped.
+fn type_name(declared: &str) -> &str {
+    let bare = declared.strip_prefix("rpc:").unwrap_or(declared);
+    bare.split('/').next().unwrap_or(bare)
+}
+
+/// Asserts `result` is a schema mismatch whose fields name each of `names` (see
+/// [`type_name`]) and carry each of `fingerprints`, and whose message shows them too (the
+/// fingerprints in hex); returns the message.
 fn mismatch<T: std::fmt::Debug>(
     what: &str,
     result: Result<T, OpenError>,
     names: &[&str],
     fingerprints: &[u64],
 ) -> String {
-    let message = match result {
-        Err(OpenError::SchemaMismatch(message)) => message,
+    let error = match result {
+        Err(error @ OpenError::SchemaMismatch { .. }) => error,
         other => panic!("{what}: expected a schema mismatch, got {other:?}"),
     };
+    let OpenError::SchemaMismatch { client, server, .. } = &error else {
+        unreachable!()
+    };
+    assert!(
+        !client.matches(server),
+        "{what}: the schemas reported do differ: {client:?} {server:?}"
+    );
+    let types = [&client.send, &client.recv, &server.send, &server.recv];
+    let message = error.to_string();
     for name in names {
+        assert!(
+            types.iter().any(|t| type_name(&t.name) == *name),
+            "{what}: {types:?} has no type {name}"
+        );
         assert!(
             message.contains(name),
             "{what}: {message:?} does not name {name}"
         );
     }
     for fp in fingerprints {
+        assert!(
+            types.iter().any(|t| t.fingerprint == *fp),
+            "{what}: {types:?} has no fingerprint {fp:#x}"
+        );
         assert!(
             message.contains(&hex(*fp)),
             "{what}: {message:?} does not show fingerprint {}",
@@ -105,14 +130,29 @@ async fn a_schema_mismatch_fails_the_open_and_names_both_sides() {
     let world = World::start("schema-mismatch", 64, "schemas", &[], 4).await;
     let node = world.node("parent").await;
 
-    let message = {
-        let result = within("client", node.client::<SchemaGamma, SchemaBeta>("ab")).await;
-        mismatch("first", result, &["SchemaGamma", "SchemaAlpha"], &[])
-    };
+    let result = within("client", node.client::<SchemaGamma, SchemaBeta>("ab")).await;
+    let error = result.as_ref().map(drop).unwrap_err().clone();
+    let message = mismatch("first", result, &["SchemaGamma", "SchemaAlpha"], &[]);
     assert!(
         message.contains("\"ab\""),
         "the message names the service: {message:?}"
     );
+    // The fields: the client sends a Gamma and receives a Beta; the server receives an Alpha.
+    match error {
+        OpenError::SchemaMismatch {
+            service,
+            client,
+            server,
+        } => {
+            assert_eq!(service, "ab");
+            assert_eq!(client.send.fingerprint, SchemaGamma::FINGERPRINT);
+            assert_eq!(client.recv.fingerprint, SchemaBeta::FINGERPRINT);
+            assert_eq!(server.recv.fingerprint, SchemaAlpha::FINGERPRINT);
+            assert_eq!(server.send.fingerprint, SchemaBeta::FINGERPRINT);
+            assert_eq!(type_name(&server.recv.name), "SchemaAlpha", "{server:?}");
+        }
+        other => panic!("expected a schema mismatch, got {other:?}"),
+    }
     check_mismatches(&node).await;
 
     // Refused opens leave nothing behind, and the right types still work.

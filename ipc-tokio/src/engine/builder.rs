@@ -114,8 +114,10 @@ impl EngineBuilder {
     /// # Errors
     ///
     /// [`SpawnError::InUse`] when a live engine holds the socket, [`SpawnError::Config`] for a
-    /// block configuration that cannot be laid out, [`SpawnError::Io`] when the socket cannot
-    /// be created, [`SpawnError::NoRuntime`] outside a runtime.
+    /// block configuration that cannot be laid out, [`SpawnError::PathTooLong`] for a socket
+    /// path longer than a Unix socket address holds (checked before anything is created),
+    /// [`SpawnError::Io`] when the socket cannot be created, [`SpawnError::NoRuntime`] outside
+    /// a runtime. A failed spawn removes what it created (directories, lock file, socket).
     pub fn spawn(self) -> Result<Engine, SpawnError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
         ipc_core::Layout::compute(&self.config.block)?;

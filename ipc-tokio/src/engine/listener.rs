@@ -31,14 +31,34 @@ impl Listening {
     /// Takes `<socket>.lock` with `flock` (never blocking): holding it proves no live engine
     /// uses the path, so a socket file found there is stale and may be replaced. A live
     /// engine's socket is never stolen.
+    ///
+    /// The socket path's length is checked before anything is touched; if a later step fails,
+    /// what this call created (directories, the lock file, the socket) is removed again.
     pub(crate) fn bind(config: &Config) -> Result<Self, SpawnError> {
         let path = config.socket.clone();
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SpawnError::PathTooLong {
+                path: path.display().to_string(),
+                len,
+                max: MAX_SOCKET_PATH,
+            });
+        }
         let io_err = |source: io::Error| SpawnError::Io {
             path: path.display().to_string(),
             source,
         };
+        let mut created = Created::default();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
+                // The directories `create_dir_all` will make, outermost last (a path that
+                // ends in `..` names a directory made or found elsewhere: never removed).
+                created.dirs = dir
+                    .ancestors()
+                    .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                    .filter(|d| d.file_name().is_some())
+                    .map(PathBuf::from)
+                    .collect();
                 std::fs::create_dir_all(dir).map_err(io_err)?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .map_err(io_err)?;
@@ -48,16 +68,25 @@ impl Listening {
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
-        // Never through a symlink someone planted, and only a lock file of our own.
-        let lock = rustix::fs::open(
+        // Never through a symlink someone planted, and only a lock file of our own. Created
+        // exclusively first, so a failure removes only a lock file this call made.
+        let flags =
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW;
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        let lock = match rustix::fs::open(
             &lock_path,
-            rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::RDWR
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::NOFOLLOW,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| io_err(e.into()))?;
+            flags | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::EXCL,
+            mode,
+        ) {
+            Ok(lock) => {
+                created.lock = Some(lock_path.clone());
+                lock
+            }
+            Err(rustix::io::Errno::EXIST) => {
+                rustix::fs::open(&lock_path, flags, mode).map_err(|e| io_err(e.into()))?
+            }
+            Err(e) => return Err(io_err(e.into())),
+        };
         let owner = rustix::fs::fstat(&lock)
             .map_err(|e| io_err(e.into()))?
             .st_uid;
@@ -87,13 +116,54 @@ impl Listening {
             Err(e) => return Err(io_err(e)),
         }
         let listener = UnixListener::bind(&path).map_err(io_err)?;
+        created.socket = Some(path.clone());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        created.keep();
         Ok(Self {
             listener,
             path,
             lock_path,
             _lock: lock,
         })
+    }
+}
+
+/// The longest socket path a Unix socket address holds: `sun_path` is 108 bytes on Linux,
+/// and the path needs its terminating NUL.
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
+
+/// What [`Listening::bind`] created so far: removed again on drop unless kept (a failed spawn
+/// leaves nothing behind).
+#[derive(Debug, Default)]
+struct Created {
+    /// Directories made, innermost first.
+    dirs: Vec<PathBuf>,
+    lock: Option<PathBuf>,
+    socket: Option<PathBuf>,
+}
+
+impl Created {
+    /// Success: everything stays. (Clears the lists: assigning a new value would drop, and
+    /// so remove, the old one.)
+    fn keep(&mut self) {
+        self.dirs.clear();
+        self.lock = None;
+        self.socket = None;
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        if let Some(lock) = &self.lock {
+            let _ = std::fs::remove_file(lock);
+        }
+        // `remove_dir` only removes an empty directory: never anything someone else put there.
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

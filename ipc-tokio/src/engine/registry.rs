@@ -79,6 +79,21 @@ impl Refusal {
     }
 }
 
+/// Why the registry refuses an open.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OpenRefusal {
+    /// Refused with this code and message.
+    Refused(Refusal),
+    /// The ends' types disagree: the opener gets the server's schema.
+    SchemaMismatch { server: Schema },
+}
+
+impl From<Refusal> for OpenRefusal {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
 /// A session the registry opened.
 #[derive(Debug)]
 pub(crate) struct Opened {
@@ -249,26 +264,21 @@ impl Registry {
         node: NodeId,
         service: &str,
         schema: &Schema,
-    ) -> Result<Opened, Refusal> {
+    ) -> Result<Opened, OpenRefusal> {
         let client = self
             .nodes
             .get(&node)
             .ok_or_else(|| Refusal::new(ErrorCode::Resources, "unknown node"))?;
         let Some(&service_id) = self.names.get(service) else {
-            return Err(Refusal::new(
-                ErrorCode::NotServed,
-                format!("no node serves {service:?}"),
-            ));
+            return Err(
+                Refusal::new(ErrorCode::NotServed, format!("no node serves {service:?}")).into(),
+            );
         };
         let target = &self.services[&service_id];
         if !schema.matches(&target.schema) {
-            return Err(Refusal::new(
-                ErrorCode::SchemaMismatch,
-                format!(
-                    "{service:?}: the client sends {} and receives {}, but the server receives {} and sends {}",
-                    schema.send, schema.recv, target.schema.recv, target.schema.send
-                ),
-            ));
+            return Err(OpenRefusal::SchemaMismatch {
+                server: target.schema.clone(),
+            });
         }
         let server_node = target.node;
         let limit = self.limits.max_sessions_per_node;
@@ -280,7 +290,8 @@ impl Registry {
             return Err(Refusal::new(
                 ErrorCode::Resources,
                 format!("session limit of {limit} per node reached"),
-            ));
+            )
+            .into());
         }
         let client_name = client.name.clone();
         let server_name = self.nodes[&server_node].name.clone();
@@ -475,8 +486,8 @@ mod tests {
         assert_eq!(r.unserve(1, id).unwrap(), "svc");
         assert_eq!(r.unserve(1, id).unwrap_err().code, ErrorCode::NotServed);
         assert_eq!(
-            r.open(2, "svc", &schema()).unwrap_err().code,
-            ErrorCode::NotServed
+            r.open(2, "svc", &schema()).unwrap_err(),
+            OpenRefusal::Refused(Refusal::new(ErrorCode::NotServed, "no node serves \"svc\""))
         );
         assert_eq!(r.service_count(), 0);
         // The name is free again.
@@ -495,12 +506,13 @@ mod tests {
             recv: typed("B"),
         };
         r.serve(1, "svc".into(), server).unwrap();
-        let refusal = r.open(2, "svc", &schema()).unwrap_err();
-        assert_eq!(refusal.code, ErrorCode::SchemaMismatch);
-        assert!(
-            refusal.message.contains("A (0x") && refusal.message.contains("bytes"),
-            "{}",
-            refusal.message
+        let OpenRefusal::SchemaMismatch { server: told } = r.open(2, "svc", &schema()).unwrap_err()
+        else {
+            panic!("expected a schema mismatch");
+        };
+        assert_eq!(
+            (told.send.name.as_str(), told.recv.name.as_str()),
+            ("A", "B")
         );
     }
 
@@ -605,9 +617,12 @@ mod tests {
         for _ in 0..3 {
             r.open(2, "svc", &schema()).unwrap();
         }
-        assert_eq!(
-            r.open(2, "svc", &schema()).unwrap_err().code,
-            ErrorCode::Resources
-        );
+        assert!(matches!(
+            r.open(2, "svc", &schema()).unwrap_err(),
+            OpenRefusal::Refused(Refusal {
+                code: ErrorCode::Resources,
+                ..
+            })
+        ));
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::command::{Command, EndId, NodeId, Registration};
 use crate::engine::config::{Config, EngineStats};
 use crate::engine::link::{Inbound, Link, LinkParts, Source};
-use crate::engine::registry::{Limits, Refusal, Registry};
+use crate::engine::registry::{Limits, OpenRefusal, Refusal, Registry};
 use crate::engine::scheduler::Scheduler;
 use crate::engine::violation::Violation;
 
@@ -369,7 +369,11 @@ impl Router {
         }
         let opened = match self.registry.open(node, service, schema) {
             Ok(opened) => opened,
-            Err(refusal) => return self.refuse(node, req, refusal),
+            Err(OpenRefusal::Refused(refusal)) => return self.refuse(node, req, refusal),
+            Err(OpenRefusal::SchemaMismatch { server }) => {
+                tracing::debug!(node, req, %service, "schema mismatch");
+                return self.reply(node, EngineFrame::SchemaMismatch { req, server });
+            }
         };
         // Accept goes out before OpenOk, so the server knows the session before the client
         // can send on it (a node parks early deliveries for unknown sessions anyway).

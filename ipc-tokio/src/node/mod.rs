@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_core::control::{self, EngineFrame, MAX_NAME, NodeFrame, Schema};
+use ipc_core::control::{self, EngineFrame, NodeFrame, Schema};
 use ipc_core::{Block, Doorbell, Producer};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +55,12 @@ pub struct NodeOptions {
     /// `SO_PEERCRED` before anything is sent: a node never talks to an engine someone else
     /// put on the socket path). Default: none.
     pub engine_uids: Vec<u32>,
+    /// The longest the whole rendezvous may take: connecting to the socket, the hello, the
+    /// engine's welcome with the block and doorbells, validating them and answering ready
+    /// (default 5 s). Past it, [`Node::connect`] fails with [`ConnectError::Timeout`]: an
+    /// engine that accepts and never answers (stopped with `SIGSTOP`, or not an engine at all)
+    /// cannot make a node wait forever.
+    pub connect_timeout: Duration,
 }
 
 impl Default for NodeOptions {
@@ -62,6 +68,7 @@ impl Default for NodeOptions {
         Self {
             spin: Duration::from_micros(20),
             engine_uids: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -71,6 +78,13 @@ impl NodeOptions {
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self
+    }
+
+    /// Sets [`NodeOptions::connect_timeout`].
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -88,7 +102,10 @@ impl Node {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Io`] if the socket cannot be reached, [`ConnectError::Refused`] if the
+    /// [`ConnectError::Name`] if `name` is not a valid node name (nothing is sent),
+    /// [`ConnectError::Unreachable`] if nothing listens on `path`, [`ConnectError::Timeout`]
+    /// if the rendezvous takes longer than [`NodeOptions::connect_timeout`],
+    /// [`ConnectError::Io`] if the connection breaks, [`ConnectError::Refused`] if the
     /// engine refuses (credentials, version, resources), [`ConnectError::Block`] if the block
     /// it hands over fails validation, [`ConnectError::Protocol`] on an unexpected answer.
     pub async fn connect(path: impl AsRef<Path>, name: &str) -> Result<Self, ConnectError> {
@@ -105,17 +122,43 @@ impl Node {
         name: &str,
         options: NodeOptions,
     ) -> Result<Self, ConnectError> {
-        if name.is_empty() || name.len() > MAX_NAME {
-            return Err(ConnectError::Name);
+        if let Err(reason) = control::check_name(name) {
+            return Err(ConnectError::Name {
+                name: name.to_owned(),
+                reason,
+            });
         }
-        let mut stream = UnixStream::connect(path.as_ref()).await?;
+        let path = path.as_ref();
+        let timeout = options.connect_timeout;
+        match tokio::time::timeout(timeout, Self::rendezvous(path, name, options)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectError::Timeout {
+                path: path.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The rendezvous, from connecting to `Ready` (bounded by the caller).
+    async fn rendezvous(
+        path: &Path,
+        name: &str,
+        options: NodeOptions,
+    ) -> Result<Self, ConnectError> {
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    path: path.to_owned(),
+                    source,
+                })?;
         let engine_uid = stream.peer_cred()?.uid();
         let own = rustix::process::getuid().as_raw();
         if engine_uid != own && engine_uid != 0 && !options.engine_uids.contains(&engine_uid) {
             return Err(ConnectError::Refused {
                 message: format!(
                     "the engine on {} runs as uid {engine_uid}, not as this user (uid {own}) or root",
-                    path.as_ref().display()
+                    path.display()
                 ),
             });
         }
@@ -222,10 +265,10 @@ impl Node {
     }
 
     fn check_name(service: &str) -> Result<(), OpenError> {
-        if service.is_empty() || service.len() > MAX_NAME {
-            return Err(OpenError::Name);
-        }
-        Ok(())
+        control::check_name(service).map_err(|reason| OpenError::Name {
+            name: service.to_owned(),
+            reason,
+        })
     }
 
     /// Opens a session to the node serving `service`, carrying `T`: [`Bytes`] for a raw
@@ -267,14 +310,14 @@ impl Node {
                 |req| NodeFrame::Open {
                     req,
                     service: service.to_owned(),
-                    schema,
+                    schema: schema.clone(),
                 },
                 None,
             )
             .await?;
         match reply {
             Reply::Session(core) => Ok(core),
-            other => Err(other.into_error(service)),
+            other => Err(other.into_error(service, schema)),
         }
     }
 
@@ -323,14 +366,14 @@ impl Node {
                 |req| NodeFrame::Serve {
                     req,
                     service: service.to_owned(),
-                    schema,
+                    schema: schema.clone(),
                 },
                 Some(accept_tx),
             )
             .await?;
         match reply {
             Reply::Served(id) => Ok((id, accept_rx)),
-            other => Err(other.into_error(service)),
+            other => Err(other.into_error(service, schema)),
         }
     }
 
@@ -348,7 +391,20 @@ fn symmetric<T: Payload<C>, C>() -> Schema {
 }
 
 /// Sessions opened to a served name, in the order they were opened. Dropping it stops
-/// serving the name (sessions already accepted go on).
+/// serving the name (sessions already accepted go on); [`Listener::unserve`] does the same and
+/// waits until the engine has removed the name.
+///
+/// # Ordering
+///
+/// Dropping a `Listener` queues the engine's `Unserve` on this node's control socket before
+/// `drop` returns. The engine handles one node's requests in order, so any later
+/// [`Node::open`] or [`Node::listen`] *of the same node* (or of a clone of it) sees the name
+/// unserved. Another node's open travels on another socket and may reach the engine before the
+/// `Unserve`: it then still succeeds, and its session is closed at once (its stream ends, its
+/// first send fails with [`SessionError::Closed`](crate::SessionError::Closed)). To order an
+/// unserve before what other nodes do, await [`Listener::unserve`] (or
+/// [`Server::shutdown`](crate::Server::shutdown)): once it returns, every open the engine
+/// receives fails with [`OpenError::NotServed`].
 pub struct Listener<T = Bytes, C = Bincode> {
     node: Arc<NodeHandle>,
     id: u32,
@@ -401,6 +457,25 @@ impl<T: Payload<C>, C> Listener<T, C> {
     /// The served name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Stops serving the name and returns once the engine has removed it (or the connection
+    /// to the engine is gone): from then on every open of the name, by any node, fails with
+    /// [`OpenError::NotServed`] until someone serves it again. Sessions opened but not yet
+    /// accepted are closed, as on drop.
+    pub async fn unserve(self) {
+        let acked = self.node.shared.unserve(self.id);
+        drop(self);
+        if let Some(acked) = acked {
+            // An error reply cannot happen for a name this node serves; a closed channel
+            // means the node is gone, which unserves everything too.
+            let _ = acked.await;
+        }
+    }
+
+    /// The node and the service id, for a server that unserves on its own.
+    pub(crate) fn service(&self) -> (Arc<NodeHandle>, u32) {
+        (self.node.clone(), self.id)
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
+use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame, Schema};
 use ipc_core::{
     Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
 };
@@ -21,13 +21,27 @@ pub(crate) enum Reply {
     Session(Arc<SessionCore>),
     Served(u32),
     Unserved,
-    Error { code: u16, message: String },
+    /// The serving end's schema differs from the one sent.
+    Mismatch(Schema),
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 impl Reply {
-    pub(crate) fn into_error(self, service: &str) -> OpenError {
-        let Reply::Error { code, message } = self else {
-            return OpenError::Refused("unexpected reply from the engine".into());
+    /// The error a reply other than success means; `schema` is what the request declared.
+    pub(crate) fn into_error(self, service: &str, schema: Schema) -> OpenError {
+        let (code, message) = match self {
+            Reply::Error { code, message } => (code, message),
+            Reply::Mismatch(server) => {
+                return OpenError::SchemaMismatch {
+                    service: service.to_owned(),
+                    client: Box::new(schema),
+                    server: Box::new(server),
+                };
+            }
+            _ => return OpenError::Refused("unexpected reply from the engine".into()),
         };
         match ErrorCode::from_u16(code) {
             Some(ErrorCode::NotServed) => OpenError::NotServed {
@@ -36,7 +50,6 @@ impl Reply {
             Some(ErrorCode::AlreadyServed) => OpenError::AlreadyServed {
                 service: service.to_owned(),
             },
-            Some(ErrorCode::SchemaMismatch) => OpenError::SchemaMismatch(message),
             _ => OpenError::Refused(message),
         }
     }
@@ -213,15 +226,33 @@ impl NodeShared {
         self.state().listeners.get(&id).cloned()
     }
 
+    /// Stops serving `id` without waiting: the `Unserve` is queued on the control channel
+    /// at once, so every later request of this node reaches the engine after it.
     pub(crate) fn remove_listener(&self, id: u32) {
+        drop(self.unserve(id));
+    }
+
+    /// Stops serving `id`: queues the `Unserve` now and returns the receiver of its answer
+    /// (`UnserveOk`, or a closed channel once the node is gone); `None` if `id` was not
+    /// served any more (or the node is gone), so there is nothing to wait for.
+    pub(crate) fn unserve(&self, id: u32) -> Option<oneshot::Receiver<Reply>> {
         let mut state = self.state();
-        if state.listeners.remove(&id).is_some() && !state.dead {
-            state.next_req = state.next_req.wrapping_add(1).max(1);
-            let req = state.next_req;
-            let _ = self
-                .out
-                .send(NodeFrame::Unserve { req, service: id }.encode());
+        if state.listeners.remove(&id).is_none() || state.dead {
+            return None;
         }
+        state.next_req = state.next_req.wrapping_add(1).max(1);
+        let req = state.next_req;
+        let (tx, rx) = oneshot::channel();
+        state.requests.insert(req, tx);
+        if self
+            .out
+            .send(NodeFrame::Unserve { req, service: id }.encode())
+            .is_err()
+        {
+            state.requests.remove(&req);
+            return None;
+        }
+        Some(rx)
     }
 
     /// Pushes `entry` on the submit ring, or registers `cx` to be woken when there is room.
@@ -439,6 +470,9 @@ impl NodeShared {
                 if !delivered {
                     self.close_end(session);
                 }
+            }
+            EngineFrame::SchemaMismatch { req, server } => {
+                let _ = self.answer(req, Reply::Mismatch(server));
             }
             EngineFrame::Error {
                 req: 0, message, ..

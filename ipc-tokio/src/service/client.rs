@@ -15,7 +15,7 @@ use ipc_core::IdMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
-use crate::error::SessionError;
+use crate::error::{CodecError, SessionError};
 use crate::message::{Codec, Message, shared_bytes};
 use crate::service::envelope::{self, Envelope, Kind};
 use crate::service::{CallError, ResponseFuture};
@@ -72,7 +72,7 @@ impl<Req, Resp, C> fmt::Debug for Client<Req, Resp, C> {
 fn call_error(e: SessionError) -> CallError {
     match e {
         SessionError::TooLarge { len, max } => CallError::TooLarge { len, max },
-        SessionError::Codec(m) => CallError::Codec(m),
+        SessionError::Codec(e) => CallError::Codec(e),
         _ => CallError::Disconnected,
     }
 }
@@ -184,13 +184,15 @@ async fn read_replies<Resp: Message, C: Codec>(
         let result = match envelope.kind {
             Kind::Reply => {
                 shared_bytes::with_owner(&envelope.body, || C::decode::<Resp>(&envelope.body))
-                    .map_err(|e| CallError::Codec(e.to_string()))
+                    .map_err(|e| CallError::Codec(CodecError::decode::<Resp, C>(e)))
             }
             Kind::Error => Err(CallError::Remote(text())),
             Kind::Panic => Err(CallError::Panicked(text())),
-            Kind::Request => Err(CallError::Codec(
-                "the server sent a request envelope".into(),
-            )),
+            Kind::TooLarge => Err(match envelope::parse_too_large(&envelope.body) {
+                Some((len, max)) => CallError::ReplyTooLarge { len, max },
+                None => CallError::UnexpectedReply("a malformed too-large notice"),
+            }),
+            Kind::Request => Err(CallError::UnexpectedReply("a request")),
         };
         let _ = reply.send(result);
     }

@@ -4,16 +4,15 @@
 //!  0                 8      9
 //!  +-----------------+------+----------------------------------+
 //!  | request id      | kind | body: codec bytes (Request,      |
-//!  |                 |      | Reply) or UTF-8 (Error, Panic)   |
+//!  |                 |      | Reply), UTF-8 (Error, Panic), or |
+//!  |                 |      | len and max, u64 LE (TooLarge)   |
 //!  +-----------------+------+----------------------------------+
 //! ```
 
-use bytes::Bytes;
-use serde::Serialize;
-
-use crate::error::SessionError;
-use crate::message::Codec;
+use crate::error::{SessionError, encode_error};
+use crate::message::{Codec, Message};
 use crate::session::{Loan, SessionSink};
+use bytes::Bytes;
 
 pub(crate) const HEADER: usize = 9;
 
@@ -25,6 +24,8 @@ pub(crate) enum Kind {
     Reply = 1,
     Error = 2,
     Panic = 3,
+    /// The reply could never fit the session: its length and the limit.
+    TooLarge = 4,
 }
 
 /// A parsed envelope: id, kind, and the body (still in shared memory).
@@ -46,6 +47,7 @@ impl Envelope {
             1 => Kind::Reply,
             2 => Kind::Error,
             3 => Kind::Panic,
+            4 => Kind::TooLarge,
             _ => return None,
         };
         Some(Self {
@@ -56,39 +58,77 @@ impl Envelope {
     }
 }
 
-/// The envelope's size for `body`.
-pub(crate) fn encoded_size<C: Codec, T: Serialize>(body: &T) -> Result<usize, SessionError> {
-    C::encoded_len(body)
-        .map(|len| HEADER + len)
-        .map_err(|e| SessionError::Codec(e.to_string()))
+/// The envelope's size for `body`: at most `max_payload`, or [`SessionError::TooLarge`] with
+/// the body's length and the largest body that fits (the lower of the codec's limit and the
+/// session's, less the header).
+pub(crate) fn encoded_size<C: Codec, T: Message>(
+    body: &T,
+    max_payload: u64,
+) -> Result<usize, SessionError> {
+    let max_body = max_payload.saturating_sub(HEADER as u64);
+    let len = C::encoded_len(body).map_err(|e| match encode_error::<T, C>(e) {
+        SessionError::TooLarge { len, max } => SessionError::TooLarge {
+            len,
+            max: max.min(max_body),
+        },
+        other => other,
+    })?;
+    if len as u64 > max_body {
+        return Err(SessionError::TooLarge {
+            len: len as u64,
+            max: max_body,
+        });
+    }
+    Ok(HEADER + len)
 }
 
 /// Writes header and body into a loan of [`encoded_size`] bytes, in place.
-pub(crate) fn fill<C: Codec, T: Serialize>(
+pub(crate) fn fill<C: Codec, T: Message>(
     loan: &mut Loan,
     id: u64,
     kind: Kind,
     body: &T,
 ) -> Result<(), SessionError> {
     write_header(loan, id, kind);
-    let written = C::encode_into(body, &mut loan[HEADER..])
-        .map_err(|e| SessionError::Codec(e.to_string()))?;
+    let written = C::encode_into(body, &mut loan[HEADER..]).map_err(encode_error::<T, C>)?;
     loan.truncate(HEADER + written);
     Ok(())
 }
 
 /// Loans exactly the envelope's size and writes header and body in place. (`body` is not
 /// borrowed across the wait for the loan, so it need not be `Sync`.)
-pub(crate) async fn loan_encoded<C: Codec, T: Serialize>(
+pub(crate) async fn loan_encoded<C: Codec, T: Message>(
     sink: &mut SessionSink<Bytes, C>,
     id: u64,
     kind: Kind,
     body: T,
 ) -> Result<(Loan, T), SessionError> {
-    let size = encoded_size::<C, T>(&body)?;
+    let size = encoded_size::<C, T>(&body, sink.max_payload())?;
     let mut loan = sink.loan(size).await?;
     fill::<C, T>(&mut loan, id, kind, &body)?;
     Ok((loan, body))
+}
+
+/// Loans and writes a [`Kind::TooLarge`] envelope: the reply's length and the limit, as two
+/// `u64` LE.
+pub(crate) async fn loan_too_large<C>(
+    sink: &mut SessionSink<Bytes, C>,
+    id: u64,
+    len: u64,
+    max: u64,
+) -> Result<Loan, SessionError> {
+    let mut loan = sink.loan(HEADER + 16).await?;
+    write_header(&mut loan, id, Kind::TooLarge);
+    loan[HEADER..HEADER + 8].copy_from_slice(&len.to_le_bytes());
+    loan[HEADER + 8..].copy_from_slice(&max.to_le_bytes());
+    Ok(loan)
+}
+
+/// Reads the body of a [`Kind::TooLarge`] envelope: `(len, max)`.
+pub(crate) fn parse_too_large(body: &[u8]) -> Option<(u64, u64)> {
+    let len = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let max = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    (body.len() == 16).then_some((len, max))
 }
 
 /// Loans and writes an envelope whose body is raw text.

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use ipc_core::control::{MessageType, Schema};
 use thiserror::Error;
 
-use crate::error::OpenError;
+use crate::error::{CodecError, OpenError};
 use crate::message::{Bincode, Codec, Message};
 use crate::node::{Listener, Node};
 use crate::session::Session;
@@ -142,15 +142,28 @@ pub enum CallError {
     /// The server or the engine went away before the reply.
     #[error("disconnected before the reply")]
     Disconnected,
-    /// The request or the reply could not be encoded or decoded.
-    #[error("codec error: {0}")]
-    Codec(String),
-    /// The request is larger than a session can carry.
+    /// The request could not be encoded, or the reply could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The request can never fit the session: nothing was sent.
     #[error("request of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {
-        /// Encoded size of the request.
+        /// Encoded size of the request (without the 9-byte envelope header).
         len: u64,
-        /// The largest payload a session carries.
+        /// The largest request the session carries: the lower of the codec's limit and the
+        /// session's maximum payload, less the envelope header.
         max: u64,
     },
+    /// The handler's reply can never fit the session: the server could not send it.
+    #[error("reply of {len} bytes exceeds the maximum of {max} bytes")]
+    ReplyTooLarge {
+        /// Encoded size of the reply (without the envelope header).
+        len: u64,
+        /// The largest reply the session carries, as for [`CallError::TooLarge`].
+        max: u64,
+    },
+    /// The server answered with an envelope a reply cannot be (a request, or a malformed
+    /// one): a server speaking another protocol.
+    #[error("the server sent an unexpected envelope: {0}")]
+    UnexpectedReply(&'static str),
 }

@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
 
 use crate::message::{Codec, Message, shared_bytes};
-use crate::node::Listener;
+use crate::node::{Listener, NodeHandle};
 use crate::service::envelope::{self, Envelope, Kind};
 use crate::session::{Session, SessionSink};
 
@@ -43,12 +43,19 @@ impl ServeConfig {
     }
 }
 
-/// A running server. [`Server::shutdown`] stops accepting, answers what is in flight, then
-/// closes; dropping it does the same in the background.
+/// A running server. [`Server::shutdown`] stops serving the name, answers what is in flight,
+/// then closes; dropping it does the same in the background.
+///
+/// Both queue the engine's `Unserve` at once, with the ordering of a dropped
+/// [`Listener`](crate::Listener): later opens of the same node see the name unserved.
+/// `shutdown().await` also waits for the engine's acknowledgement, so once it returns an open
+/// of the name by any node fails with [`OpenError::NotServed`](crate::OpenError::NotServed).
 pub struct Server {
     name: String,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// The node and the service id, to unserve without waiting for the accept task.
+    service: (Arc<NodeHandle>, u32),
 }
 
 impl fmt::Debug for Server {
@@ -73,6 +80,7 @@ impl Server {
     {
         let (stop, stopped) = watch::channel(false);
         let name = listener.name().to_owned();
+        let served = listener.service();
         let task = tokio::spawn(accept_loop::<Req, Resp, S, C>(
             listener, service, config, stopped,
         ));
@@ -80,6 +88,7 @@ impl Server {
             name,
             stop,
             task: Some(task),
+            service: served,
         }
     }
 
@@ -88,10 +97,16 @@ impl Server {
         &self.name
     }
 
-    /// Stops accepting sessions and requests, answers every request already received, then
-    /// closes every session.
+    /// Stops serving the name and waits until the engine has removed it, stops accepting
+    /// requests, answers every request already received, then closes every session.
     pub async fn shutdown(mut self) {
+        let (node, id) = &self.service;
+        let acked = node.shared.unserve(*id);
         let _ = self.stop.send(true);
+        if let Some(acked) = acked {
+            // A closed channel means the node is gone: nothing is served any more either.
+            let _ = acked.await;
+        }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -99,7 +114,11 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Queues the `Unserve` now (see the type's docs), and lets the server finish in the
+    /// background.
     fn drop(&mut self) {
+        let (node, id) = &self.service;
+        node.shared.remove_listener(*id);
         let _ = self.stop.send(true);
     }
 }
@@ -258,10 +277,12 @@ async fn write_replies<Resp: Message, C: Codec>(
             Outcome::Reply(reply) => {
                 match envelope::loan_encoded::<C, Resp>(&mut sink, id, Kind::Reply, reply).await {
                     Ok((loan, _reply)) => Ok(loan),
-                    // The reply cannot be encoded or is too large: tell the caller so.
-                    Err(
-                        e @ (crate::SessionError::Codec(_) | crate::SessionError::TooLarge { .. }),
-                    ) => {
+                    // The reply can never fit: tell the caller so, with the figures.
+                    Err(crate::SessionError::TooLarge { len, max }) => {
+                        envelope::loan_too_large(&mut sink, id, len, max).await
+                    }
+                    // The reply cannot be encoded: tell the caller so.
+                    Err(e @ crate::SessionError::Codec(_)) => {
                         envelope::loan_text(
                             &mut sink,
                             id,

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use ipc_core::control::MessageType;
 
-use crate::error::SessionError;
+use crate::error::{CodecError, SessionError, encode_error};
 use crate::message::{Codec, Message};
 
 /// A payload type of a session: how it is named in the schema check, measured, written
@@ -19,7 +19,8 @@ pub trait Payload<C>: Sized + Send + 'static {
     ///
     /// # Errors
     ///
-    /// [`SessionError::Codec`] if the value cannot be encoded.
+    /// [`SessionError::Codec`] if the value cannot be encoded, [`SessionError::TooLarge`] if
+    /// its encoding is longer than the codec accepts.
     fn encoded_len(&self) -> Result<usize, SessionError>;
 
     /// Writes the encoding into `buf` (exactly `encoded_len` bytes); returns the bytes written.
@@ -65,15 +66,15 @@ impl<T: Message, C: Codec> Payload<C> for T {
     }
 
     fn encoded_len(&self) -> Result<usize, SessionError> {
-        C::encoded_len(self).map_err(|e| SessionError::Codec(e.to_string()))
+        C::encoded_len(self).map_err(encode_error::<T, C>)
     }
 
     fn encode_into(&self, buf: &mut [u8]) -> Result<usize, SessionError> {
-        C::encode_into(self, buf).map_err(|e| SessionError::Codec(e.to_string()))
+        C::encode_into(self, buf).map_err(encode_error::<T, C>)
     }
 
     fn decode(bytes: Bytes) -> Result<Self, SessionError> {
         crate::message::shared_bytes::with_owner(&bytes, || C::decode(&bytes))
-            .map_err(|e| SessionError::Codec(e.to_string()))
+            .map_err(|e| CodecError::decode::<T, C>(e).into())
     }
 }

@@ -138,6 +138,18 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         }
     }
 
+    /// A `TooLarge` from the codec (its own limit) carries the limit that applies: the lower of
+    /// the codec's and this session's.
+    fn session_limit(&self, e: SessionError) -> SessionError {
+        match e {
+            SessionError::TooLarge { len, max } => SessionError::TooLarge {
+                len,
+                max: max.min(self.max_payload()),
+            },
+            other => other,
+        }
+    }
+
     /// Pushes any pending payload to the engine (what `SinkExt::flush` does; an inherent
     /// method because a byte sink accepts several item types).
     ///
@@ -238,17 +250,18 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                     if let Some(error) = self.guard.core.send_error() {
                         return Poll::Ready(Err(error));
                     }
-                    let encoded =
-                        item.encoded_len()
-                            .and_then(|len| match self.poll_loan(len, cx) {
-                                Poll::Ready(Ok(mut loan)) => {
-                                    let written = item.encode_into(&mut loan)?;
-                                    loan.truncate(written);
-                                    Ok(Some(loan))
-                                }
-                                Poll::Ready(Err(e)) => Err(e),
-                                Poll::Pending => Ok(None),
-                            });
+                    let encoded = item
+                        .encoded_len()
+                        .map_err(|e| self.session_limit(e))
+                        .and_then(|len| match self.poll_loan(len, cx) {
+                            Poll::Ready(Ok(mut loan)) => {
+                                let written = item.encode_into(&mut loan)?;
+                                loan.truncate(written);
+                                Ok(Some(loan))
+                            }
+                            Poll::Ready(Err(e)) => Err(e),
+                            Poll::Pending => Ok(None),
+                        });
                     match encoded {
                         Ok(Some(loan)) => self.pending = Some(Pending::Loan(loan)),
                         Ok(None) => {
