@@ -12,7 +12,7 @@
 use thiserror::Error;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Longest node, service or type name.
@@ -117,6 +117,9 @@ pub enum EngineFrame {
         node: u32,
         /// Messages a session end may have in flight before the peer releases them.
         credits: u32,
+        /// Bytes (the sum of [`crate::descriptor::window_charge`]s) a session end may have in
+        /// flight; one message larger than that may still go alone.
+        window_bytes: u64,
     },
     /// A `Serve` succeeded.
     ServeOk {
@@ -316,9 +319,15 @@ impl EngineFrame {
     /// The frame's bytes, length prefix included.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Self::Welcome { node, credits } => {
-                Writer::new(tag::WELCOME).u32(*node).u32(*credits).finish()
-            }
+            Self::Welcome {
+                node,
+                credits,
+                window_bytes,
+            } => Writer::new(tag::WELCOME)
+                .u32(*node)
+                .u32(*credits)
+                .u64(*window_bytes)
+                .finish(),
             Self::ServeOk { req, service } => {
                 Writer::new(tag::SERVE_OK).u32(*req).u32(*service).finish()
             }
@@ -481,6 +490,7 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
         tag::WELCOME => EngineFrame::Welcome {
             node: r.u32()?,
             credits: r.u32()?,
+            window_bytes: r.u64()?,
         },
         tag::SERVE_OK => EngineFrame::ServeOk {
             req: r.u32()?,
@@ -568,6 +578,7 @@ mod tests {
             EngineFrame::Welcome {
                 node: 4,
                 credits: 64,
+                window_bytes: 4 << 20,
             },
             EngineFrame::ServeOk { req: 1, service: 2 },
             EngineFrame::UnserveOk { req: 1 },
@@ -618,7 +629,7 @@ mod tests {
             Err(FrameError::Tag { tag: 200 })
         );
         // A Hello whose string claims more bytes than the frame holds.
-        let lying = [5, 0, 0, 0, 1, 1, 10, 0, b'a'];
+        let lying = [5, 0, 0, 0, PROTOCOL_VERSION, 1, 10, 0, b'a'];
         assert_eq!(decode_node_frame(&lying), Err(FrameError::Truncated));
         // Trailing bytes.
         let mut trailing = NodeFrame::Ready.encode();
@@ -634,7 +645,7 @@ mod tests {
             decode_node_frame(&empty),
             Err(FrameError::String(_))
         ));
-        let bad_utf8 = [5, 0, 0, 0, 1, 1, 1, 0, 0xff];
+        let bad_utf8 = [5, 0, 0, 0, PROTOCOL_VERSION, 1, 1, 0, 0xff];
         assert_eq!(
             decode_node_frame(&bad_utf8),
             Err(FrameError::String("not UTF-8"))

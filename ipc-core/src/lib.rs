@@ -85,7 +85,7 @@ pub use arena::{Allocation, ArenaStats, BuddyAllocator};
 pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_payload};
 pub use descriptor::{
     ArenaBounds, Delivery, RawDescriptor, Submission, Violation, kind, validate_deliver,
-    validate_release, validate_submit,
+    validate_release, validate_submit, window_charge,
 };
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;

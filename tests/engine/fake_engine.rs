@@ -43,6 +43,7 @@ async fn welcome(listener: &UnixListener) -> (UnixStream, Block, Doorbell, Doorb
     let frame = EngineFrame::Welcome {
         node: 1,
         credits: 16,
+        window_bytes: 1 << 20,
     }
     .encode();
     let fds = [block.fd(), node_ring.as_fd(), node_wait.as_fd()];

@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) socket: PathBuf,
     pub(crate) block: BlockConfig,
     pub(crate) credits: u32,
+    pub(crate) window_bytes: u64,
     pub(crate) policy: Policy,
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -72,6 +73,7 @@ impl Default for EngineBuilder {
                 socket: default_socket_path(),
                 block: BlockConfig::default(),
                 credits: 256,
+                window_bytes: 4 << 20,
                 policy: Policy::SameUid,
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
@@ -97,6 +99,15 @@ impl EngineBuilder {
     /// Messages one session end may have in flight before its peer releases them (at least 1).
     pub fn credits(mut self, credits: u32) -> Self {
         self.config.credits = credits.max(1);
+        self
+    }
+
+    /// Bytes one session end may have in flight before its peer releases them (default 4 MiB,
+    /// at least 1): each message counts as the arena memory it takes
+    /// ([`window_charge`](ipc_core::window_charge)). One message larger than the window may
+    /// still go, alone.
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.config.window_bytes = bytes.max(1);
         self
     }
 

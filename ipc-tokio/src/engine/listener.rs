@@ -285,6 +285,7 @@ async fn rendezvous(
     let welcome = EngineFrame::Welcome {
         node,
         credits: config.credits,
+        window_bytes: config.window_bytes,
     }
     .encode();
     send_with_fds(

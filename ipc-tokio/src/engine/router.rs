@@ -107,6 +107,8 @@ struct End {
     peer: Option<EndId>,
     /// Messages sent on this end and not yet released by the receiver.
     in_flight: u32,
+    /// The window charges of those messages (`window_charge` of each length).
+    in_flight_bytes: u64,
     fin: bool,
 }
 
@@ -129,8 +131,9 @@ struct NodeState {
     bell_closed: std::sync::atomic::AtomicBool,
     bell_out: Doorbell,
     rx: BuddyAllocator<Vec<u8>>,
-    /// Receive sub-blocks delivered and not yet released, and the sender end to credit.
-    rx_owner: IdMap<u64, EndId>,
+    /// Receive sub-blocks delivered and not yet released: the sender end to credit, and the
+    /// window charge to give back with the credit.
+    rx_owner: IdMap<u64, (EndId, u64)>,
     inbox: VecDeque<Inbound>,
     outbox: VecDeque<RawDescriptor>,
     frames: mpsc::UnboundedSender<EngineFrame>,
@@ -168,7 +171,8 @@ pub(crate) struct Router {
     next_service: u32,
     /// Nodes to close at the end of this pass, with the reason.
     doomed: Vec<(NodeId, String)>,
-    credits_due: IdMap<EndId, u32>,
+    /// Messages and window bytes to give back, by sender end.
+    credits_due: IdMap<EndId, (u32, u64)>,
     scratch: Vec<RawDescriptor>,
     /// The nodes being buried left on their own (log at info, not warn).
     bury_quietly: bool,
@@ -549,6 +553,7 @@ impl Router {
                 node,
                 peer: Some(s),
                 in_flight: 0,
+                in_flight_bytes: 0,
                 fin: false,
             },
         );
@@ -558,6 +563,7 @@ impl Router {
                 node: server_node,
                 peer: Some(c),
                 in_flight: 0,
+                in_flight_bytes: 0,
                 fin: false,
             },
         );
@@ -647,8 +653,10 @@ impl Router {
             if let Err(e) = node.rx.free(offset) {
                 return self.violation(id, format!("release of a sub-block it does not hold: {e}"));
             }
-            if let Some(sender) = node.rx_owner.remove(&offset) {
-                *self.credits_due.entry(sender).or_default() += 1;
+            if let Some((sender, charge)) = node.rx_owner.remove(&offset) {
+                let due = self.credits_due.entry(sender).or_default();
+                due.0 += 1;
+                due.1 += charge;
             }
         }
         if n > 0 {
@@ -703,12 +711,15 @@ impl Router {
 
     fn submission(&mut self, node: NodeId, submission: Submission) -> Result<(), String> {
         let credits = self.config.credits;
+        let window = self.config.window_bytes;
         match submission {
             Submission::Data {
                 session,
                 offset,
                 len,
             } => {
+                let min_block = self.nodes[&node].block.layout().tx.min_block;
+                let charge = ipc_core::window_charge(len, min_block);
                 let end = self.owned_end(node, session)?;
                 if end.fin {
                     return Err(format!("data on session {session} after it finished"));
@@ -716,9 +727,15 @@ impl Router {
                 if end.in_flight >= credits {
                     return Err(format!("session {session} exceeded its {credits} credits"));
                 }
+                if end.in_flight_bytes != 0 && end.in_flight_bytes + charge > window {
+                    return Err(format!(
+                        "session {session} exceeded its window of {window} bytes"
+                    ));
+                }
                 match end.peer {
                     Some(peer) => {
                         end.in_flight += 1;
+                        end.in_flight_bytes += charge;
                         let dst = self.ends[&peer].node;
                         let src_block = self.nodes[&node].block.clone();
                         self.inbound(
@@ -850,7 +867,8 @@ impl Router {
             self.doom(src_node, format!("payload outside its arena: {e}"));
             return Ok(());
         }
-        node.rx_owner.insert(allocation.offset, src_end);
+        let charge = ipc_core::window_charge(len, src_block.layout().tx.min_block);
+        node.rx_owner.insert(allocation.offset, (src_end, charge));
         node.outbox
             .push_back(RawDescriptor::data(dst_end, allocation.offset, len));
         node.block.publish_rx_in_use(node.rx.in_use());
@@ -879,14 +897,15 @@ impl Router {
     }
 
     fn flush_credits(&mut self) {
-        for (end, count) in self.credits_due.drain() {
+        for (end, (count, bytes)) in self.credits_due.drain() {
             let Some(state) = self.ends.get_mut(&end) else {
                 continue;
             };
             state.in_flight = state.in_flight.saturating_sub(count);
+            state.in_flight_bytes = state.in_flight_bytes.saturating_sub(bytes);
             if let Some(node) = self.nodes.get_mut(&state.node) {
                 node.outbox
-                    .push_back(RawDescriptor::control(kind::CREDIT, end, u64::from(count)));
+                    .push_back(RawDescriptor::credit(end, u64::from(count), bytes));
             }
         }
     }

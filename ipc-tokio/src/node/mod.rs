@@ -26,7 +26,7 @@ use crate::error::{ConnectError, OpenError};
 use crate::message::Bincode;
 use crate::session::{Payload, Session, SessionCore};
 
-pub(crate) use shared::{NodeShared, Reply};
+pub(crate) use shared::{NodeShared, Reply, WaitList};
 
 /// A connection to an engine. Cheap to clone; the connection closes when the last `Node`,
 /// [`Session`] and [`Listener`] of it are dropped.
@@ -154,8 +154,12 @@ impl Node {
             }
             bytes.extend_from_slice(&chunk[..n]);
         };
-        let (node_id, credits) = match welcome {
-            EngineFrame::Welcome { node, credits } => (node, credits),
+        let (node_id, credits, window_bytes) = match welcome {
+            EngineFrame::Welcome {
+                node,
+                credits,
+                window_bytes,
+            } => (node, credits, window_bytes),
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
             other => {
                 return Err(ConnectError::Protocol(format!(
@@ -184,6 +188,7 @@ impl Node {
             name.to_owned(),
             node_id,
             credits,
+            window_bytes,
             block.clone(),
             tx,
             Producer::new(block.submit_ring()),
@@ -332,6 +337,17 @@ impl Node {
             Reply::Served(id) => Ok((id, accept_rx)),
             other => Err(other.into_error(service)),
         }
+    }
+
+    /// Test-only fault: this node's driver panics when it reads the next frame from the
+    /// engine (the answer to a request, say), as a bug in it would.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __panic_driver_on_next_frame(&self) {
+        self.handle
+            .shared
+            .panic_on_frame
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn handle(&self) -> &Arc<NodeHandle> {

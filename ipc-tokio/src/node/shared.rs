@@ -6,9 +6,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
-use ipc_core::{
-    Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
-};
+use ipc_core::{Block, Doorbell, IdMap, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -51,6 +49,18 @@ pub(crate) enum Early {
     Closed(u64),
 }
 
+/// Where one of this node's session ends stands: the one home of its node-side state.
+#[derive(Debug)]
+pub(crate) enum EndSlot {
+    /// Deliveries that raced ahead of the end's `OpenOk` or `Accept`, kept for it.
+    Early(Vec<Early>),
+    /// Open: deliveries go to its state.
+    Open(Arc<SessionCore>),
+    /// This node closed it and waits for the engine's `CLOSE_ACK`; data still arriving is
+    /// released at once.
+    Closing,
+}
+
 /// Wakers waiting for one condition; woken all at once.
 #[derive(Debug, Default)]
 pub(crate) struct WaitList(Mutex<Vec<Waker>>);
@@ -80,10 +90,8 @@ struct RingSide {
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) sessions: IdMap<u32, Arc<SessionCore>>,
-    pub(crate) early: IdMap<u32, Vec<Early>>,
-    /// Ends this node closed and whose `CLOSE_ACK` has not arrived yet.
-    pub(crate) closing: IdSet<u32>,
+    /// Every session end the node knows of, by id.
+    pub(crate) ends: IdMap<u32, EndSlot>,
     requests: IdMap<u32, oneshot::Sender<Reply>>,
     /// Accept queues of `Serve` requests not yet answered, by request id: the driver moves
     /// one to `listeners` when its `ServeOk` arrives, before it can handle any `Accept`.
@@ -99,6 +107,7 @@ pub(crate) struct NodeShared {
     pub(crate) name: String,
     pub(crate) id: u32,
     pub(crate) credits: u32,
+    pub(crate) window_bytes: u64,
     pub(crate) max_payload: u64,
     pub(crate) block: Arc<Block>,
     pub(crate) tx: TxArena,
@@ -115,6 +124,9 @@ pub(crate) struct NodeShared {
     pub(crate) spin: Duration,
     /// A send happened: the driver (if parked) starts polling for what comes back.
     pub(crate) kick: Notify,
+    /// Test-only fault: the driver panics on the next frame it reads from the engine.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) panic_on_frame: std::sync::atomic::AtomicBool,
 }
 
 impl NodeShared {
@@ -123,6 +135,7 @@ impl NodeShared {
         name: String,
         id: u32,
         credits: u32,
+        window_bytes: u64,
         block: Arc<Block>,
         tx: TxArena,
         submit: Producer<ShmRing>,
@@ -135,6 +148,7 @@ impl NodeShared {
             name,
             id,
             credits,
+            window_bytes,
             max_payload: block.layout().max_payload(),
             block,
             tx,
@@ -153,6 +167,8 @@ impl NodeShared {
             ring_waiters: WaitList::default(),
             spin,
             kick: Notify::new(),
+            #[cfg(feature = "fault-injection")]
+            panic_on_frame: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -348,10 +364,15 @@ impl NodeShared {
         self.ring_waiters.wake_all();
     }
 
-    /// Registers a session end the engine announced, replaying anything that raced ahead.
-    pub(crate) fn adopt(&self, core: Arc<SessionCore>) {
+    /// A new session end the engine announced, registered with anything that raced ahead.
+    fn adopt(&self, end: u32, peer: String) -> Arc<SessionCore> {
+        let core = Arc::new(SessionCore::new(end, peer, self.credits, self.window_bytes));
         let mut state = self.state();
-        if let Some(early) = state.early.remove(&core.end) {
+        if state.dead {
+            core.disconnect();
+            return core;
+        }
+        if let Some(EndSlot::Early(early)) = state.ends.insert(end, EndSlot::Open(core.clone())) {
             for e in early {
                 match e {
                     Early::Data(view) => core.push_data(view),
@@ -360,48 +381,57 @@ impl NodeShared {
                 }
             }
         }
-        state.sessions.insert(core.end, core);
+        core
     }
 
     /// Closes this node's end `end`: unread deliveries are released and the engine is told.
     pub(crate) fn close_end(&self, end: u32) {
-        let (core, early) = {
+        let slot = {
             let mut state = self.state();
             if state.dead {
                 return;
             }
-            state.closing.insert(end);
-            (state.sessions.remove(&end), state.early.remove(&end))
+            state.ends.insert(end, EndSlot::Closing)
         };
-        if let Some(core) = core {
-            for view in core.take_unread() {
-                self.release(view.offset());
+        match slot {
+            Some(EndSlot::Open(core)) => {
+                for view in core.take_unread() {
+                    self.release(view.offset());
+                }
             }
-        }
-        for e in early.into_iter().flatten() {
-            if let Early::Data(view) = e {
-                self.release(view.offset());
+            Some(EndSlot::Early(early)) => {
+                for e in early {
+                    if let Early::Data(view) = e {
+                        self.release(view.offset());
+                    }
+                }
             }
+            Some(EndSlot::Closing) | None => {}
         }
         self.push_or_queue(&self.submit, RawDescriptor::control(kind::CLOSE, end, 0));
     }
 
-    /// The connection to the engine is gone: every session, request and listener fails.
+    /// The connection to the engine is gone (the driver ended, whatever the reason): every
+    /// session, request and listener fails, and every task waiting on this node wakes.
     pub(crate) fn mark_dead(&self, reason: &str) {
-        let (sessions, requests, listeners) = {
+        let (ends, requests, listeners) = {
             let mut state = self.state();
+            if state.dead {
+                return;
+            }
             state.dead = true;
-            state.early.clear();
             state.serving.clear();
             (
-                std::mem::take(&mut state.sessions),
+                std::mem::take(&mut state.ends),
                 std::mem::take(&mut state.requests),
                 std::mem::take(&mut state.listeners),
             )
         };
         tracing::debug!(node = %self.name, %reason, "disconnected from the engine");
-        for core in sessions.values() {
-            core.disconnect();
+        for slot in ends.values() {
+            if let EndSlot::Open(core) = slot {
+                core.disconnect();
+            }
         }
         drop(requests);
         drop(listeners);
@@ -419,8 +449,7 @@ impl NodeShared {
                 let _ = self.answer(req, Reply::Unserved);
             }
             EngineFrame::OpenOk { req, session, peer } => {
-                let core = Arc::new(SessionCore::new(session, peer, self.credits));
-                self.adopt(core.clone());
+                let core = self.adopt(session, peer);
                 if self.answer(req, Reply::Session(core)).is_err() {
                     // The caller gave up (its future was dropped): close the end again.
                     self.close_end(session);
@@ -431,8 +460,7 @@ impl NodeShared {
                 session,
                 peer,
             } => {
-                let core = Arc::new(SessionCore::new(session, peer, self.credits));
-                self.adopt(core.clone());
+                let core = self.adopt(session, peer);
                 let delivered = self
                     .listener(service)
                     .is_some_and(|tx| tx.send(core).is_ok());
