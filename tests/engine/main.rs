@@ -12,6 +12,7 @@ mod children;
 mod fake_engine;
 
 mod close;
+mod driver_panic;
 mod flow;
 mod kill;
 mod mesh;
@@ -19,6 +20,7 @@ mod names;
 mod payloads;
 mod rendezvous;
 mod restart;
+mod window;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].
