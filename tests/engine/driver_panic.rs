@@ -44,9 +44,12 @@ async fn a_panicking_driver_disconnects_every_waiter() {
 
     let (mut count_tx, mut count_rx) = by_count.split();
     for i in 0..4u8 {
-        within("a send within the credits", count_tx.send(Bytes::from(vec![i])))
-            .await
-            .expect("send");
+        within(
+            "a send within the credits",
+            count_tx.send(Bytes::from(vec![i])),
+        )
+        .await
+        .expect("send");
     }
     for i in 0..2u8 {
         within(

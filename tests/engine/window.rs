@@ -116,9 +116,7 @@ async fn a_payload_larger_than_the_window_goes_alone() {
             "a payload beyond the window waits until nothing else is in flight"
         );
         expect_next(&mut receiver, 1, MESSAGE).await;
-        within("the big payload, alone", alone)
-            .await
-            .expect("send");
+        within("the big payload, alone", alone).await.expect("send");
     }
     // ...and while it is in flight, nothing else goes.
     {
