@@ -1,6 +1,7 @@
 //! State a node's driver shares with its sessions.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -124,6 +125,8 @@ pub(crate) struct NodeShared {
     pub(crate) spin: Duration,
     /// A send happened: the driver (if parked) starts polling for what comes back.
     pub(crate) kick: Notify,
+    /// `State::dead`, readable without the lock (set before the waiters are woken).
+    dead: AtomicBool,
     /// Test-only fault: the driver panics on the next frame it reads from the engine.
     #[cfg(feature = "fault-injection")]
     pub(crate) panic_on_frame: std::sync::atomic::AtomicBool,
@@ -167,6 +170,7 @@ impl NodeShared {
             ring_waiters: WaitList::default(),
             spin,
             kick: Notify::new(),
+            dead: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             panic_on_frame: std::sync::atomic::AtomicBool::new(false),
         }
@@ -174,6 +178,11 @@ impl NodeShared {
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the connection to the engine is gone (see [`NodeShared::mark_dead`]).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     /// Rings the engine (it sleeps with entries waiting, or waits for room in our deliver ring).
@@ -282,6 +291,10 @@ impl NodeShared {
                 }
             }
             self.ring_waiters.register(cx.waker());
+            // Registered first: a driver that dies from now on wakes this task.
+            if self.is_dead() {
+                return Poll::Ready(Err(SessionError::Disconnected));
+            }
             match side.producer.prepare_wait_space() {
                 Ok(true) => return Poll::Pending,
                 Ok(false) => continue,
@@ -340,7 +353,7 @@ impl NodeShared {
 
     /// Pushes a submit entry without waiting (from `Drop`); queued if the ring is full.
     pub(crate) fn submit_now(&self, entry: RawDescriptor) {
-        if !self.state().dead {
+        if !self.is_dead() {
             self.push_or_queue(&self.submit, entry);
         }
     }
@@ -420,6 +433,7 @@ impl NodeShared {
                 return;
             }
             state.dead = true;
+            self.dead.store(true, Ordering::Release);
             state.serving.clear();
             (
                 std::mem::take(&mut state.ends),

@@ -226,7 +226,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         };
         let mut registered = false;
         loop {
-            if shared.state().dead {
+            if shared.is_dead() {
                 return Poll::Ready(Err(SessionError::Disconnected));
             }
             match shared.tx.alloc(len32) {
