@@ -265,3 +265,119 @@ impl Drop for Permit {
         SessionCore::wake(&mut tx.waker);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn core(credits: u32, window: u64) -> Arc<SessionCore> {
+        Arc::new(SessionCore::new(1, "peer".into(), credits, window))
+    }
+
+    fn permit(core: &Arc<SessionCore>, cx: &mut Context<'_>) -> Permit {
+        match core.poll_permit(cx) {
+            Poll::Ready(Ok(p)) => p,
+            other => panic!("expected a permit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_and_bytes_both_bound_the_window() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let core = core(3, 1000);
+        // Two messages of 400 bytes fit; a third of 400 does not (1200 > 1000)...
+        for _ in 0..2 {
+            let mut p = permit(&core, &mut cx);
+            assert!(p.poll_bytes(400, &mut cx).is_ready());
+            p.consume(400);
+        }
+        let mut third = permit(&core, &mut cx);
+        assert!(third.poll_bytes(400, &mut cx).is_pending());
+        // ...but one of 200 does; then no message is left.
+        assert!(third.poll_bytes(200, &mut cx).is_ready());
+        third.consume(200);
+        assert!(core.poll_permit(&mut cx).is_pending());
+        // A credit of one message and 400 bytes wakes the waiting sender.
+        let before = count.0.load(Ordering::SeqCst);
+        core.credit(1, 400);
+        assert!(count.0.load(Ordering::SeqCst) > before);
+        let mut p = permit(&core, &mut cx);
+        assert!(p.poll_bytes(400, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_message_beyond_the_window_goes_alone() {
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut cx = Context::from_waker(&waker);
+        let core = core(8, 1000);
+        let mut small = permit(&core, &mut cx);
+        assert!(small.poll_bytes(100, &mut cx).is_ready());
+        small.consume(100);
+        let mut big = permit(&core, &mut cx);
+        assert!(big.poll_bytes(5000, &mut cx).is_pending());
+        core.credit(1, 100);
+        assert!(big.poll_bytes(5000, &mut cx).is_ready());
+        big.consume(5000);
+        let mut after = permit(&core, &mut cx);
+        assert!(after.poll_bytes(1, &mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_dropped_permit_gives_back_and_a_consumed_one_keeps() {
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut cx = Context::from_waker(&waker);
+        let core = core(1, 1000);
+        let mut p = permit(&core, &mut cx);
+        assert!(p.poll_bytes(1000, &mut cx).is_ready());
+        drop(p);
+        // Both the message and the bytes came back.
+        let mut p = permit(&core, &mut cx);
+        assert!(p.poll_bytes(1000, &mut cx).is_ready());
+        // Consumed with a smaller charge (the payload shrank): the rest comes back now.
+        p.consume(600);
+        core.credit(1, 0);
+        let mut q = permit(&core, &mut cx);
+        assert!(q.poll_bytes(400, &mut cx).is_ready());
+        assert!(q.poll_bytes(401, &mut cx).is_pending());
+    }
+
+    #[test]
+    fn the_end_of_the_session_fails_every_waiter() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let core = core(1, 1000);
+        let mut p = permit(&core, &mut cx);
+        assert!(core.poll_permit(&mut cx).is_pending());
+        core.disconnect();
+        assert!(count.0.load(Ordering::SeqCst) > 0);
+        assert!(matches!(
+            core.poll_permit(&mut cx),
+            Poll::Ready(Err(SessionError::Disconnected))
+        ));
+        assert_eq!(
+            p.poll_bytes(10, &mut cx),
+            Poll::Ready(Err(SessionError::Disconnected))
+        );
+        assert_eq!(
+            core.poll_ended(&mut cx),
+            Poll::Ready(SessionError::Disconnected)
+        );
+    }
+}

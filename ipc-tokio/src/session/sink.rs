@@ -6,12 +6,12 @@
 //! `start_send` stores the item with it. Moving it on means measuring it, taking its bytes of
 //! the window (waiting for the peer to release earlier messages if needed), encoding it
 //! straight into a loan (waiting for room in the transmit arena if needed) and adding its
-//! descriptor to a small batch; the permit is then consumed into the bytes in flight. The batch goes onto the
-//! submit ring as one push (one lock, one fence, at most one doorbell) when it is full (32
-//! payloads, or 64 KiB: batched loans hold transmit-arena memory the node's other sinks may
-//! need) or on `poll_flush`, as `FramedWrite` buffers until a flush: `send` flushes every
-//! message, while a producer that `feed`s many and flushes once pays the ring's costs once
-//! per batch. A sink never waits for its window or for arena room with a batch unsent.
+//! descriptor to a small batch; the permit is then consumed into the bytes in flight. The
+//! batch goes onto the submit ring as one push (one lock, one fence, at most one doorbell)
+//! when it is full (32 payloads, or 64 KiB: batched loans hold transmit-arena memory the
+//! node's other sinks may need) or on `poll_flush`, as `FramedWrite` buffers until a flush:
+//! `send` flushes every message, while a producer that `feed`s many and flushes once pays the
+//! ring's costs once per batch. A sink never waits for its window or for arena room with a batch unsent.
 //!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
@@ -441,7 +441,8 @@ impl<T, C> SessionSink<T, C> {
 impl<T, C> Drop for SessionSink<T, C> {
     /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: payloads already
     /// in loans are pushed (without waiting) and the peer's stream ends after them. An item not
-    /// yet encoded is dropped with a warning (call `flush` or `close` to be sure).
+    /// yet encoded, or a loan fed whose share of the window has not come back yet, is dropped
+    /// with a warning (call `flush` or `close` to be sure).
     fn drop(&mut self) {
         let end = self.tx.guard.core.end;
         let over = self.tx.finished || self.tx.guard.core.send_error().is_some();
