@@ -76,13 +76,19 @@ impl EndGuard {
     }
 
     fn leave(&self, tx: bool) -> Leave {
-        let mut halves = self.halves();
+        self.halves().leave(tx)
+    }
+}
+
+impl Halves {
+    /// The sending (`tx`) or receiving half drops: what it must send.
+    fn leave(&mut self, tx: bool) -> Leave {
         if tx {
-            halves.tx = false;
+            self.tx = false;
         } else {
-            halves.rx = false;
+            self.rx = false;
         }
-        match (halves.tx || halves.rx, tx && halves.split) {
+        match (self.tx || self.rx, tx && self.split) {
             (false, _) => Leave::Close,
             (true, true) => Leave::HalfClose,
             (true, false) => Leave::Stay,
@@ -255,5 +261,37 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
         <SessionSink<T, C> as futures::Sink<I>>::poll_close(Pin::new(&mut self.sink), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Halves, Leave};
+
+    fn halves(split: bool) -> Halves {
+        Halves {
+            tx: true,
+            rx: true,
+            split,
+        }
+    }
+
+    #[test]
+    fn an_unsplit_session_closes_once_whatever_drops_first() {
+        for tx_first in [true, false] {
+            let mut h = halves(false);
+            assert_eq!(h.leave(tx_first), Leave::Stay);
+            assert_eq!(h.leave(!tx_first), Leave::Close);
+        }
+    }
+
+    #[test]
+    fn a_split_sink_dropped_first_half_closes() {
+        let mut h = halves(true);
+        assert_eq!(h.leave(true), Leave::HalfClose);
+        assert_eq!(h.leave(false), Leave::Close);
+        let mut h = halves(true);
+        assert_eq!(h.leave(false), Leave::Stay);
+        assert_eq!(h.leave(true), Leave::Close);
     }
 }
