@@ -99,7 +99,7 @@ pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{
     CallError, Client, CodecError, ConnectError, Engine, EngineBuilder, EngineStats, Listener,
     Loan, MessageType, NameError, Node, NodeOptions, OpenError, Payload, Policy, Schema,
-    ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError,
+    ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError, Window,
     default_socket_path,
 };
 pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};

@@ -118,8 +118,8 @@ pub enum EngineFrame {
         node: u32,
         /// Messages a session end may have in flight before the peer releases them.
         credits: u32,
-        /// Bytes a session end may have in flight (each message charged its size class,
-        /// [`crate::window_charge`]); one larger message may go alone.
+        /// Bytes (the sum of [`crate::descriptor::window_charge`]s) a session end may have in
+        /// flight; one message larger than that may still go alone.
         window_bytes: u64,
     },
     /// A `Serve` succeeded.
@@ -660,7 +660,7 @@ mod tests {
             EngineFrame::Welcome {
                 node: 4,
                 credits: 64,
-                window_bytes: 1 << 20,
+                window_bytes: 4 << 20,
             },
             EngineFrame::ServeOk { req: 1, service: 2 },
             EngineFrame::UnserveOk { req: 1 },

@@ -60,7 +60,9 @@ pub mod kind {
     pub const RELEASE: u16 = 4;
     /// Deliver: the engine has copied the transmit sub-block at `offset`; the node may free it.
     pub const TX_DONE: u16 = 5;
-    /// Deliver: the peer released `aux` messages of this session; the sender may send that many more.
+    /// Deliver: the peer released `aux` messages of this session, which took `offset` bytes
+    /// of its window (the sum of their [`window_charge`](super::window_charge)s); the sender
+    /// may send that much more.
     pub const CREDIT: u16 = 6;
 }
 
@@ -140,12 +142,14 @@ pub enum Delivery {
         /// Offset in the transmit arena.
         offset: u64,
     },
-    /// `count` more messages may be sent on `session`.
+    /// `count` more messages, and `bytes` more of the window, may be sent on `session`.
     Credit {
         /// The sender's session end.
         session: u32,
-        /// How many credits come back.
+        /// How many message credits come back.
         count: u32,
+        /// How many bytes of the window come back (the sum of the messages' charges).
+        bytes: u64,
     },
 }
 
@@ -339,6 +343,7 @@ pub fn validate_deliver(
             Ok(count) if count > 0 => Ok(Delivery::Credit {
                 session: raw.session,
                 count,
+                bytes: raw.offset,
             }),
             _ => Err(Violation::Credit { count: raw.aux }),
         },
@@ -346,18 +351,28 @@ pub fn validate_deliver(
     }
 }
 
-/// What a payload of `len` bytes counts against its session's window in bytes: the size of
-/// the buddy class it occupies (`min_block` or the next power of two), 0 for an empty one.
-/// Node and engine compute it alike, so both agree when a window is full.
+/// The part of a session's byte window a payload of `len` bytes takes: the memory it really
+/// occupies in a buddy arena whose smallest block is `min_block` (0 for an empty payload,
+/// which takes no transmit sub-block). The engine and the node compute it alike.
 pub fn window_charge(len: u32, min_block: u64) -> u64 {
     if len == 0 {
-        0
-    } else {
-        u64::from(len).next_power_of_two().max(min_block)
+        return 0;
     }
+    u64::from(len).next_power_of_two().max(min_block)
 }
 
 impl RawDescriptor {
+    /// A `CREDIT` entry: `messages` messages of `session` released, `bytes` of window with them.
+    pub fn credit(session: u32, messages: u64, bytes: u64) -> Self {
+        Self {
+            session,
+            kind: kind::CREDIT,
+            offset: bytes,
+            aux: messages,
+            ..Self::default()
+        }
+    }
+
     /// A `DATA` entry.
     pub fn data(session: u32, offset: u64, len: u32) -> Self {
         Self {
@@ -375,17 +390,6 @@ impl RawDescriptor {
             session,
             kind,
             aux,
-            ..Self::default()
-        }
-    }
-
-    /// A `CREDIT` entry returning `messages` and `bytes` (their window charges) to `session`.
-    pub fn credit(session: u32, messages: u64, bytes: u64) -> Self {
-        Self {
-            session,
-            kind: kind::CREDIT,
-            aux: messages,
-            offset: bytes,
             ..Self::default()
         }
     }
@@ -475,6 +479,30 @@ mod tests {
         assert!(validate_deliver(&zero_credit, &TX, &TX).is_err());
         let huge_credit = RawDescriptor::control(kind::CREDIT, 1, u64::MAX);
         assert!(validate_deliver(&huge_credit, &TX, &TX).is_err());
+    }
+
+    #[test]
+    fn window_charge_is_the_buddy_block() {
+        assert_eq!(window_charge(0, 256), 0);
+        assert_eq!(window_charge(1, 256), 256);
+        assert_eq!(window_charge(256, 256), 256);
+        assert_eq!(window_charge(257, 256), 512);
+        assert_eq!(window_charge(64 << 10, 256), 64 << 10);
+        assert_eq!(window_charge((64 << 10) + 1, 256), 128 << 10);
+        assert_eq!(window_charge(u32::MAX, 64), 1 << 32);
+    }
+
+    #[test]
+    fn credit_carries_messages_and_bytes() {
+        let c = RawDescriptor::credit(9, 3, 3 << 16);
+        assert_eq!(
+            validate_deliver(&c, &TX, &TX),
+            Ok(Delivery::Credit {
+                session: 9,
+                count: 3,
+                bytes: 3 << 16
+            })
+        );
     }
 
     #[test]

@@ -24,6 +24,6 @@ pub use engine::{
 pub use error::{
     CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,
 };
-pub use node::{Listener, Node, NodeOptions};
+pub use node::{Listener, Node, NodeOptions, Window};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -3,12 +3,12 @@
 //! ```text
 //! shmlinkd [-h|--help] [-V|--version]
 //! shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] [--min-block BYTES]
-//!          [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]
+//!          [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER]
 //! ```
 //!
 //! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
 //! `SHMLINK_RX_ARENA`, `SHMLINK_MIN_BLOCK`, `SHMLINK_RING`, `SHMLINK_CREDITS`,
-//! `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`); a flag wins over
+//! `SHMLINK_WINDOW_BYTES`, `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`); a flag wins over
 //! its variable. Sizes accept a `K`, `M` or `G` suffix. SIGINT or SIGTERM shuts down
 //! gracefully: every node sees `Disconnected` and the socket file is removed.
 
@@ -19,7 +19,7 @@ use shmlink::{BlockConfig, Engine, Policy};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] \
-[--min-block BYTES] [--ring ENTRIES] [--credits N] [--allow-uid UID]... [--spin-us N] [--log FILTER]";
+[--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER]";
 
 /// What `--help` prints (on stdout).
 const HELP: &str = "\
@@ -60,6 +60,7 @@ struct Options {
     socket: std::path::PathBuf,
     block: BlockConfig,
     credits: u32,
+    window_bytes: u64,
     allow: Vec<u32>,
     spin_us: Option<u64>,
     log: String,
@@ -93,6 +94,7 @@ fn options() -> Result<Parsed, String> {
         socket: env("SHMLINK_SOCKET").map_or_else(shmlink::default_socket_path, Into::into),
         block: BlockConfig::default(),
         credits: 256,
+        window_bytes: 4 << 20,
         allow: Vec::new(),
         spin_us: None,
         log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
@@ -116,6 +118,9 @@ fn options() -> Result<Parsed, String> {
     }
     if let Some(v) = env("SHMLINK_CREDITS") {
         o.credits = parse_num("SHMLINK_CREDITS", &v)?;
+    }
+    if let Some(v) = env("SHMLINK_WINDOW_BYTES") {
+        o.window_bytes = parse_size(&v)?;
     }
     if let Some(v) = env("SHMLINK_ALLOW_UIDS") {
         for uid in v.split(',') {
@@ -147,6 +152,7 @@ fn options() -> Result<Parsed, String> {
             "--min-block" => o.block.min_block = parse_size(&value)?,
             "--ring" => set_ring(&mut o.block, parse_num("--ring", &value)?),
             "--credits" => o.credits = parse_num("--credits", &value)?,
+            "--window-bytes" => o.window_bytes = parse_size(&value)?,
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
             "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
@@ -189,7 +195,8 @@ fn main() -> ExitCode {
         let mut builder = Engine::builder()
             .socket(&options.socket)
             .block(options.block)
-            .credits(options.credits);
+            .credits(options.credits)
+            .window_bytes(options.window_bytes);
         if let Some(us) = options.spin_us {
             builder = builder.spin(Duration::from_micros(us));
         }

@@ -245,10 +245,17 @@ async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
         .expect("loan");
         whole[0] = round;
         whole[max - 1] = round;
-        within("send", session.send(whole)).await.expect("send");
-        let first = within("small", served.next()).await.unwrap().unwrap();
-        assert!(first.len() == 100 && first.iter().all(|&b| b == round));
-        drop(first); // the whole payload needs the whole receive arena
+        // The whole payload is larger than the session's window: it goes alone, once the
+        // small one is released (it also needs the whole receive arena).
+        let send = async { session.send(whole).await.expect("send") };
+        let read_first = async {
+            let first = served.next().await.unwrap().unwrap();
+            assert!(first.len() == 100 && first.iter().all(|&b| b == round));
+        };
+        within("send while the small one is read", async {
+            tokio::join!(send, read_first)
+        })
+        .await;
         let second = within("whole", served.next()).await.unwrap().unwrap();
         assert_eq!(
             (second.len(), second[0], second[max - 1]),

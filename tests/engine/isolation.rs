@@ -61,9 +61,14 @@ pub(crate) async fn round_trips(
 /// How many messages of `len` bytes one session may have in flight: its window in messages
 /// and in bytes (each message charged its size class).
 fn window_messages(node: &Node, len: usize) -> u64 {
-    let _ = node; // TEMP
-    let charge = shmlink::window_charge(len as u32, 256);
-    u64::from(shmlink::DEFAULT_WINDOW_MESSAGES).min((shmlink::DEFAULT_WINDOW_BYTES / charge).max(1))
+    let window = node.window();
+    let charge = shmlink::window_charge(len as u32, window.min_block);
+    let by_bytes = if charge == 0 {
+        u64::MAX
+    } else {
+        (window.bytes / charge).max(1)
+    };
+    u64::from(window.messages).min(by_bytes)
 }
 
 async fn matrix(name: &str, len: usize, stuck_sessions: usize) {

@@ -62,8 +62,10 @@ fn sigkill_mid_stream_cleans_everything_up() {
 
 async fn sigkill_body() {
     let dir = TestDir::new("kill");
+    // A window of 8 MiB: the eight 1 MiB payloads below fit in it (and in the credits).
     let engine = support::engine_builder(&dir)
         .credits(8)
+        .window_bytes(8 << 20)
         .spawn()
         .expect("engine");
     let socket = dir.socket();

@@ -14,6 +14,7 @@ mod fake_engine;
 mod close;
 mod connect;
 mod daemon;
+mod driver_panic;
 mod flow;
 mod isolation;
 
@@ -26,6 +27,7 @@ mod restart;
 mod spawn;
 mod too_large;
 mod unserve;
+mod window;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].

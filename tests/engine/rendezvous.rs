@@ -260,7 +260,7 @@ async fn bad_rendezvous_input_is_refused_and_the_engine_keeps_serving() {
         EngineFrame::Welcome {
             node: 1,
             credits: 1,
-            window_bytes: 1 << 20,
+            window_bytes: 1,
         }
         .encode(),
         false,

@@ -313,7 +313,7 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
             EngineFrame::Welcome {
                 node: 7,
                 credits: 256,
-                window_bytes: 1 << 20,
+                window_bytes: 4 << 20,
             },
         ),
         (

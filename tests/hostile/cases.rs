@@ -335,7 +335,7 @@ fn control_frames_after_registration() {
             ),
             (
                 "ctl-unknown-version",
-                BadFrame(Version, "protocol version 3"),
+                BadFrame(Version, "is not supported (this build speaks"),
             ),
             ("ctl-unknown-tag", BadFrame(Bad, "unknown frame tag 200")),
             ("ctl-engine-frame", BadFrame(Bad, "unknown frame tag 64")),

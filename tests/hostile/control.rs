@@ -104,7 +104,7 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Outcom
             EngineFrame::Welcome {
                 node: 1,
                 credits: 1 << 30,
-                window_bytes: 1 << 20,
+                window_bytes: 1 << 40,
             }
             .encode()
         }),

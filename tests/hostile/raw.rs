@@ -458,7 +458,7 @@ impl RawNode {
             let bounds = (self.layout.rx.bounds(), self.layout.tx.bounds());
             match ipc_core::validate_deliver(&d, &bounds.0, &bounds.1) {
                 Ok(Delivery::TxDone { .. }) => self.tx_done += 1,
-                Ok(Delivery::Credit { session, count }) if session == self.session => {
+                Ok(Delivery::Credit { session, count, .. }) if session == self.session => {
                     self.in_flight = self.in_flight.saturating_sub(count);
                 }
                 Ok(Delivery::Data { .. }) => self.received.push_back(d),

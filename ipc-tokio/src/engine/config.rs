@@ -85,7 +85,7 @@ pub const DEFAULT_WINDOW_MESSAGES: u32 = 256;
 
 /// Default window of a session end in bytes ([`EngineBuilder::window_bytes`](crate::EngineBuilder::window_bytes)):
 /// 4 MiB, an eighth of the default 32 MiB arenas.
-pub const DEFAULT_WINDOW_BYTES: u64 = 1 << 60; // TEMP
+pub const DEFAULT_WINDOW_BYTES: u64 = 4 << 20;
 
 /// How many sessions of one node may stall at once (their receivers stop reading), at the
 /// default block and window sizes, while the node's other sessions keep a quarter of its

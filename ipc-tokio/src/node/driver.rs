@@ -11,9 +11,38 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{FrameBuf, write_frame};
-use crate::node::shared::{Early, NodeShared};
+use crate::node::shared::{Early, EndSlot, NodeShared};
 
 const BATCH: usize = 64;
+
+/// Lives on the driver task's stack: however the driver ends (its loop ends, it panics, or
+/// the runtime drops it), the node is marked dead as this drops, which fails every session,
+/// request and listener of the node and wakes every task waiting on it.
+struct DeathGuard {
+    shared: Option<Arc<NodeShared>>,
+}
+
+impl DeathGuard {
+    /// The driver ends normally, for `reason`.
+    fn end(mut self, reason: &str) {
+        if let Some(shared) = self.shared.take() {
+            shared.mark_dead(reason);
+        }
+    }
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let reason = if std::thread::panicking() {
+                "the node's driver panicked"
+            } else {
+                "the node's driver was dropped"
+            };
+            shared.mark_dead(reason);
+        }
+    }
+}
 
 /// Reads the deliver ring and the socket until the node is dropped or the engine goes.
 #[must_use = "the driver does nothing unless run"]
@@ -61,6 +90,9 @@ impl Driver {
             mut deliver,
             mut scratch,
         } = self;
+        let death = DeathGuard {
+            shared: Some(shared.clone()),
+        };
         // Borrowed halves: unlike owned ones, dropping them does not shut the socket down
         // (an end of stream the engine would see before this node has let go of its block).
         let (mut rd, mut wr) = stream.split();
@@ -132,6 +164,10 @@ impl Driver {
                 frame = frames.next(&mut rd, control::decode_engine_frame) => match frame {
                     Ok(Some(EngineFrame::Error { req: 0, message, .. })) => Err(format!("closed by the engine: {message}")),
                     Ok(Some(frame)) => {
+                        #[cfg(feature = "fault-injection")]
+                        if shared.panic_on_frame.load(std::sync::atomic::Ordering::Relaxed) {
+                            panic!("fault injection: the node's driver panics");
+                        }
                         shared.on_frame(frame);
                         Ok(())
                     }
@@ -154,7 +190,7 @@ impl Driver {
                 break reason;
             }
         };
-        shared.mark_dead(&reason);
+        death.end(&reason);
         // Unmap first (when no handle of the node is left), then close the socket: once the
         // engine sees this node gone, its block is no longer mapped here.
         drop((deliver, bell, scratch, shared, writer));
@@ -193,36 +229,41 @@ fn drain(
                         .block
                         .rx_view(offset, len)
                         .map_err(|e| format!("bad entry from the engine: {e}"))?;
-                    if let Some(core) = state.sessions.get(&session) {
-                        core.push_data(view);
-                    } else if state.closing.contains(&session) {
-                        to_release.push(view.offset());
-                    } else {
-                        state
-                            .early
-                            .entry(session)
-                            .or_default()
-                            .push(Early::Data(view));
+                    match state
+                        .ends
+                        .entry(session)
+                        .or_insert_with(|| EndSlot::Early(Vec::new()))
+                    {
+                        EndSlot::Open(core) => core.push_data(view),
+                        EndSlot::Closing => to_release.push(view.offset()),
+                        EndSlot::Early(early) => early.push(Early::Data(view)),
                     }
                 }
                 Delivery::Fin { session } => {
-                    if let Some(core) = state.sessions.get(&session) {
-                        core.peer_fin();
-                    } else if !state.closing.contains(&session) {
-                        state.early.entry(session).or_default().push(Early::Fin);
+                    match state
+                        .ends
+                        .entry(session)
+                        .or_insert_with(|| EndSlot::Early(Vec::new()))
+                    {
+                        EndSlot::Open(core) => core.peer_fin(),
+                        EndSlot::Closing => {}
+                        EndSlot::Early(early) => early.push(Early::Fin),
+                    }
+                }
+                Delivery::Closed { session, reason } if reason == close_reason::CLOSE_ACK => {
+                    if matches!(state.ends.get(&session), Some(EndSlot::Closing)) {
+                        state.ends.remove(&session);
                     }
                 }
                 Delivery::Closed { session, reason } => {
-                    if reason == close_reason::CLOSE_ACK {
-                        state.closing.remove(&session);
-                    } else if let Some(core) = state.sessions.get(&session) {
-                        core.peer_closed(reason);
-                    } else if !state.closing.contains(&session) {
-                        state
-                            .early
-                            .entry(session)
-                            .or_default()
-                            .push(Early::Closed(reason));
+                    match state
+                        .ends
+                        .entry(session)
+                        .or_insert_with(|| EndSlot::Early(Vec::new()))
+                    {
+                        EndSlot::Open(core) => core.peer_closed(reason),
+                        EndSlot::Closing => {}
+                        EndSlot::Early(early) => early.push(Early::Closed(reason)),
                     }
                 }
                 Delivery::TxDone { offset } => {
@@ -231,9 +272,13 @@ fn drain(
                     }
                     tx_freed = true;
                 }
-                Delivery::Credit { session, count } => {
-                    if let Some(core) = state.sessions.get(&session) {
-                        core.add_credits(count);
+                Delivery::Credit {
+                    session,
+                    count,
+                    bytes,
+                } => {
+                    if let Some(EndSlot::Open(core)) = state.ends.get(&session) {
+                        core.credit(count, bytes);
                     }
                 }
             }

@@ -26,7 +26,7 @@ use crate::error::{ConnectError, OpenError};
 use crate::message::Bincode;
 use crate::session::{Payload, Session, SessionCore};
 
-pub(crate) use shared::{NodeShared, Reply};
+pub(crate) use shared::{NodeShared, Reply, WaitList};
 
 /// A connection to an engine. Cheap to clone; the connection closes when the last `Node`,
 /// [`Session`] and [`Listener`] of it are dropped.
@@ -40,6 +40,20 @@ pub struct Node {
 pub(crate) struct NodeHandle {
     pub(crate) shared: Arc<NodeShared>,
     _stop: oneshot::Sender<()>,
+}
+
+/// A session end's window ([`Node::window`]): a sender may have `messages` messages and
+/// `bytes` bytes in flight, each message counting [`ipc_core::window_charge`]`(len,
+/// min_block)` bytes; one message larger than `bytes` may go alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Window {
+    /// Messages in flight.
+    pub messages: u32,
+    /// Bytes in flight (size-class charges).
+    pub bytes: u64,
+    /// The smallest size class of the arenas.
+    pub min_block: u64,
 }
 
 /// Settings of a node.
@@ -197,8 +211,12 @@ impl Node {
             }
             bytes.extend_from_slice(&chunk[..n]);
         };
-        let (node_id, credits) = match welcome {
-            EngineFrame::Welcome { node, credits, .. } => (node, credits),
+        let (node_id, credits, window_bytes) = match welcome {
+            EngineFrame::Welcome {
+                node,
+                credits,
+                window_bytes,
+            } => (node, credits, window_bytes),
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
             other => {
                 return Err(ConnectError::Protocol(format!(
@@ -227,6 +245,7 @@ impl Node {
             name.to_owned(),
             node_id,
             credits,
+            window_bytes,
             block.clone(),
             tx,
             Producer::new(block.submit_ring()),
@@ -262,6 +281,17 @@ impl Node {
     /// The largest payload a session of this node can carry.
     pub fn max_payload(&self) -> u64 {
         self.handle.shared.max_payload
+    }
+
+    /// The window each of this node's session ends gets from the engine: what it may have in
+    /// flight before its peer releases it.
+    pub fn window(&self) -> Window {
+        let shared = &self.handle.shared;
+        Window {
+            messages: shared.credits,
+            bytes: shared.window_bytes,
+            min_block: shared.block.layout().tx.min_block,
+        }
     }
 
     fn check_name(service: &str) -> Result<(), OpenError> {
@@ -375,6 +405,17 @@ impl Node {
             Reply::Served(id) => Ok((id, accept_rx)),
             other => Err(other.into_error(service, schema)),
         }
+    }
+
+    /// Test-only fault: this node's driver panics when it reads the next frame from the
+    /// engine (the answer to a request, say), as a bug in it would.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __panic_driver_on_next_frame(&self) {
+        self.handle
+            .shared
+            .panic_on_frame
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn handle(&self) -> &Arc<NodeHandle> {

@@ -1,14 +1,13 @@
 //! State a node's driver shares with its sessions.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame, Schema};
-use ipc_core::{
-    Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
-};
+use ipc_core::{Block, Doorbell, IdMap, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -64,6 +63,18 @@ pub(crate) enum Early {
     Closed(u64),
 }
 
+/// Where one of this node's session ends stands: the one home of its node-side state.
+#[derive(Debug)]
+pub(crate) enum EndSlot {
+    /// Deliveries that raced ahead of the end's `OpenOk` or `Accept`, kept for it.
+    Early(Vec<Early>),
+    /// Open: deliveries go to its state.
+    Open(Arc<SessionCore>),
+    /// This node closed it and waits for the engine's `CLOSE_ACK`; data still arriving is
+    /// released at once.
+    Closing,
+}
+
 /// Wakers waiting for one condition; woken all at once.
 #[derive(Debug, Default)]
 pub(crate) struct WaitList(Mutex<Vec<Waker>>);
@@ -93,10 +104,8 @@ struct RingSide {
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) sessions: IdMap<u32, Arc<SessionCore>>,
-    pub(crate) early: IdMap<u32, Vec<Early>>,
-    /// Ends this node closed and whose `CLOSE_ACK` has not arrived yet.
-    pub(crate) closing: IdSet<u32>,
+    /// Every session end the node knows of, by id.
+    pub(crate) ends: IdMap<u32, EndSlot>,
     requests: IdMap<u32, oneshot::Sender<Reply>>,
     /// Accept queues of `Serve` requests not yet answered, by request id: the driver moves
     /// one to `listeners` when its `ServeOk` arrives, before it can handle any `Accept`.
@@ -112,6 +121,7 @@ pub(crate) struct NodeShared {
     pub(crate) name: String,
     pub(crate) id: u32,
     pub(crate) credits: u32,
+    pub(crate) window_bytes: u64,
     pub(crate) max_payload: u64,
     pub(crate) block: Arc<Block>,
     pub(crate) tx: TxArena,
@@ -128,6 +138,11 @@ pub(crate) struct NodeShared {
     pub(crate) spin: Duration,
     /// A send happened: the driver (if parked) starts polling for what comes back.
     pub(crate) kick: Notify,
+    /// `State::dead`, readable without the lock (set before the waiters are woken).
+    dead: AtomicBool,
+    /// Test-only fault: the driver panics on the next frame it reads from the engine.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) panic_on_frame: std::sync::atomic::AtomicBool,
 }
 
 impl NodeShared {
@@ -136,6 +151,7 @@ impl NodeShared {
         name: String,
         id: u32,
         credits: u32,
+        window_bytes: u64,
         block: Arc<Block>,
         tx: TxArena,
         submit: Producer<ShmRing>,
@@ -148,6 +164,7 @@ impl NodeShared {
             name,
             id,
             credits,
+            window_bytes,
             max_payload: block.layout().max_payload(),
             block,
             tx,
@@ -166,11 +183,19 @@ impl NodeShared {
             ring_waiters: WaitList::default(),
             spin,
             kick: Notify::new(),
+            dead: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            panic_on_frame: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the connection to the engine is gone (see [`NodeShared::mark_dead`]).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     /// Rings the engine (it sleeps with entries waiting, or waits for room in our deliver ring).
@@ -297,6 +322,10 @@ impl NodeShared {
                 }
             }
             self.ring_waiters.register(cx.waker());
+            // Registered first: a driver that dies from now on wakes this task.
+            if self.is_dead() {
+                return Poll::Ready(Err(SessionError::Disconnected));
+            }
             match side.producer.prepare_wait_space() {
                 Ok(true) => return Poll::Pending,
                 Ok(false) => continue,
@@ -355,7 +384,7 @@ impl NodeShared {
 
     /// Pushes a submit entry without waiting (from `Drop`); queued if the ring is full.
     pub(crate) fn submit_now(&self, entry: RawDescriptor) {
-        if !self.state().dead {
+        if !self.is_dead() {
             self.push_or_queue(&self.submit, entry);
         }
     }
@@ -379,10 +408,15 @@ impl NodeShared {
         self.ring_waiters.wake_all();
     }
 
-    /// Registers a session end the engine announced, replaying anything that raced ahead.
-    pub(crate) fn adopt(&self, core: Arc<SessionCore>) {
+    /// A new session end the engine announced, registered with anything that raced ahead.
+    fn adopt(&self, end: u32, peer: String) -> Arc<SessionCore> {
+        let core = Arc::new(SessionCore::new(end, peer, self.credits, self.window_bytes));
         let mut state = self.state();
-        if let Some(early) = state.early.remove(&core.end) {
+        if state.dead {
+            core.disconnect();
+            return core;
+        }
+        if let Some(EndSlot::Early(early)) = state.ends.insert(end, EndSlot::Open(core.clone())) {
             for e in early {
                 match e {
                     Early::Data(view) => core.push_data(view),
@@ -391,48 +425,58 @@ impl NodeShared {
                 }
             }
         }
-        state.sessions.insert(core.end, core);
+        core
     }
 
     /// Closes this node's end `end`: unread deliveries are released and the engine is told.
     pub(crate) fn close_end(&self, end: u32) {
-        let (core, early) = {
+        let slot = {
             let mut state = self.state();
             if state.dead {
                 return;
             }
-            state.closing.insert(end);
-            (state.sessions.remove(&end), state.early.remove(&end))
+            state.ends.insert(end, EndSlot::Closing)
         };
-        if let Some(core) = core {
-            for view in core.take_unread() {
-                self.release(view.offset());
+        match slot {
+            Some(EndSlot::Open(core)) => {
+                for view in core.take_unread() {
+                    self.release(view.offset());
+                }
             }
-        }
-        for e in early.into_iter().flatten() {
-            if let Early::Data(view) = e {
-                self.release(view.offset());
+            Some(EndSlot::Early(early)) => {
+                for e in early {
+                    if let Early::Data(view) = e {
+                        self.release(view.offset());
+                    }
+                }
             }
+            Some(EndSlot::Closing) | None => {}
         }
         self.push_or_queue(&self.submit, RawDescriptor::control(kind::CLOSE, end, 0));
     }
 
-    /// The connection to the engine is gone: every session, request and listener fails.
+    /// The connection to the engine is gone (the driver ended, whatever the reason): every
+    /// session, request and listener fails, and every task waiting on this node wakes.
     pub(crate) fn mark_dead(&self, reason: &str) {
-        let (sessions, requests, listeners) = {
+        let (ends, requests, listeners) = {
             let mut state = self.state();
+            if state.dead {
+                return;
+            }
             state.dead = true;
-            state.early.clear();
+            self.dead.store(true, Ordering::Release);
             state.serving.clear();
             (
-                std::mem::take(&mut state.sessions),
+                std::mem::take(&mut state.ends),
                 std::mem::take(&mut state.requests),
                 std::mem::take(&mut state.listeners),
             )
         };
         tracing::debug!(node = %self.name, %reason, "disconnected from the engine");
-        for core in sessions.values() {
-            core.disconnect();
+        for slot in ends.values() {
+            if let EndSlot::Open(core) = slot {
+                core.disconnect();
+            }
         }
         drop(requests);
         drop(listeners);
@@ -450,8 +494,7 @@ impl NodeShared {
                 let _ = self.answer(req, Reply::Unserved);
             }
             EngineFrame::OpenOk { req, session, peer } => {
-                let core = Arc::new(SessionCore::new(session, peer, self.credits));
-                self.adopt(core.clone());
+                let core = self.adopt(session, peer);
                 if self.answer(req, Reply::Session(core)).is_err() {
                     // The caller gave up (its future was dropped): close the end again.
                     self.close_end(session);
@@ -462,8 +505,7 @@ impl NodeShared {
                 session,
                 peer,
             } => {
-                let core = Arc::new(SessionCore::new(session, peer, self.credits));
-                self.adopt(core.clone());
+                let core = self.adopt(session, peer);
                 let delivered = self
                     .listener(service)
                     .is_some_and(|tx| tx.send(core).is_ok());

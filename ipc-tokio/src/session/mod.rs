@@ -7,9 +7,11 @@
 //! zero-copy: the `Bytes` points into this node's receive arena and hands the sub-block back
 //! to the engine when its last clone drops; typed messages are decoded from it in place.
 //!
-//! Flow control is per session: each end may have `credits` messages in flight (set by the
-//! engine); a credit comes back when the receiver releases a message. A receiver that stops
-//! reading makes only this session's `poll_ready` pend.
+//! Flow control is per session: each end has a window of messages *and* bytes in flight (set
+//! by the engine: `credits` messages, `window_bytes` bytes, each message counting as the
+//! arena memory it takes); both come back when the receiver releases a message. One message
+//! larger than the window may still go, alone. A receiver that stops reading makes only this
+//! session's sends pend.
 //!
 //! Ending: `poll_close` on the sink half-closes (the peer's stream ends after the data);
 //! dropping both halves closes the session (the peer's stream ends, its sends fail with
@@ -23,12 +25,12 @@ mod stream;
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-pub(crate) use self::core::SessionCore;
+pub(crate) use self::core::{Permit, SessionCore};
 pub use payload::Payload;
 pub use sink::{Loan, SessionSink};
 pub use stream::SessionStream;
@@ -37,23 +39,103 @@ use crate::error::SessionError;
 use crate::message::Bincode;
 use crate::node::NodeHandle;
 
-/// Closes the session end when the last half is dropped.
+/// One session end as its halves hold it. Which halves are still alive, and whether they
+/// were split apart, decides what a half's drop tells the engine: the last half closes the
+/// end (`CLOSE`); the sending half of a split session dropped before the receiving one
+/// half-closes it (`FIN`); an unsplit session's halves go together, so they never send a
+/// `FIN` first (the peer would see the end of its stream, send, and succeed, before it learns
+/// of the close).
 #[derive(Debug)]
 pub(crate) struct EndGuard {
     pub(crate) node: Arc<NodeHandle>,
     pub(crate) core: Arc<SessionCore>,
+    halves: Mutex<Halves>,
 }
 
-impl Drop for EndGuard {
+#[derive(Debug)]
+struct Halves {
+    tx: bool,
+    rx: bool,
+    split: bool,
+}
+
+/// What a half's drop must send.
+#[derive(Debug, PartialEq, Eq)]
+enum Leave {
+    /// The other half lives on and only this direction ends: `FIN` (from the sending half).
+    HalfClose,
+    /// The other half lives on: nothing yet.
+    Stay,
+    /// The last half: `CLOSE`.
+    Close,
+}
+
+impl EndGuard {
+    fn halves(&self) -> std::sync::MutexGuard<'_, Halves> {
+        self.halves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leave(&self, tx: bool) -> Leave {
+        self.halves().leave(tx)
+    }
+}
+
+impl Halves {
+    /// The sending (`tx`) or receiving half drops: what it must send.
+    fn leave(&mut self, tx: bool) -> Leave {
+        if tx {
+            self.tx = false;
+        } else {
+            self.rx = false;
+        }
+        match (self.tx || self.rx, tx && self.split) {
+            (false, _) => Leave::Close,
+            (true, true) => Leave::HalfClose,
+            (true, false) => Leave::Stay,
+        }
+    }
+}
+
+/// The sending half's hold on its end. Dropped: a `FIN` if the receiving half was split
+/// off and lives on (unless the sink finished or the session is over), a `CLOSE` if it
+/// was the last half.
+#[derive(Debug)]
+pub(crate) struct TxHandle {
+    pub(crate) guard: Arc<EndGuard>,
+    /// A `FIN` went out already (`poll_close`).
+    pub(crate) finished: bool,
+}
+
+impl Drop for TxHandle {
     fn drop(&mut self) {
-        self.node.shared.close_end(self.core.end);
+        let guard = &self.guard;
+        match guard.leave(true) {
+            Leave::Close => guard.node.shared.close_end(guard.core.end),
+            Leave::HalfClose if !self.finished && guard.core.send_error().is_none() => {
+                let fin = ipc_core::RawDescriptor::control(ipc_core::kind::FIN, guard.core.end, 0);
+                guard.node.shared.submit_now(fin);
+            }
+            Leave::HalfClose | Leave::Stay => {}
+        }
+    }
+}
+
+/// The receiving half's hold on its end. Dropped: a `CLOSE` if it was the last half.
+#[derive(Debug)]
+pub(crate) struct RxHandle {
+    pub(crate) guard: Arc<EndGuard>,
+}
+
+impl Drop for RxHandle {
+    fn drop(&mut self) {
+        if self.guard.leave(false) == Leave::Close {
+            self.guard.node.shared.close_end(self.guard.core.end);
+        }
     }
 }
 
 /// A session: both directions of a channel to one peer, carrying `T` encoded with `C`.
 pub struct Session<T = Bytes, C = Bincode> {
-    // The stream is declared (so dropped) first: the sink, dropped last, then sees that the
-    // whole end is closing and sends one CLOSE instead of a half-close followed by it.
     stream: SessionStream<T, C>,
     sink: SessionSink<T, C>,
 }
@@ -69,10 +151,21 @@ impl<T, C> fmt::Debug for Session<T, C> {
 
 impl<T: Payload<C>, C> Session<T, C> {
     pub(crate) fn new(node: Arc<NodeHandle>, core: Arc<SessionCore>) -> Self {
-        let guard = Arc::new(EndGuard { node, core });
+        let guard = Arc::new(EndGuard {
+            node,
+            core,
+            halves: Mutex::new(Halves {
+                tx: true,
+                rx: true,
+                split: false,
+            }),
+        });
         Self {
-            sink: SessionSink::new(guard.clone()),
-            stream: SessionStream::new(guard),
+            sink: SessionSink::new(TxHandle {
+                guard: guard.clone(),
+                finished: false,
+            }),
+            stream: SessionStream::new(RxHandle { guard }),
         }
     }
 
@@ -83,6 +176,7 @@ impl<T: Payload<C>, C> Session<T, C> {
 
     /// Splits into a sending and a receiving half; the session closes when both are dropped.
     pub fn split(self) -> (SessionSink<T, C>, SessionStream<T, C>) {
+        self.sink.tx.guard.halves().split = true;
         (self.sink, self.stream)
     }
 
@@ -167,5 +261,37 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
         <SessionSink<T, C> as futures::Sink<I>>::poll_close(Pin::new(&mut self.sink), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Halves, Leave};
+
+    fn halves(split: bool) -> Halves {
+        Halves {
+            tx: true,
+            rx: true,
+            split,
+        }
+    }
+
+    #[test]
+    fn an_unsplit_session_closes_once_whatever_drops_first() {
+        for tx_first in [true, false] {
+            let mut h = halves(false);
+            assert_eq!(h.leave(tx_first), Leave::Stay);
+            assert_eq!(h.leave(!tx_first), Leave::Close);
+        }
+    }
+
+    #[test]
+    fn a_split_sink_dropped_first_half_closes() {
+        let mut h = halves(true);
+        assert_eq!(h.leave(true), Leave::HalfClose);
+        assert_eq!(h.leave(false), Leave::Close);
+        let mut h = halves(true);
+        assert_eq!(h.leave(false), Leave::Stay);
+        assert_eq!(h.leave(true), Leave::Close);
     }
 }

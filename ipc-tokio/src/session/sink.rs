@@ -2,14 +2,16 @@
 //! `Sink<Loan>` and `Sink<Vec<u8>>`).
 //!
 //! Like tokio-util's `PollSender`, the sink holds at most one item: `poll_ready` first moves
-//! any pending item on, then reserves a credit; `start_send` stores the item. Moving it on
-//! means measuring and encoding it straight into a loan (waiting for room in the transmit
-//! arena if needed) and adding its descriptor to a small batch. The batch goes onto the
-//! submit ring as one push (one lock, one fence, at most one doorbell) when it is full (32
-//! payloads, or 64 KiB: batched loans hold transmit-arena memory the node's other sinks may
-//! need) or on `poll_flush`, as `FramedWrite` buffers until a flush: `send` flushes every
-//! message, while a producer that `feed`s many and flushes once pays the ring's costs once
-//! per batch. A sink never waits for a credit or for arena room with a batch unsent.
+//! any pending item on, then reserves one message of the session's window (a [`Permit`]);
+//! `start_send` stores the item with it. Moving it on means measuring it, taking its bytes of
+//! the window (waiting for the peer to release earlier messages if needed), encoding it
+//! straight into a loan (waiting for room in the transmit arena if needed) and adding its
+//! descriptor to a small batch; the permit is then consumed into the bytes in flight. The
+//! batch goes onto the submit ring as one push (one lock, one fence, at most one doorbell)
+//! when it is full (32 payloads, or 64 KiB: batched loans hold transmit-arena memory the
+//! node's other sinks may need) or on `poll_flush`, as `FramedWrite` buffers until a flush:
+//! `send` flushes every message, while a producer that `feed`s many and flushes once pays the
+//! ring's costs once per batch. A sink never waits for its window or for arena room with a batch unsent.
 //!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
@@ -19,15 +21,14 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use ipc_core::{AllocError, RawDescriptor, TxBuf, kind};
+use ipc_core::{AllocError, RawDescriptor, TxBuf, kind, window_charge};
 
 use crate::error::SessionError;
 use crate::message::Bincode;
-use crate::session::{EndGuard, Payload};
+use crate::session::{Payload, Permit, TxHandle};
 
 /// A payload being written in place in this node's transmit arena. Send it with the sink of
 /// a byte session (`Sink<Loan>`); dropping it unsent returns the memory.
@@ -66,7 +67,8 @@ const SUBMIT_BATCH: usize = 32;
 /// Payload bytes a sink gathers before it pushes them (at most a 64th of the arena).
 const BATCH_BYTES: u64 = 64 << 10;
 
-/// The one item a sink holds between `start_send` and its move into the batch.
+/// The one item a sink holds between `start_send` and its move into the batch (with the
+/// permit `poll_ready` reserved for it).
 enum Pending<T> {
     /// Not yet encoded (waiting for a loan).
     Item(T),
@@ -76,15 +78,15 @@ enum Pending<T> {
 
 /// The sending half of a session carrying `T` (encoded with `C`).
 pub struct SessionSink<T = Bytes, C = Bincode> {
-    guard: Arc<EndGuard>,
-    pending: Option<Pending<T>>,
+    pub(crate) tx: TxHandle,
+    pending: Option<(Pending<T>, Permit)>,
     /// Loans handed over (their descriptors), not yet on the submit ring. Always pushed, even
     /// once the session is over: the engine frees each (`TX_DONE`) instead of delivering it.
     batch: Vec<RawDescriptor>,
     /// Payload bytes in `batch`.
     batched_bytes: u64,
-    reserved: bool,
-    finished: bool,
+    /// The window share `poll_ready` reserved for the next `start_send`.
+    reserved: Option<Permit>,
     _codec: PhantomData<fn() -> C>,
 }
 
@@ -94,41 +96,40 @@ impl<T, C> Unpin for SessionSink<T, C> {}
 impl<T, C> fmt::Debug for SessionSink<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionSink")
-            .field("session", &self.guard.core.end)
+            .field("session", &self.tx.guard.core.end)
             .field("pending", &self.pending.is_some())
             .field("batched", &self.batch.len())
-            .field("reserved", &self.reserved)
-            .field("finished", &self.finished)
+            .field("reserved", &self.reserved.is_some())
+            .field("finished", &self.tx.finished)
             .finish()
     }
 }
 
 impl<T: Payload<C>, C> SessionSink<T, C> {
-    pub(crate) fn new(guard: Arc<EndGuard>) -> Self {
+    pub(crate) fn new(tx: TxHandle) -> Self {
         Self {
-            guard,
+            tx,
             pending: None,
             batch: Vec::with_capacity(SUBMIT_BATCH),
             batched_bytes: 0,
-            reserved: false,
-            finished: false,
+            reserved: None,
             _codec: PhantomData,
         }
     }
 
     /// The peer node's name.
     pub fn peer(&self) -> &str {
-        &self.guard.core.peer
+        &self.tx.guard.core.peer
     }
 
     /// The largest payload this session carries.
     pub fn max_payload(&self) -> u64 {
-        self.guard.node.shared.max_payload
+        self.tx.guard.node.shared.max_payload
     }
 
     /// Resolves when the session is over; see [`SessionStream::closed`](crate::SessionStream::closed).
     pub async fn closed(&self) -> SessionError {
-        poll_fn(|cx| self.guard.core.poll_ended(cx)).await
+        poll_fn(|cx| self.tx.guard.core.poll_ended(cx)).await
     }
 
     fn too_large(&self, len: u64) -> SessionError {
@@ -186,11 +187,16 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     fn poll_loan(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let loan = self.try_loan(len, cx);
         if loan.is_pending() {
-            // A loan fed and not yet moved on holds memory too (its credit is reserved).
-            if let Some(Pending::Loan(held)) =
-                self.pending.take_if(|p| matches!(p, Pending::Loan(_)))
+            // A loan fed and not yet moved on holds memory too: batch it if its window allows
+            // (if not, a CREDIT wakes this task to try again).
+            if let Some((Pending::Loan(held), mut permit)) =
+                self.pending.take_if(|(p, _)| matches!(p, Pending::Loan(_)))
             {
-                self.add_to_batch(held);
+                match permit.poll_bytes(self.charge(held.len()), cx) {
+                    Poll::Ready(Ok(())) => self.add_to_batch(held, permit),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => self.pending = Some((Pending::Loan(held), permit)),
+                }
             }
             if let Poll::Ready(Err(e)) = self.poll_submit_batch(cx) {
                 return Poll::Ready(Err(e));
@@ -205,7 +211,8 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             return Poll::Ready(Ok(()));
         }
         ready!(
-            self.guard
+            self.tx
+                .guard
                 .node
                 .shared
                 .poll_submit_batch(&mut self.batch, cx)
@@ -214,18 +221,24 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         Poll::Ready(Ok(()))
     }
 
-    fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
-        let shared = &self.guard.node.shared;
-        let too_large = || Poll::Ready(Err(self.too_large(len as u64)));
-        let Ok(len32) = u32::try_from(len) else {
-            return too_large();
-        };
-        if u64::from(len32) > self.max_payload() {
-            return too_large();
+    /// `len` as a payload length, or `TooLarge` if no session of this node can carry it.
+    fn check_len(&self, len: usize) -> Result<u32, SessionError> {
+        match u32::try_from(len) {
+            Ok(len32) if u64::from(len32) <= self.max_payload() => Ok(len32),
+            _ => Err(self.too_large(len as u64)),
         }
+    }
+
+    fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
+        let shared = &self.tx.guard.node.shared;
+        let too_large = || Poll::Ready(Err(self.too_large(len as u64)));
+        let len32 = match self.check_len(len) {
+            Ok(len32) => len32,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         let mut registered = false;
         loop {
-            if shared.state().dead {
+            if shared.is_dead() {
                 return Poll::Ready(Err(SessionError::Disconnected));
             }
             match shared.tx.alloc(len32) {
@@ -244,48 +257,68 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     /// Moves the pending item through encoding and loan into the batch; pushes the batch onto
     /// the submit ring when it is full, or when `flush` asks.
     fn poll_push(&mut self, cx: &mut Context<'_>, flush: bool) -> Poll<Result<(), SessionError>> {
-        while let Some(pending) = self.pending.take() {
-            match pending {
+        // An error leaves with the item: its permit drops, giving its window share back (the
+        // session goes on).
+        while let Some((pending, mut permit)) = self.pending.take() {
+            let (charge, len) = match &pending {
                 Pending::Item(item) => {
-                    if let Some(error) = self.guard.core.send_error() {
+                    if let Some(error) = self.tx.guard.core.send_error() {
                         return Poll::Ready(Err(error));
                     }
-                    let encoded = item
+                    // A payload that can never fit fails at once, before it waits for anything.
+                    let len = match item
                         .encoded_len()
                         .map_err(|e| self.session_limit(e))
-                        .and_then(|len| match self.poll_loan(len, cx) {
-                            Poll::Ready(Ok(mut loan)) => {
-                                let written = item.encode_into(&mut loan)?;
-                                loan.truncate(written);
-                                Ok(Some(loan))
-                            }
-                            Poll::Ready(Err(e)) => Err(e),
-                            Poll::Pending => Ok(None),
-                        });
-                    match encoded {
-                        Ok(Some(loan)) => self.pending = Some(Pending::Loan(loan)),
-                        Ok(None) => {
-                            self.pending = Some(Pending::Item(item));
-                            return Poll::Pending;
-                        }
-                        Err(e) => {
-                            // Not sent: the credit goes back, the session goes on.
-                            self.guard.core.refund_credit();
-                            return Poll::Ready(Err(e));
-                        }
-                    }
+                        .and_then(|len| self.check_len(len))
+                    {
+                        Ok(len) => len,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    (window_charge(len, self.min_block()), len as usize)
                 }
-                Pending::Loan(loan) => self.add_to_batch(loan),
+                Pending::Loan(loan) => (self.charge(loan.len()), loan.len()),
+            };
+            // Its share of the window first: a session that waits for its peer holds no
+            // transmit-arena memory for an item not yet encoded.
+            match permit.poll_bytes(charge, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.pending = Some((pending, permit));
+                    // The peer returns the window as it reads: what is batched must reach it
+                    // before this waits.
+                    if let Poll::Ready(Err(e)) = self.poll_submit_batch(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Pending;
+                }
+            }
+            match pending {
+                Pending::Item(item) => match self.poll_loan(len, cx) {
+                    Poll::Ready(Ok(mut loan)) => match item.encode_into(&mut loan) {
+                        Ok(written) => {
+                            loan.truncate(written);
+                            self.pending = Some((Pending::Loan(loan), permit));
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.pending = Some((Pending::Item(item), permit));
+                        return Poll::Pending;
+                    }
+                },
+                Pending::Loan(loan) => self.add_to_batch(loan, permit),
             }
         }
-        let cap = BATCH_BYTES.min(self.guard.node.shared.tx.capacity() / 64);
+        let cap = BATCH_BYTES.min(self.tx.guard.node.shared.tx.capacity() / 64);
         if !self.batch.is_empty()
             && (flush || self.batch.len() >= SUBMIT_BATCH || self.batched_bytes >= cap)
         {
             ready!(self.poll_submit_batch(cx))?;
             // Pushed either way (the engine frees what it cannot deliver), but their sender
             // learns that a session already over did not deliver them.
-            if let Some(error) = self.guard.core.send_error() {
+            if let Some(error) = self.tx.guard.core.send_error() {
                 return Poll::Ready(Err(error));
             }
         }
@@ -294,17 +327,14 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
 
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         ready!(self.poll_push(cx, false))?;
-        if self.finished {
+        if self.tx.finished {
             return Poll::Ready(Err(SessionError::Closed));
         }
-        if !self.reserved {
-            match self.guard.core.poll_credit(cx) {
-                Poll::Ready(taken) => {
-                    taken?;
-                    self.reserved = true;
-                }
+        if self.reserved.is_none() {
+            match self.tx.guard.core.poll_permit(cx) {
+                Poll::Ready(permit) => self.reserved = Some(permit?),
                 Poll::Pending => {
-                    // The peer returns credits as it reads: what is batched must reach it
+                    // The peer returns the window as it reads: what is batched must reach it
                     // before this waits.
                     if let Poll::Ready(Err(e)) = self.poll_push(cx, true) {
                         return Poll::Ready(Err(e));
@@ -317,25 +347,20 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     }
 
     fn start_send_inner(&mut self, item: Pending<T>) -> Result<(), SessionError> {
-        if !self.reserved {
-            return Err(SessionError::NotReady);
-        }
-        self.reserved = false;
-        self.pending = Some(item);
+        let permit = self.reserved.take().ok_or(SessionError::NotReady)?;
+        self.pending = Some((item, permit));
         Ok(())
     }
 
     fn poll_close_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         ready!(self.poll_push(cx, true))?;
-        if !self.finished {
-            if self.reserved {
-                self.guard.core.refund_credit();
-                self.reserved = false;
-            }
-            let fin = RawDescriptor::control(kind::FIN, self.guard.core.end, 0);
-            match self.guard.node.shared.poll_submit(fin, cx) {
+        if !self.tx.finished {
+            // No more sends: a reserved share of the window goes back.
+            self.reserved = None;
+            let fin = RawDescriptor::control(kind::FIN, self.tx.guard.core.end, 0);
+            match self.tx.guard.node.shared.poll_submit(fin, cx) {
                 // An error means the session is over already: closing it is done.
-                Poll::Ready(_) => self.finished = true,
+                Poll::Ready(_) => self.tx.finished = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -407,12 +432,22 @@ impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
 }
 
 impl<T, C> SessionSink<T, C> {
-    /// Hands `loan` over: its descriptor joins the batch.
-    fn add_to_batch(&mut self, loan: Loan) {
+    fn min_block(&self) -> u64 {
+        self.tx.guard.node.shared.block.layout().tx.min_block
+    }
+
+    /// The window share of a payload of `len` bytes (loans are never longer than a `u32`).
+    fn charge(&self, len: usize) -> u64 {
+        window_charge(u32::try_from(len).unwrap_or(u32::MAX), self.min_block())
+    }
+
+    /// Hands `loan` over: its descriptor joins the batch, and its permit the bytes in flight.
+    fn add_to_batch(&mut self, loan: Loan, permit: Permit) {
         let sent = loan.buf.submit();
+        permit.consume(window_charge(sent.len, self.min_block()));
         self.batched_bytes += u64::from(sent.len);
         self.batch.push(RawDescriptor::data(
-            self.guard.core.end,
+            self.tx.guard.core.end,
             sent.offset,
             sent.len,
         ));
@@ -422,16 +457,25 @@ impl<T, C> SessionSink<T, C> {
 impl<T, C> Drop for SessionSink<T, C> {
     /// Dropping the sending half half-closes, like Tokio's `OwnedWriteHalf`: payloads already
     /// in loans are pushed (without waiting) and the peer's stream ends after them. An item not
-    /// yet encoded is dropped with a warning (call `flush` or `close` to be sure).
+    /// yet encoded, or a loan fed whose share of the window has not come back yet, is dropped
+    /// with a warning (call `flush` or `close` to be sure).
     fn drop(&mut self) {
-        if self.reserved {
-            self.guard.core.refund_credit();
-        }
-        let end = self.guard.core.end;
-        let over = self.finished || self.guard.core.send_error().is_some();
+        let end = self.tx.guard.core.end;
+        let over = self.tx.finished || self.tx.guard.core.send_error().is_some();
+        // A permit dropped unused gives its window share back.
         match self.pending.take() {
-            Some(Pending::Loan(loan)) if !over => self.add_to_batch(loan),
-            Some(Pending::Item(_)) if !over => {
+            // A loan fed goes if its window allows it now (a Drop cannot wait).
+            Some((Pending::Loan(loan), mut permit)) if !over => {
+                if matches!(permit.try_bytes(self.charge(loan.len())), Ok(true)) {
+                    self.add_to_batch(loan, permit);
+                } else {
+                    tracing::warn!(
+                        session = end,
+                        "sink dropped with a payload its window had no room for; it is not sent"
+                    );
+                }
+            }
+            Some((Pending::Item(_), _)) if !over => {
                 tracing::warn!(
                     session = end,
                     "sink dropped with an unflushed payload; it is not sent"
@@ -441,17 +485,10 @@ impl<T, C> Drop for SessionSink<T, C> {
             _ => {}
         }
         // Loans handed over go to the engine whatever happened, to be delivered or freed.
-        let shared = &self.guard.node.shared;
+        let shared = &self.tx.guard.node.shared;
         for entry in self.batch.drain(..) {
             shared.submit_now(entry);
         }
-        // The last handle of the end: the end's CLOSE follows at once, and the peer sees the
-        // end of its stream and the session closed together (a FIN first would let it see
-        // the end of its stream, send, and succeed, before it learns of the close).
-        let last = Arc::strong_count(&self.guard) == 1;
-        if over || last {
-            return;
-        }
-        shared.submit_now(RawDescriptor::control(kind::FIN, end, 0));
+        // Then `self.tx` drops: a FIN or the end's CLOSE follows the batch (see `TxHandle`).
     }
 }

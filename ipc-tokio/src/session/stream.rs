@@ -12,7 +12,7 @@ use ipc_core::RxView;
 use crate::error::SessionError;
 use crate::message::Bincode;
 use crate::node::NodeShared;
-use crate::session::{EndGuard, Payload};
+use crate::session::{Payload, RxHandle};
 
 /// Keeps a received payload's sub-block until the last `Bytes` clone drops, then releases it.
 struct Lease {
@@ -37,45 +37,45 @@ impl Drop for Lease {
 /// For byte sessions each item is a zero-copy `Bytes` into this node's receive arena; typed
 /// items are decoded straight from it, and the sub-block is released right after.
 pub struct SessionStream<T = Bytes, C = Bincode> {
-    guard: Arc<EndGuard>,
+    rx: RxHandle,
     _types: PhantomData<fn() -> (T, C)>,
 }
 
 impl<T, C> fmt::Debug for SessionStream<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionStream")
-            .field("session", &self.guard.core.end)
+            .field("session", &self.rx.guard.core.end)
             .finish()
     }
 }
 
 impl<T: Payload<C>, C> SessionStream<T, C> {
-    pub(crate) fn new(guard: Arc<EndGuard>) -> Self {
+    pub(crate) fn new(rx: RxHandle) -> Self {
         Self {
-            guard,
+            rx,
             _types: PhantomData,
         }
     }
 
     /// The peer node's name.
     pub fn peer(&self) -> &str {
-        &self.guard.core.peer
+        &self.rx.guard.core.peer
     }
 
     /// Resolves when the session is over: [`SessionError::Closed`] when the peer closed it,
     /// [`SessionError::Disconnected`] when the peer's process or the engine went away. Unlike
     /// the stream, which ends at the peer's half-close, this waits for the whole session.
     pub async fn closed(&self) -> SessionError {
-        std::future::poll_fn(|cx| self.guard.core.poll_ended(cx)).await
+        std::future::poll_fn(|cx| self.rx.guard.core.poll_ended(cx)).await
     }
 
     fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, SessionError>>> {
-        self.guard.core.poll_recv(cx).map(|item| {
+        self.rx.guard.core.poll_recv(cx).map(|item| {
             item.map(|result| {
                 result.map(|view| {
                     Bytes::from_owner(Lease {
                         view,
-                        node: self.guard.node.shared.clone(),
+                        node: self.rx.guard.node.shared.clone(),
                     })
                 })
             })
