@@ -314,7 +314,7 @@ async fn thousands_of_concurrent_opens_all_complete() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("open");
-    let (_listener, mut accepted) = within("every session accepted", accepting)
+    let (listener, mut accepted) = within("every session accepted", accepting)
         .await
         .expect("accept task");
     assert_eq!(sessions.len(), OPENS);
@@ -332,7 +332,7 @@ async fn thousands_of_concurrent_opens_all_complete() {
     within("another open", support::open(&client, "many"))
         .await
         .expect("open after the storm");
-    drop((last, served, accepted, client, server));
+    drop((last, served, accepted, listener, client, server));
     support::all_gone(engine).await;
 }
 
