@@ -14,9 +14,6 @@ pub mod service;
 pub mod session;
 mod spin;
 
-#[doc(hidden)]
-pub mod __fuzz;
-
 pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
 pub use node::{Listener, Node, NodeOptions};

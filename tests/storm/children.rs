@@ -9,8 +9,7 @@ use futures::{SinkExt, StreamExt};
 use shmlink::{Node, Session, SessionSink};
 
 use crate::payload::{self, HEADER};
-use crate::rng::Rng;
-use crate::support::{self, ChildSpec, Commands, say};
+use crate::support::{self, ChildSpec, Commands, Rng, say};
 
 /// The service the storm's hub serves; every crasher opens it.
 pub(crate) const HUB_SERVICE: &str = "storm-hub";
@@ -238,7 +237,9 @@ async fn crasher(args: &[String]) -> Result<(), String> {
     let burst: u64 = num(args, 5)?;
     let name = format!("crasher-{cycle}");
     if point == "welcomed" {
-        let half = crate::raw::hello_and_welcome(socket, &name).await?;
+        let half = support::hello_and_welcome(socket, &name)
+            .await
+            .map_err(ctx("hello and welcome"))?;
         say("AT welcomed");
         return forever(half).await;
     }

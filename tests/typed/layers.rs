@@ -137,7 +137,7 @@ async fn concurrency_limit_bounds_calls_in_flight() {
         .map(|id| tokio::spawn(limited.clone().oneshot(Op::Gate { id, gate: 0 })))
         .collect();
     // Three handlers run (the server would take 64)...
-    world.child.expect("entered 0 3").await;
+    world.child.expect_line("entered 0 3").await;
     // ...and the limit holds the rest back: no fourth slot while those three are blocked.
     let mut probe = limited.clone();
     assert!(
@@ -174,7 +174,7 @@ async fn load_shed_refuses_at_once_when_the_limit_is_reached() {
         .concurrency_limit(1)
         .service(client.clone());
     let first = tokio::spawn(shed.clone().oneshot(Op::Gate { id: 1, gate: 1 }));
-    world.child.expect("entered 1 1").await;
+    world.child.expect_line("entered 1 1").await;
     let error = within("a shed call", shed.clone().oneshot(echo(2)))
         .await
         .expect_err("the only slot is taken");
