@@ -279,6 +279,23 @@ pub fn ok_field(ok: &str, key: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{key} in {ok:?}: {e}"))
 }
 
+/// Turns an error into a diagnostic with context: `.map_err(ctx("what"))`.
+pub fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Connects a node named `name` to the engine at `socket` (a child's first step); the error
+/// names both.
+///
+/// # Errors
+///
+/// The connect's error, as text.
+pub async fn connect(socket: &str, name: &str) -> Result<ipc_tokio::Node, String> {
+    ipc_tokio::Node::connect(socket, name)
+        .await
+        .map_err(ctx(format!("connect {name:?} to {socket}")))
+}
+
 /// What a child was asked to do.
 #[derive(Debug)]
 pub struct ChildSpec {
@@ -398,6 +415,20 @@ pub const REPORT: &str = "testkit-report: ";
 /// Prints a report line, forwarded by [`isolate`] to the caller's output.
 pub fn report(line: impl std::fmt::Display) {
     println!("{REPORT}{line}");
+}
+
+/// [`isolate`], then, in the copy, `body` on a two-thread runtime: the whole of a test that
+/// counts this process's resources.
+pub fn run_isolated<F: Future>(name: &str, body: impl FnOnce() -> F) {
+    if !isolate(name) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body());
 }
 
 /// Runs the test `name` alone in a fresh copy of this binary (so process-wide counts such as

@@ -1,14 +1,13 @@
 //! The roles child processes play. Each returns `Err(diagnostic)` on any surprise; the
 //! runner prints it on stderr and exits non-zero.
 
-use std::fmt::Display;
-
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Engine, Node, OpenError, Session, SessionError};
+use shmlink::{Engine, OpenError, Session, SessionError};
 
 use crate::support::{
-    self, ChildSpec, Commands, check_pattern, expect_seq, pattern, say, seq_len, seq_message,
+    self, ChildSpec, Commands, check_pattern, connect, ctx, expect_seq, pattern, say, seq_len,
+    seq_message,
 };
 
 /// Seed of the payload-size test's contents.
@@ -42,17 +41,6 @@ pub(crate) fn run(spec: ChildSpec) {
             other => Err(format!("unknown role {other:?}")),
         }
     });
-}
-
-/// Turns an error into a diagnostic with context.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
-async fn connect(socket: &str, name: &str) -> Result<Node, String> {
-    Node::connect(socket, name)
-        .await
-        .map_err(ctx(format!("connect {name:?} to {socket}")))
 }
 
 /// Every payload size the size test sends for a node whose largest payload is `max`: 0, 1,

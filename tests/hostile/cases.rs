@@ -22,18 +22,10 @@ where
     F: FnOnce(World) -> Fut,
     Fut: std::future::Future<Output = World>,
 {
-    if !support::isolate(&format!("cases::{test}")) {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let world = World::new(test).await;
-            body(world).await.finish().await;
-        });
+    support::run_isolated(&format!("cases::{test}"), || async {
+        let world = World::new(test).await;
+        body(world).await.finish().await;
+    });
 }
 
 /// Ring indices a node publishes (or overwrites) that no correct peer could: past the

@@ -24,7 +24,7 @@ use ipc_core::layout::RingRegion;
 use ipc_core::ring::RingHeader;
 use ipc_core::{Block, Delivery, Doorbell, Layout, Producer, RawDescriptor, ShmRing};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use testkit::rendezvous;
+use testkit::{ctx, rendezvous};
 
 /// Offsets of the four words of a ring header (crate-private fields of `RingHeader`, pinned
 /// by the const asserts beside it).
@@ -47,10 +47,6 @@ pub(crate) struct Welcomed {
     pub(crate) block: Arc<Block>,
     pub(crate) engine_bell: Doorbell,
     pub(crate) node_bell: Doorbell,
-}
-
-fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
 }
 
 /// Connects a raw stream to the engine.

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Node, Session, SessionSink};
+use shmlink::{Session, SessionSink};
 
 use crate::payload::{self, HEADER};
-use crate::support::{self, ChildSpec, Commands, Rng, say};
+use crate::support::{self, ChildSpec, Commands, Rng, connect, ctx, say};
 
 /// The service the storm's hub serves; every crasher opens it.
 pub(crate) const HUB_SERVICE: &str = "storm-hub";
@@ -57,11 +57,6 @@ pub(crate) fn run(spec: ChildSpec) {
     });
 }
 
-/// Turns an error into a diagnostic with context.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
 fn num<T: std::str::FromStr>(args: &[String], k: usize) -> Result<T, String>
 where
     T::Err: Display,
@@ -70,12 +65,6 @@ where
         .ok_or_else(|| format!("missing argument {k}"))?
         .parse()
         .map_err(ctx(format!("argument {k}")))
-}
-
-async fn connect(socket: &str, name: &str) -> Result<Node, String> {
-    Node::connect(socket, name)
-        .await
-        .map_err(ctx(format!("connect {name:?} to {socket}")))
 }
 
 /// Sends message (`stream`, `seq`) of `len` bytes, through a loan written in place or as

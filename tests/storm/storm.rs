@@ -253,15 +253,7 @@ async fn cycle(hub: &Hub, socket: &str, plan: &Plan) -> Result<(), String> {
 #[test]
 fn crash_storm_leaves_nothing_behind() {
     // Counts of this process's descriptors must not see other tests' (cargo test threads).
-    if !support::isolate("storm::crash_storm_leaves_nothing_behind") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(storm_body());
+    support::run_isolated("storm::crash_storm_leaves_nothing_behind", storm_body);
 }
 
 async fn storm_body() {
