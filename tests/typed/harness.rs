@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use shmlink::{BlockConfig, Engine};
+use shmlink::{BlockConfig, Client, Engine};
+
+use crate::messages::{Op, OpReply};
 
 pub(crate) use testkit::{ChildProc, TestDir, stats_until, within};
 
@@ -81,4 +83,13 @@ impl World {
         self.child.exit().await;
         within("engine shutdown", self.engine.shutdown()).await;
     }
+}
+
+/// A node of this process and a client of the child's `ops` service.
+pub(crate) async fn ops_client(world: &World) -> (shmlink::Node, Client<Op, OpReply>) {
+    let node = world.node("parent").await;
+    let client = within("client", node.client::<Op, OpReply>("ops"))
+        .await
+        .expect("client");
+    (node, client)
 }

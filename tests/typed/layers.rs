@@ -6,31 +6,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::join_all;
-use shmlink::{CallError, Client};
+use shmlink::CallError;
 use tower::retry::Policy;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-use crate::harness::{World, within};
+use crate::harness::{World, ops_client, within};
 use crate::messages::*;
-
-async fn ops_client(world: &World) -> (shmlink::Node, Client<Op, OpReply>) {
-    let node = world.node("parent").await;
-    let client = within("client", node.client::<Op, OpReply>("ops"))
-        .await
-        .expect("client");
-    (node, client)
-}
-
-fn echo(id: u64) -> Op {
-    Op::Echo {
-        id,
-        text: echo_text(id),
-    }
-}
-
-fn echo_reply(id: u64) -> OpReply {
-    echoed(id, &echo_text(id))
-}
 
 /// Retries a call the handler failed (`CallError::Remote`), at most this many more times.
 #[derive(Clone, Debug)]

@@ -343,3 +343,16 @@ pub(crate) fn frame(seq: u64) -> Frame {
         pixels: bytes::Bytes::from(vec![(seq % 251) as u8; len]),
     }
 }
+
+/// An `Echo` request whose text derives from `id`.
+pub(crate) fn echo(id: u64) -> Op {
+    Op::Echo {
+        id,
+        text: echo_text(id),
+    }
+}
+
+/// The reply to [`echo`]`(id)`.
+pub(crate) fn echo_reply(id: u64) -> OpReply {
+    echoed(id, &echo_text(id))
+}
