@@ -417,6 +417,12 @@ pub fn report(line: impl std::fmt::Display) {
     println!("{REPORT}{line}");
 }
 
+impl Default for Commands {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// [`isolate`], then, in the copy, `body` on a two-thread runtime: the whole of a test that
 /// counts this process's resources.
 pub fn run_isolated<F: Future>(name: &str, body: impl FnOnce() -> F) {

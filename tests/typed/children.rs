@@ -143,7 +143,7 @@ impl OpsState {
         let mut entered = self.entered.lock().unwrap();
         let n = entered.entry(key.to_owned()).or_default();
         *n += 1;
-        say(&format!("entered {key} {n}"));
+        say(format!("entered {key} {n}"));
     }
 }
 
@@ -376,7 +376,7 @@ async fn half(node: Node, commands: Commands) {
         .await
         .unwrap_or_else(|| fatal("no request"))
         .unwrap_or_else(|e| fatal(format!("request: {e}")));
-    say(&format!("request {}", request.id()));
+    say(format!("request {}", request.id()));
     // No reply: only the sending direction ends; the session stays open.
     must("half-close", session.close().await);
     say("half-closed");
