@@ -394,6 +394,19 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn for FramedCon
     }
 }
 
+/// Measures over a socket the server connected to (length-delimited frames), then closes it
+/// and waits for the server to exit.
+pub(crate) async fn measure_framed<T>(spec: &Spec, stream: T, server: ChildGuard) -> Res<Measured>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut conn = FramedConn::new(stream);
+    let m = drive_conn(spec, &mut conn, server.pid()).await?;
+    drop(conn);
+    finish(server).await?;
+    Ok(m)
+}
+
 /// Round trips of `spec.size` bytes over `conn`, CPU time from `cpu`.
 pub(crate) async fn conn_rtt<C: Conn>(spec: &Spec, conn: &mut C, cpu: &CpuProbe) -> Res<Measured> {
     let n = spec.size;

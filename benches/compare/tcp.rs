@@ -12,11 +12,7 @@ pub(crate) async fn measure(spec: &Spec) -> Res<Measured> {
     let server = spawn_role("serve", &server_spec(spec, port.to_string()), false)?;
     let (stream, _) = listener.accept().await?;
     stream.set_nodelay(true)?;
-    let mut conn = FramedConn::new(stream);
-    let m = drive_conn(spec, &mut conn, server.pid()).await?;
-    drop(conn);
-    finish(server).await?;
-    Ok(m)
+    measure_framed(spec, stream, server).await
 }
 
 /// The server: connects to the client's port and serves the pattern.

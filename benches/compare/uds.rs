@@ -13,11 +13,7 @@ pub(crate) async fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
     let listener = UnixListener::bind(&path)?;
     let server = spawn_role("serve", &server_spec(spec, path_str(&path)?), false)?;
     let (stream, _) = listener.accept().await?;
-    let mut conn = FramedConn::new(stream);
-    let m = drive_conn(spec, &mut conn, server.pid()).await?;
-    drop(conn);
-    finish(server).await?;
-    Ok(m)
+    measure_framed(spec, stream, server).await
 }
 
 /// The server: connects to the client's socket and serves the pattern.
