@@ -32,6 +32,6 @@ pub use procfs::{block_mappings, open_fds};
 pub use rendezvous::{Welcomed, hello_and_welcome, recv_with_fds};
 pub use rng::{Rng, seed_from_env};
 pub use setup::{
-    Pair, STEP, TestDir, all_gone, engine, engine_builder, listen, open, pair, ready_now,
-    small_block, stats_until, within,
+    Pair, STEP, TestDir, all_gone, echo_exchange, engine, engine_builder, listen, open, pair,
+    ready_now, small_block, stats_until, within,
 };

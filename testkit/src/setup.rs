@@ -4,8 +4,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use ipc_core::BlockConfig;
-use ipc_tokio::{Engine, EngineBuilder, EngineStats, Listener, Node, OpenError, Session};
+use ipc_tokio::{
+    Engine, EngineBuilder, EngineStats, Listener, Node, OpenError, Session, SessionSink,
+};
 
 /// Generous bound on any single step: catches hangs, never expected to fire.
 pub const STEP: Duration = Duration::from_secs(60);
@@ -144,4 +148,52 @@ pub async fn stats_until(
         Ok(stats) => stats,
         Err(_) => panic!("hang: {what}; engine counts now {:?}", engine.stats()),
     }
+}
+
+/// Sends `m` messages on `session` (`send(tx, seq)` queues message `seq`) while checking each
+/// echo the peer sends back (`check(echo, seq)`); then half-closes and expects the peer's end
+/// right after the last echo. Returns `m`.
+///
+/// # Errors
+///
+/// The first failed send or check, an echo missing, or anything after the last one.
+pub async fn echo_exchange<S, C>(
+    session: Session,
+    m: u64,
+    mut send: S,
+    mut check: C,
+) -> Result<u64, String>
+where
+    S: AsyncFnMut(&mut SessionSink, u64) -> Result<(), String>,
+    C: FnMut(&[u8], u64) -> Result<(), String>,
+{
+    let (mut tx, mut rx) = session.split();
+    let sending = async {
+        for seq in 0..m {
+            send(&mut tx, seq).await?;
+        }
+        SinkExt::<Bytes>::close(&mut tx)
+            .await
+            .map_err(|e| format!("close: {e}"))
+    };
+    let receiving = async {
+        for seq in 0..m {
+            let echo = rx
+                .next()
+                .await
+                .ok_or_else(|| format!("stream ended before echo {seq}"))?
+                .map_err(|e| format!("echo {seq}: {e}"))?;
+            check(&echo, seq)?;
+        }
+        match rx.next().await {
+            None => Ok(m),
+            Some(other) => Err(format!(
+                "expected the end, got {:?}",
+                other.map(|b| b.len())
+            )),
+        }
+    };
+    let (sent, received) = tokio::join!(sending, receiving);
+    sent?;
+    received
 }

@@ -372,32 +372,16 @@ async fn load(args: &[String], mut cmds: Commands) -> Result<(), String> {
 /// Sends `m` load messages (odd ones through loans) while checking their echoes; half-closes
 /// and expects the peer's end after the last echo.
 async fn send_and_check_echoes(session: Session, stream: u32, m: u64) -> Result<u64, String> {
-    let (mut tx, mut rx) = session.split();
-    let send = async {
-        for seq in 0..m {
-            send_message(&mut tx, stream, seq, load_len(stream, seq), seq % 2 == 1).await?;
-        }
-        SinkExt::<Bytes>::close(&mut tx).await.map_err(ctx("close"))
-    };
-    let recv = async {
-        for seq in 0..m {
-            let echo = rx
-                .next()
-                .await
-                .ok_or_else(|| format!("stream ended before echo {seq}"))?
-                .map_err(ctx(format!("echo {seq}")))?;
-            payload::check(&echo, stream, seq, Some(load_len(stream, seq)))
-                .map_err(|e| format!("echo: {e}"))?;
-        }
-        match rx.next().await {
-            None => Ok(m),
-            Some(other) => Err(format!(
-                "expected the end, got {:?}",
-                other.map(|b| b.len())
-            )),
-        }
-    };
-    let (sent, received) = tokio::join!(send, recv);
-    sent?;
-    received
+    support::echo_exchange(
+        session,
+        m,
+        async |tx: &mut SessionSink, seq| {
+            send_message(tx, stream, seq, load_len(stream, seq), seq % 2 == 1).await
+        },
+        |echo, seq| {
+            payload::check(echo, stream, seq, Some(load_len(stream, seq)))
+                .map_err(|e| format!("echo: {e}"))
+        },
+    )
+    .await
 }
