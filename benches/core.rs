@@ -10,7 +10,7 @@
 //!
 //! Every group reports throughput in elements, so criterion prints time per operation for
 //! batched runs too. Single-threaded: these measure the code path, not cross-core traffic;
-//! the side-by-side comparison lives in `compare.rs`.
+//! the side-by-side comparison lives in `compare/`.
 //!
 //! `cargo bench -p shmlink-benches --bench core -- --quick` for a short run.
 

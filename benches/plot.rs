@@ -8,19 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-/// The fields of a `compare --json` record this chart needs.
-#[derive(Deserialize)]
-struct Record {
-    transport: String,
-    pattern: String,
-    placement: String,
-    size: Option<u64>,
-    p50_ns: Option<f64>,
-}
+use shmlink_benches::{Pattern, Placement, Record, resolve};
 
 const TRANSPORTS: [(&str, &str); 7] = [
     ("shmlink", "#d62728"),
@@ -38,17 +27,6 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 180.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
-
-fn resolve(path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        .join(p)
-}
 
 fn size_label(bytes: f64) -> String {
     let b = bytes.round() as u64;
@@ -212,13 +190,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let records: Vec<Record> = serde_json::from_str(&std::fs::read_to_string(&input)?)?;
     let mut lines: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for r in &records {
-        if r.pattern != "rtt" || r.placement != "split" {
+        if r.pattern != Pattern::Rtt || r.placement != Placement::Split {
             continue;
         }
         if let (Some(size), Some(p50)) = (r.size, r.p50_ns)
             && size > 0
             && p50 > 0.0
-            && let Some((name, _)) = TRANSPORTS.iter().find(|(n, _)| *n == r.transport)
+            && let Some((name, _)) = TRANSPORTS.iter().find(|(n, _)| *n == r.transport.name())
         {
             lines.entry(name).or_default().push((size as f64, p50));
         }

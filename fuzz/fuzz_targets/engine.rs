@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ipc_tokio::__fuzz::engine(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::hostile::engine(data));

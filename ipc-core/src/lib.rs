@@ -77,7 +77,7 @@ pub mod ring;
 mod sync;
 
 #[doc(hidden)]
-#[cfg(not(loom))]
+#[cfg(all(feature = "fuzzing", not(loom)))]
 pub mod __fuzz;
 
 pub use arena::{Allocation, ArenaStats, BuddyAllocator};

@@ -14,9 +14,6 @@ pub mod service;
 pub mod session;
 mod spin;
 
-#[doc(hidden)]
-pub mod __fuzz;
-
 pub use engine::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
     EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,

@@ -1,8 +1,6 @@
 //! The roles child processes play. Each returns `Err(diagnostic)` on any surprise; the
 //! runner prints it on stderr and exits non-zero.
 
-use std::fmt::Display;
-
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rustix::fs::{FallocateFlags, Mode, OFlags, SealFlags};
@@ -11,7 +9,7 @@ use shmlink::{ConnectError, Engine, Node, Policy};
 
 use crate::echo::ECHO_SERVICE;
 use crate::procfs;
-use crate::support::{self, ChildSpec, Commands, say};
+use crate::support::{self, ChildSpec, Commands, connect, ctx, say};
 
 pub(crate) fn run(spec: ChildSpec) {
     support::run_child(spec, |spec, cmds| async move {
@@ -25,17 +23,6 @@ pub(crate) fn run(spec: ChildSpec) {
             other => Err(format!("unknown role {other:?}")),
         }
     });
-}
-
-/// Turns an error into a diagnostic with context.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
-async fn connect(socket: &str, name: &str) -> Result<Node, String> {
-    Node::connect(socket, name)
-        .await
-        .map_err(ctx(format!("connect {name:?} to {socket}")))
 }
 
 /// Sends one message to the echo and checks it comes back.

@@ -15,11 +15,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use support::procfs;
+
 mod children;
 mod echo;
 mod foreign;
 mod names;
-mod procfs;
 mod seals;
 mod squat;
 

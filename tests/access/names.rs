@@ -55,15 +55,10 @@ async fn the_socket_and_the_directory_the_engine_creates_are_private() {
 #[test]
 fn blocks_have_no_name_and_exactly_two_holders() {
     // Counts this process's descriptors: run alone.
-    if !support::isolate("names::blocks_have_no_name_and_exactly_two_holders") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(no_name_body());
+    support::run_isolated(
+        "names::blocks_have_no_name_and_exactly_two_holders",
+        no_name_body,
+    );
 }
 
 async fn no_name_body() {

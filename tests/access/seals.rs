@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use ipc_core::control::{self, EngineFrame, NodeFrame};
+use ipc_core::control::NodeFrame;
 use rustix::fs::SealFlags;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -34,32 +34,10 @@ async fn a_node_cannot_resize_or_reseal_its_block() {
 /// A rendezvous by hand: hello, then the welcome frame and its descriptors (block, engine
 /// doorbell, node doorbell). Returns the connection, the node id and the descriptors.
 async fn hand_made_rendezvous(socket: &Path, name: &str) -> (UnixStream, u32, Vec<OwnedFd>) {
-    let mut stream = within("connect", UnixStream::connect(socket))
+    let welcomed = within("welcome", support::hello_and_welcome(socket, name))
         .await
-        .expect("connect");
-    let hello = NodeFrame::Hello { name: name.into() }.encode();
-    stream.write_all(&hello).await.expect("hello");
-    let mut bytes = Vec::new();
-    let mut fds = Vec::new();
-    let mut chunk = vec![0u8; 4096];
-    let welcome = loop {
-        if let Some((frame, _)) = control::decode_engine_frame(&bytes).expect("decode") {
-            break frame;
-        }
-        let n = within(
-            "welcome",
-            ipc_tokio::__fuzz::recv_with_fds(&stream, &mut chunk, &mut fds),
-        )
-        .await
-        .expect("recvmsg");
-        assert!(n > 0, "the engine closed the connection during rendezvous");
-        bytes.extend_from_slice(&chunk[..n]);
-    };
-    let EngineFrame::Welcome { node, .. } = welcome else {
-        panic!("expected Welcome, got {welcome:?}");
-    };
-    assert_eq!(fds.len(), 3, "block and two doorbells");
-    (stream, node, fds)
+        .expect("hello and welcome");
+    (welcomed.stream, welcomed.node, welcomed.fds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

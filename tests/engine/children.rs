@@ -1,14 +1,13 @@
 //! The roles child processes play. Each returns `Err(diagnostic)` on any surprise; the
 //! runner prints it on stderr and exits non-zero.
 
-use std::fmt::Display;
-
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Engine, Node, OpenError, Session, SessionError};
+use shmlink::{Engine, OpenError, Session, SessionError, SessionSink};
 
 use crate::support::{
-    self, ChildSpec, Commands, check_pattern, expect_seq, pattern, say, seq_len, seq_message,
+    self, ChildSpec, Commands, check_pattern, connect, ctx, expect_seq, pattern, say, seq_len,
+    seq_message,
 };
 
 /// Seed of the payload-size test's contents.
@@ -53,17 +52,6 @@ pub(crate) fn run(spec: ChildSpec) {
             other => Err(format!("unknown role {other:?}")),
         }
     });
-}
-
-/// Turns an error into a diagnostic with context.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
-async fn connect(socket: &str, name: &str) -> Result<Node, String> {
-    Node::connect(socket, name)
-        .await
-        .map_err(ctx(format!("connect {name:?} to {socket}")))
 }
 
 /// Every payload size the size test sends for a node whose largest payload is `max`: 0, 1,
@@ -320,32 +308,17 @@ pub(crate) async fn send_and_check_echoes(
     stream: u32,
     m: u64,
 ) -> Result<u64, String> {
-    let (mut tx, mut rx) = session.split();
-    let send = async {
-        for seq in 0..m {
+    support::echo_exchange(
+        session,
+        m,
+        async |tx: &mut SessionSink, seq| {
             tx.send(Bytes::from(seq_message(stream, seq, seq_len(seq))))
                 .await
-                .map_err(ctx(format!("send seq {seq}")))?;
-        }
-        SinkExt::<Bytes>::close(&mut tx).await.map_err(ctx("close"))
-    };
-    let recv = async {
-        for seq in 0..m {
-            let echo = rx
-                .next()
-                .await
-                .ok_or_else(|| format!("stream ended before echo {seq}"))?
-                .map_err(ctx(format!("echo {seq}")))?;
-            expect_seq(&echo, stream, seq)?;
-        }
-        match rx.next().await {
-            None => Ok(m),
-            Some(other) => Err(format!("expected the end, got {other:?}")),
-        }
-    };
-    let (sent, received) = tokio::join!(send, recv);
-    sent?;
-    received
+                .map_err(ctx(format!("send seq {seq}")))
+        },
+        |echo, seq| expect_seq(echo, stream, seq),
+    )
+    .await
 }
 
 // ===== flow control =====

@@ -49,15 +49,10 @@ async fn exchange_in_process(engine: &Engine, service: &str, messages: u64) {
 #[test]
 fn sigkill_mid_stream_cleans_everything_up() {
     // Counts of this process's descriptors must not see other tests' (cargo test threads).
-    if !support::isolate("kill::sigkill_mid_stream_cleans_everything_up") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(sigkill_body());
+    support::run_isolated(
+        "kill::sigkill_mid_stream_cleans_everything_up",
+        sigkill_body,
+    );
 }
 
 async fn sigkill_body() {

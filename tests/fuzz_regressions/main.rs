@@ -1,6 +1,6 @@
-//! The fuzz targets (docs/ARCHITECTURE.md, Testing), replayed on stable in every test run: every
-//! committed corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
-//! `ipc_tokio::__fuzz`), then each crash or failure the fuzzers found, as its own test.
+//! The fuzz targets (docs/ARCHITECTURE.md, Testing), replayed on stable in every test run: every committed
+//! corpus input through the same entry points the targets call (`ipc_core::__fuzz`,
+//! `testkit::hostile`), then each crash or failure the fuzzers found, as its own test.
 //!
 //! The seeds in `fuzz/corpus/<target>/` are written by [`write_seeds`]:
 //!
@@ -90,7 +90,7 @@ fn corpus_ring_drain() {
 
 #[test]
 fn corpus_engine() {
-    replay("engine", ipc_tokio::__fuzz::engine);
+    replay("engine", testkit::hostile::engine);
 }
 
 // ===== crashes and failures found by the fuzzers =====
@@ -102,7 +102,7 @@ fn corpus_engine() {
 #[test]
 fn engine_empty_payload_does_not_disconnect_its_receiver() {
     let _serial = serial();
-    ipc_tokio::__fuzz::engine(&[44, 54, 1, 0]);
+    testkit::hostile::engine(&[44, 54, 1, 0]);
 }
 
 /// The same bug through the public API only: a node that held one received message was
@@ -160,12 +160,12 @@ fn engine_many_sessions_closed_at_once_all_reach_the_engine() {
     let _serial = serial();
     // Two of the fuzzer's own inputs: 135 and 68 opens of `fuzz` (`50, 104, 101, 108`, then
     // repeats: `139, n`).
-    ipc_tokio::__fuzz::engine(&[
+    testkit::hostile::engine(&[
         139, 139, 50, 104, 101, 108, 139, 139, 139, 139, 139, 139, 139, 11, 139, 139, 139, 139,
         139, 139, 237, 139, 139, 137, 139, 139, 139, 139, 139, 99, 109, 112, 45, 113, 117, 105, 99,
         107, 139, 139, 40, 0,
     ]);
-    ipc_tokio::__fuzz::engine(&[
+    testkit::hostile::engine(&[
         139, 139, 50, 104, 101, 108, 139, 139, 139, 139, 139, 139, 139, 139, 139, 50, 104, 101,
         108, 139, 139, 139, 139, 139, 139, 139, 11, 139, 139, 139, 139, 139, 139, 237, 0, 28, 137,
         38, 139, 139, 117, 116, 116, 125, 139, 139, 0, 0, 0, 0, 0, 101, 1, 0, 2, 108, 139, 0, 0, 0,
@@ -176,7 +176,7 @@ fn engine_many_sessions_closed_at_once_all_reach_the_engine() {
     for _ in 0..250 {
         input.extend(op::control(4, 64, 0));
     }
-    ipc_tokio::__fuzz::engine(&input);
+    testkit::hostile::engine(&input);
 }
 
 /// The same bug through the public API only: a node drops more sessions at once than its
@@ -450,7 +450,7 @@ fn ring_drain_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![("fill-and-drain", fill), ("push-pop-sleep", mixed)]
 }
 
-/// Encoders for `ipc_tokio::__fuzz`'s operations (its module docs list the format).
+/// Encoders for `testkit::hostile`'s operations (its module docs list the format).
 mod op {
     pub(crate) const OWN: u8 = 0;
     pub(crate) const LEARNED: u8 = 1;

@@ -7,37 +7,6 @@ use crate::support;
 use crate::world::Expect::{self, BadFrame, CountedBadFrame, Either, Survives, Violation};
 use crate::world::World;
 
-/// `support::isolate` (run the test alone in a copy of this binary, so descriptor counts
-/// are its own), except that the copy also runs an ignored test: one selected with
-/// `--ignored` or `--run-ignored` must really run in the copy, not be skipped there.
-fn isolate(name: &str) -> bool {
-    if std::env::var(support::ISOLATED_ENV).as_deref() == Ok(name) {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(support::ISOLATED_ENV, name)
-        .env_remove(support::CHILD_ENV)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run isolated test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "isolated run of {name} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status
-    );
-    false
-}
-
 /// Runs `attacks` on a fresh engine, alone in a copy of this binary.
 fn run(test: &str, attacks: &[(&str, Expect)]) {
     run_with(test, |mut world| async move {
@@ -53,18 +22,10 @@ where
     F: FnOnce(World) -> Fut,
     Fut: std::future::Future<Output = World>,
 {
-    if !isolate(&format!("cases::{test}")) {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let world = World::new(test).await;
-            body(world).await.finish().await;
-        });
+    support::run_isolated(&format!("cases::{test}"), || async {
+        let world = World::new(test).await;
+        body(world).await.finish().await;
+    });
 }
 
 /// Ring indices a node publishes (or overwrites) that no correct peer could: past the

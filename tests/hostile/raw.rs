@@ -11,8 +11,8 @@
 //! of its own) and has nothing else to do.
 
 use std::collections::VecDeque;
-use std::io::{IoSliceMut, Read, Write};
-use std::mem::{MaybeUninit, offset_of, size_of};
+use std::io::{Read, Write};
+use std::mem::{offset_of, size_of};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -24,7 +24,7 @@ use ipc_core::layout::RingRegion;
 use ipc_core::ring::RingHeader;
 use ipc_core::{Block, Delivery, Doorbell, Layout, Producer, RawDescriptor, ShmRing};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use testkit::{ctx, rendezvous};
 
 /// Offsets of the four words of a ring header (crate-private fields of `RingHeader`, pinned
 /// by the const asserts beside it).
@@ -49,10 +49,6 @@ pub(crate) struct Welcomed {
     pub(crate) node_bell: Doorbell,
 }
 
-fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
 /// Connects a raw stream to the engine.
 pub(crate) fn connect_raw(socket: &str) -> Result<UnixStream, String> {
     UnixStream::connect(socket).map_err(ctx(format!("connect {socket}")))
@@ -63,43 +59,13 @@ pub(crate) fn connect_raw(socket: &str) -> Result<UnixStream, String> {
 pub(crate) fn recv_frame_with_fds(
     sock: &UnixStream,
 ) -> Result<(EngineFrame, Vec<u8>, Vec<OwnedFd>), String> {
-    let mut bytes = Vec::new();
-    let mut fds = Vec::new();
-    loop {
-        if let Some((frame, used)) =
-            control::decode_engine_frame(&bytes).map_err(ctx("decoding the engine's frame"))?
-        {
-            return Ok((frame, bytes[used..].to_vec(), fds));
-        }
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-        let mut chunk = [0u8; 4096];
-        let mut iov = [IoSliceMut::new(&mut chunk)];
-        let msg = rustix::net::recvmsg(sock, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC)
-            .map_err(ctx("recvmsg"))?;
-        for message in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        if msg.flags.contains(ReturnFlags::CTRUNC) {
-            return Err("more descriptors than expected (MSG_CTRUNC)".into());
-        }
-        if msg.bytes == 0 {
-            return Err(format!(
-                "the engine closed the connection during rendezvous ({} bytes read)",
-                bytes.len()
-            ));
-        }
-        bytes.extend_from_slice(&chunk[..msg.bytes]);
-    }
+    rendezvous::recv_frame_blocking(sock).map_err(ctx("reading the engine's frame"))
 }
 
 /// Hello, then the welcome and its block and doorbells, validated; no `Ready` yet.
 pub(crate) fn hello(socket: &str, name: &str) -> Result<Welcomed, String> {
     let mut sock = connect_raw(socket)?;
-    sock.write_all(&NodeFrame::Hello { name: name.into() }.encode())
-        .map_err(ctx("write hello"))?;
+    rendezvous::hello_blocking(&mut sock, name).map_err(ctx("write hello"))?;
     let (frame, inbuf, fds) = recv_frame_with_fds(&sock)?;
     let credits = match frame {
         EngineFrame::Welcome { credits, .. } => credits,

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Node, Session, SessionSink};
+use shmlink::{Session, SessionSink};
 
 use crate::payload::{self, HEADER};
-use crate::rng::Rng;
-use crate::support::{self, ChildSpec, Commands, say};
+use crate::support::{self, ChildSpec, Commands, Rng, connect, ctx, say};
 
 /// The service the storm's hub serves; every crasher opens it.
 pub(crate) const HUB_SERVICE: &str = "storm-hub";
@@ -58,11 +57,6 @@ pub(crate) fn run(spec: ChildSpec) {
     });
 }
 
-/// Turns an error into a diagnostic with context.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
 fn num<T: std::str::FromStr>(args: &[String], k: usize) -> Result<T, String>
 where
     T::Err: Display,
@@ -71,12 +65,6 @@ where
         .ok_or_else(|| format!("missing argument {k}"))?
         .parse()
         .map_err(ctx(format!("argument {k}")))
-}
-
-async fn connect(socket: &str, name: &str) -> Result<Node, String> {
-    Node::connect(socket, name)
-        .await
-        .map_err(ctx(format!("connect {name:?} to {socket}")))
 }
 
 /// Sends message (`stream`, `seq`) of `len` bytes, through a loan written in place or as
@@ -238,7 +226,9 @@ async fn crasher(args: &[String]) -> Result<(), String> {
     let burst: u64 = num(args, 5)?;
     let name = format!("crasher-{cycle}");
     if point == "welcomed" {
-        let half = crate::raw::hello_and_welcome(socket, &name).await?;
+        let half = support::hello_and_welcome(socket, &name)
+            .await
+            .map_err(ctx("hello and welcome"))?;
         say("AT welcomed");
         return forever(half).await;
     }
@@ -382,32 +372,16 @@ async fn load(args: &[String], mut cmds: Commands) -> Result<(), String> {
 /// Sends `m` load messages (odd ones through loans) while checking their echoes; half-closes
 /// and expects the peer's end after the last echo.
 async fn send_and_check_echoes(session: Session, stream: u32, m: u64) -> Result<u64, String> {
-    let (mut tx, mut rx) = session.split();
-    let send = async {
-        for seq in 0..m {
-            send_message(&mut tx, stream, seq, load_len(stream, seq), seq % 2 == 1).await?;
-        }
-        SinkExt::<Bytes>::close(&mut tx).await.map_err(ctx("close"))
-    };
-    let recv = async {
-        for seq in 0..m {
-            let echo = rx
-                .next()
-                .await
-                .ok_or_else(|| format!("stream ended before echo {seq}"))?
-                .map_err(ctx(format!("echo {seq}")))?;
-            payload::check(&echo, stream, seq, Some(load_len(stream, seq)))
-                .map_err(|e| format!("echo: {e}"))?;
-        }
-        match rx.next().await {
-            None => Ok(m),
-            Some(other) => Err(format!(
-                "expected the end, got {:?}",
-                other.map(|b| b.len())
-            )),
-        }
-    };
-    let (sent, received) = tokio::join!(send, recv);
-    sent?;
-    received
+    support::echo_exchange(
+        session,
+        m,
+        async |tx: &mut SessionSink, seq| {
+            send_message(tx, stream, seq, load_len(stream, seq), seq % 2 == 1).await
+        },
+        |echo, seq| {
+            payload::check(echo, stream, seq, Some(load_len(stream, seq)))
+                .map_err(|e| format!("echo: {e}"))
+        },
+    )
+    .await
 }

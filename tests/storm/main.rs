@@ -11,10 +11,7 @@
 mod support;
 
 mod children;
-mod harness;
 mod payload;
-mod raw;
-mod rng;
 
 mod load;
 mod storm;

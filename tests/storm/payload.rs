@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use crate::rng::Rng;
+use crate::support::Rng;
 
 /// Bytes of the header.
 pub(crate) const HEADER: usize = 16;

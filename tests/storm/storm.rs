@@ -22,10 +22,11 @@ use shmlink::{Listener, Node, Session, SessionError};
 use tokio::sync::oneshot;
 
 use crate::children::{BURST_FLAG, HELLO, HUB_SERVICE, storm_len};
-use crate::harness::{self, report};
 use crate::payload;
-use crate::rng::{self, Rng};
-use crate::support::{self, TestDir, block_mappings, ok_field, open_fds, spawn_child, within};
+use crate::support::{
+    self, Rng, TestDir, block_mappings, ok_field, open_fds, report, seed_from_env, spawn_child,
+    within,
+};
 
 /// Victims killed in the storm.
 const CYCLES: u32 = 200;
@@ -252,20 +253,12 @@ async fn cycle(hub: &Hub, socket: &str, plan: &Plan) -> Result<(), String> {
 #[test]
 fn crash_storm_leaves_nothing_behind() {
     // Counts of this process's descriptors must not see other tests' (cargo test threads).
-    if !harness::isolate("storm::crash_storm_leaves_nothing_behind") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(storm_body());
+    support::run_isolated("storm::crash_storm_leaves_nothing_behind", storm_body);
 }
 
 async fn storm_body() {
     let started = Instant::now();
-    let seed = rng::seed_from_env("SHMLINK_STORM_SEED");
+    let seed = seed_from_env("SHMLINK_STORM_SEED");
     report(format!(
         "crash storm seed {seed:#x} (replay: SHMLINK_STORM_SEED={seed:#x})"
     ));

@@ -9,17 +9,17 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Bincode, Message, Node, ServeConfig, Session, SessionError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::harness::MARK;
 use crate::messages::*;
+use testkit::{ChildSpec, Commands, say};
 
-/// Runs the child described by `spec` (`role|socket|arg…`).
-pub(crate) fn run(spec: &str) {
-    let mut parts = spec.split('|');
-    let role = parts.next().expect("role").to_owned();
-    let socket = parts.next().expect("socket").to_owned();
-    let args: Vec<String> = parts.map(str::to_owned).collect();
+/// Runs the child described by `spec` (its role; the socket, then the role's arguments).
+pub(crate) fn run(spec: ChildSpec) {
+    let role = spec.role;
+    let mut args = spec.args.into_iter();
+    let socket = args.next().expect("socket");
+    let args: Vec<String> = args.collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -29,7 +29,7 @@ pub(crate) fn run(spec: &str) {
         let node = Node::connect(&socket, &format!("child-{role}"))
             .await
             .unwrap_or_else(|e| fatal(format!("connect: {e}")));
-        let commands = commands();
+        let commands = Commands::new();
         match role.as_str() {
             "echo" => echo(node, commands).await,
             "ops" => ops(node, commands, &args).await,
@@ -46,7 +46,7 @@ pub(crate) fn run(spec: &str) {
 
 /// A client of "ops" whose only call hangs in the handler; it prints `called` once the
 /// call is sent and then waits, to be SIGKILLed by the parent.
-async fn caller(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+async fn caller(node: Node, commands: Commands) {
     use tower::ServiceExt;
     let client = must("client", node.client::<Op, OpReply>("ops").await);
     let call = tokio::spawn(client.oneshot(Op::Hang { id: 1 }));
@@ -55,32 +55,13 @@ async fn caller(node: Node, commands: mpsc::UnboundedReceiver<String>) {
     call.abort();
 }
 
-/// A protocol line to the parent.
-fn say(line: &str) {
-    println!("{MARK}{line}");
-}
-
 /// Reports a failure and exits non-zero.
 fn fatal(message: impl std::fmt::Display) -> ! {
     eprintln!("child failure: {message}");
     std::process::exit(2);
 }
 
-/// Lines from stdin; the channel closes at end of input (the parent's signal to finish).
-fn commands() -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-async fn until_eof(mut commands: mpsc::UnboundedReceiver<String>) {
+async fn until_eof(mut commands: Commands) {
     if let Some(command) = commands.recv().await {
         fatal(format!("unexpected command {command:?}"));
     }
@@ -132,7 +113,7 @@ fn must<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
 
 // ===== echo: typed streams =====
 
-async fn echo(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+async fn echo(node: Node, commands: Commands) {
     let records = must("listen records", node.listen::<Record>("records").await);
     let generic = must(
         "listen tagged",
@@ -162,7 +143,7 @@ impl OpsState {
         let mut entered = self.entered.lock().unwrap();
         let n = entered.entry(key.to_owned()).or_default();
         *n += 1;
-        say(&format!("entered {key} {n}"));
+        say(format!("entered {key} {n}"));
     }
 }
 
@@ -229,7 +210,7 @@ async fn handle(state: OpsState, op: Op) -> Result<OpReply, String> {
 
 /// Serves "ops" with `args[0]` requests at once. Commands: `release G` opens gate G for
 /// good; `shutdown` starts a graceful `Server::shutdown` and prints `stopped` when it returns.
-async fn ops(node: Node, mut commands: mpsc::UnboundedReceiver<String>, args: &[String]) {
+async fn ops(node: Node, mut commands: Commands, args: &[String]) {
     let concurrency: usize = args.first().map_or(64, |a| a.parse().expect("concurrency"));
     // The panics are the test's: keep stderr readable.
     let default_hook = std::panic::take_hook();
@@ -278,7 +259,7 @@ async fn ops(node: Node, mut commands: mpsc::UnboundedReceiver<String>, args: &[
 
 // ===== schemas: names served with known types =====
 
-async fn schemas(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+async fn schemas(node: Node, commands: Commands) {
     let service = tower::service_fn(|a: SchemaAlpha| async move {
         Ok::<_, String>(SchemaBeta {
             doubled: u64::from(a.x) * 2,
@@ -319,7 +300,7 @@ async fn schemas(node: Node, commands: mpsc::UnboundedReceiver<String>) {
 
 // ===== wire: messages that do not decode =====
 
-async fn wire(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+async fn wire(node: Node, commands: Commands) {
     // Sends the `Wire` samples to whoever opens "wire" (as `Strict`), then half-closes.
     let mut wire = must("listen wire", node.listen::<Wire>("wire").await);
     tokio::spawn(async move {
@@ -383,7 +364,7 @@ async fn wire(node: Node, commands: mpsc::UnboundedReceiver<String>) {
 
 // ===== half: a request/response peer that half-closes without answering =====
 
-async fn half(node: Node, commands: mpsc::UnboundedReceiver<String>) {
+async fn half(node: Node, commands: Commands) {
     let mut listener = must("listen half", node.listen::<RawEnvelope>("half").await);
     say("ready");
     let mut session = listener
@@ -395,7 +376,7 @@ async fn half(node: Node, commands: mpsc::UnboundedReceiver<String>) {
         .await
         .unwrap_or_else(|| fatal("no request"))
         .unwrap_or_else(|e| fatal(format!("request: {e}")));
-    say(&format!("request {}", request.id()));
+    say(format!("request {}", request.id()));
     // No reply: only the sending direction ends; the session stays open.
     must("half-close", session.close().await);
     say("half-closed");

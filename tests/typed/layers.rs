@@ -6,31 +6,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::join_all;
-use shmlink::{CallError, Client};
+use shmlink::CallError;
 use tower::retry::Policy;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-use crate::harness::{World, within};
+use crate::harness::{World, ops_client, within};
 use crate::messages::*;
-
-async fn ops_client(world: &World) -> (shmlink::Node, Client<Op, OpReply>) {
-    let node = world.node("parent").await;
-    let client = within("client", node.client::<Op, OpReply>("ops"))
-        .await
-        .expect("client");
-    (node, client)
-}
-
-fn echo(id: u64) -> Op {
-    Op::Echo {
-        id,
-        text: echo_text(id),
-    }
-}
-
-fn echo_reply(id: u64) -> OpReply {
-    echoed(id, &echo_text(id))
-}
 
 /// Retries a call the handler failed (`CallError::Remote`), at most this many more times.
 #[derive(Clone, Debug)]
@@ -137,7 +118,7 @@ async fn concurrency_limit_bounds_calls_in_flight() {
         .map(|id| tokio::spawn(limited.clone().oneshot(Op::Gate { id, gate: 0 })))
         .collect();
     // Three handlers run (the server would take 64)...
-    world.child.expect("entered 0 3").await;
+    world.child.expect_line("entered 0 3").await;
     // ...and the limit holds the rest back: no fourth slot while those three are blocked.
     let mut probe = limited.clone();
     assert!(
@@ -174,7 +155,7 @@ async fn load_shed_refuses_at_once_when_the_limit_is_reached() {
         .concurrency_limit(1)
         .service(client.clone());
     let first = tokio::spawn(shed.clone().oneshot(Op::Gate { id: 1, gate: 1 }));
-    world.child.expect("entered 1 1").await;
+    world.child.expect_line("entered 1 1").await;
     let error = within("a shed call", shed.clone().oneshot(echo(2)))
         .await
         .expect_err("the only slot is taken");

@@ -9,17 +9,6 @@ use tower::ServiceExt;
 use crate::harness::{World, stats_until, within};
 use crate::messages::*;
 
-fn echo(id: u64) -> Op {
-    Op::Echo {
-        id,
-        text: echo_text(id),
-    }
-}
-
-fn echo_reply(id: u64) -> Result<OpReply, CallError> {
-    Ok(echoed(id, &echo_text(id)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_with_requests_in_flight_fails_every_caller() {
     // Four handlers at once: four requests are in handlers, sixteen more wait in the server.
@@ -38,7 +27,7 @@ async fn a_server_killed_with_requests_in_flight_fails_every_caller() {
         mut child,
         dir,
     } = world;
-    child.expect("entered hang 4").await;
+    child.expect_line("entered hang 4").await;
     stats_until(&engine, "all twenty requests delivered", |s| {
         s.messages >= before + 20
     })
@@ -48,7 +37,7 @@ async fn a_server_killed_with_requests_in_flight_fails_every_caller() {
         "no call can finish before the kill"
     );
 
-    child.sigkill().await;
+    child.kill_and_reap().await;
     for (id, call) in calls.into_iter().enumerate() {
         let result = within("a caller after the kill", call).await.expect("task");
         assert_eq!(result, Err(CallError::Disconnected), "call {id}");
@@ -96,7 +85,10 @@ async fn dropped_response_futures_free_their_replies() {
     let calls: Vec<_> = (0..WITHDRAWN)
         .map(|id| tokio::spawn(client.clone().oneshot(Op::Gate { id, gate: 0 })))
         .collect();
-    world.child.expect(&format!("entered 0 {WITHDRAWN}")).await;
+    world
+        .child
+        .expect_line(&format!("entered 0 {WITHDRAWN}"))
+        .await;
     // Every request reached a handler; now the callers give up.
     for call in calls {
         call.abort();
@@ -121,12 +113,12 @@ async fn dropped_response_futures_free_their_replies() {
                 client.clone().oneshot(echo(id))
             )
             .await,
-            echo_reply(id)
+            Ok(echo_reply(id))
         );
     }
     let calls = (100..300).map(|id| client.clone().oneshot(echo(id)));
     for (id, reply) in (100..).zip(within("concurrent calls", join_all(calls)).await) {
-        assert_eq!(reply, echo_reply(id));
+        assert_eq!(reply, Ok(echo_reply(id)));
     }
 
     // The same with futures dropped before they were ever polled to the end, many at once.
@@ -141,7 +133,10 @@ async fn dropped_response_futures_free_their_replies() {
             "a gated call cannot be answered yet"
         );
     }
-    world.child.expect(&format!("entered 1 {WITHDRAWN}")).await;
+    world
+        .child
+        .expect_line(&format!("entered 1 {WITHDRAWN}"))
+        .await;
     drop(pending);
     world.child.send("release 1").await;
     stats_until(&world.engine, "every dropped request answered", |s| {
@@ -150,7 +145,7 @@ async fn dropped_response_futures_free_their_replies() {
     .await;
     let calls = (300..400).map(|id| client.clone().oneshot(echo(id)));
     for (id, reply) in (300..).zip(within("calls after the dropped ones", join_all(calls)).await) {
-        assert_eq!(reply, echo_reply(id));
+        assert_eq!(reply, Ok(echo_reply(id)));
     }
 
     drop((client, node));
@@ -168,7 +163,7 @@ async fn calls_in_flight_are_answered_after_every_client_clone_is_dropped() {
     let in_flight: Vec<_> = (0..5)
         .map(|id| tokio::spawn(client.clone().oneshot(Op::Gate { id, gate: 0 })))
         .collect();
-    world.child.expect("entered 0 5").await;
+    world.child.expect_line("entered 0 5").await;
     // The response futures hold no client: this was the last clone. The request direction
     // ends; the replies must still come.
     drop(client);
@@ -186,7 +181,7 @@ async fn calls_in_flight_are_answered_after_every_client_clone_is_dropped() {
         .expect("client");
     assert_eq!(
         within("a call", client.clone().oneshot(echo(1))).await,
-        echo_reply(1)
+        Ok(echo_reply(1))
     );
 
     drop((client, node));
@@ -204,7 +199,7 @@ async fn graceful_shutdown_answers_requests_in_flight_then_refuses_opens() {
     let in_flight: Vec<_> = (0..5)
         .map(|id| tokio::spawn(client.clone().oneshot(Op::Gate { id, gate: 0 })))
         .collect();
-    world.child.expect("entered 0 5").await;
+    world.child.expect_line("entered 0 5").await;
 
     world.child.send("shutdown").await;
     // The name goes at once: new opens are refused...
@@ -242,7 +237,7 @@ async fn graceful_shutdown_answers_requests_in_flight_then_refuses_opens() {
             "in-flight call {id} is answered"
         );
     }
-    world.child.expect("stopped").await;
+    world.child.expect_line("stopped").await;
     let late = within("the call made during shutdown", late)
         .await
         .expect("task");
@@ -278,8 +273,8 @@ async fn a_call_after_the_server_half_closed_fails_and_never_hangs() {
 
     // The peer reads one request and half-closes without answering: that caller fails.
     let first = tokio::spawn(client.clone().oneshot(Unit));
-    world.child.expect("request 1").await;
-    world.child.expect("half-closed").await;
+    world.child.expect_line("request 1").await;
+    world.child.expect_line("half-closed").await;
     let first = within("the call the peer dropped", first)
         .await
         .expect("task");
@@ -289,7 +284,7 @@ async fn a_call_after_the_server_half_closed_fails_and_never_hangs() {
     let second = tokio::spawn(client.clone().oneshot(Unit));
     // ...at the latest when the peer dies.
     let World { engine, child, dir } = world;
-    child.sigkill().await;
+    child.kill_and_reap().await;
     stats_until(&engine, "the dead node reclaimed", |s| s.nodes == 1).await;
     let second = within("a call after the half-close", second)
         .await
@@ -345,13 +340,13 @@ async fn a_killed_clients_hung_handler_is_stopped_and_frees_its_slot() {
     .await
     .expect("serve");
 
-    let mut caller = crate::harness::ChildProc::spawn("caller", &dir.socket(), &[]);
-    caller.expect("called").await;
+    let mut caller = crate::harness::spawn_child("caller", &dir.socket(), &[]);
+    caller.expect_line("called").await;
     assert_eq!(
         within("the hung handler to start", entered.recv()).await,
         Some(1)
     );
-    caller.sigkill().await;
+    caller.kill_and_reap().await;
     within("the hung handler to be stopped", dropped.recv())
         .await
         .expect("handler dropped");

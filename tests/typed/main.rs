@@ -20,10 +20,10 @@ mod shared;
 mod streams;
 
 /// The entry point of child processes: returns at once unless this process was started as a
-/// child by [`harness::ChildProc::spawn`].
+/// child by [`harness::spawn_child`].
 #[test]
 fn child_entry() {
-    if let Ok(spec) = std::env::var(harness::CHILD_ENV) {
-        children::run(&spec);
+    if let Some(spec) = testkit::child_spec() {
+        children::run(spec);
     }
 }

@@ -73,16 +73,7 @@ pub(crate) const RECORDS: u32 = 9;
 
 /// Deterministic bytes (xorshift64) for `seed`.
 pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    testkit::pattern(seed, 0, len)
 }
 
 fn inner(id: u64, depth: u32) -> Inner {
@@ -351,4 +342,17 @@ pub(crate) fn frame(seq: u64) -> Frame {
         seq,
         pixels: bytes::Bytes::from(vec![(seq % 251) as u8; len]),
     }
+}
+
+/// An `Echo` request whose text derives from `id`.
+pub(crate) fn echo(id: u64) -> Op {
+    Op::Echo {
+        id,
+        text: echo_text(id),
+    }
+}
+
+/// The reply to [`echo`]`(id)`.
+pub(crate) fn echo_reply(id: u64) -> OpReply {
+    echoed(id, &echo_text(id))
 }

@@ -3,30 +3,11 @@
 
 use futures::StreamExt;
 use futures::future::join_all;
-use shmlink::{CallError, Client};
+use shmlink::CallError;
 use tower::ServiceExt;
 
-use crate::harness::{World, within};
+use crate::harness::{World, ops_client, within};
 use crate::messages::*;
-
-async fn ops_client(world: &World) -> (shmlink::Node, Client<Op, OpReply>) {
-    let node = world.node("parent").await;
-    let client = within("client", node.client::<Op, OpReply>("ops"))
-        .await
-        .expect("client");
-    (node, client)
-}
-
-fn echo(id: u64) -> Op {
-    Op::Echo {
-        id,
-        text: echo_text(id),
-    }
-}
-
-fn echo_reply(id: u64) -> Result<OpReply, CallError> {
-    Ok(echoed(id, &echo_text(id)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_requests_on_one_client_each_get_their_own_reply() {
@@ -38,7 +19,7 @@ async fn a_thousand_concurrent_requests_on_one_client_each_get_their_own_reply()
     let replies = within("1000 concurrent replies", join_all(calls)).await;
     assert_eq!(replies.len(), 1000);
     for (id, reply) in (0..).zip(replies) {
-        assert_eq!(reply, echo_reply(id), "reply to request {id}");
+        assert_eq!(reply, Ok(echo_reply(id)), "reply to request {id}");
     }
 
     // The same through `call_all` (ready/call driven by tower, answers in request order).
@@ -46,7 +27,7 @@ async fn a_thousand_concurrent_requests_on_one_client_each_get_their_own_reply()
     let replies: Vec<_> = within("call_all", client.clone().call_all(requests).collect()).await;
     assert_eq!(replies.len(), 300);
     for (id, reply) in (1000..).zip(replies) {
-        assert_eq!(reply, echo_reply(id), "call_all reply to request {id}");
+        assert_eq!(reply, Ok(echo_reply(id)), "call_all reply to request {id}");
     }
 
     drop((client, node));
@@ -75,7 +56,7 @@ async fn a_handler_error_comes_back_as_remote_with_its_message() {
     // The client goes on: one call, then failures and successes mixed, in flight together.
     assert_eq!(
         within("a call after the error", client.clone().oneshot(echo(2))).await,
-        echo_reply(2)
+        Ok(echo_reply(2))
     );
     let calls = (0..200).map(|id| {
         let op = if id % 3 == 0 {
@@ -95,7 +76,7 @@ async fn a_handler_error_comes_back_as_remote_with_its_message() {
                 Err(CallError::Remote(format!("op {id} refused: reason {id}")))
             );
         } else {
-            assert_eq!(reply, echo_reply(id));
+            assert_eq!(reply, Ok(echo_reply(id)));
         }
     }
 
@@ -125,7 +106,7 @@ async fn a_handler_panic_comes_back_as_panicked_and_the_server_goes_on() {
     );
     assert_eq!(
         within("a call after the panic", client.clone().oneshot(echo(8))).await,
-        echo_reply(8)
+        Ok(echo_reply(8))
     );
 
     let calls = (0..60).map(|id| {
@@ -146,12 +127,12 @@ async fn a_handler_panic_comes_back_as_panicked_and_the_server_goes_on() {
                 Err(CallError::Panicked(format!("op {id} panicked: p{id}")))
             );
         } else {
-            assert_eq!(reply, echo_reply(id));
+            assert_eq!(reply, Ok(echo_reply(id)));
         }
     }
     assert_eq!(
         within("a call after 31 panics", client.clone().oneshot(echo(99))).await,
-        echo_reply(99)
+        Ok(echo_reply(99))
     );
 
     drop((client, node));
@@ -188,7 +169,7 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
     }
     assert_eq!(
         within("a call after it", client.clone().oneshot(echo(2))).await,
-        echo_reply(2)
+        Ok(echo_reply(2))
     );
 
     // A reply that can never fit (the server, another process, cannot send it) comes back
@@ -225,7 +206,7 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
     );
     assert_eq!(
         within("a call after them", client.clone().oneshot(echo(5))).await,
-        echo_reply(5)
+        Ok(echo_reply(5))
     );
 
     drop((client, node));

@@ -3,7 +3,7 @@
 
 /// xorshift64* (Vigna, "An experimental exploration of Marsaglia's xorshift generators").
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 /// splitmix64: spreads any seed (even 0 or 1) over all 64 bits.
 fn splitmix(mut z: u64) -> u64 {
@@ -14,17 +14,17 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self(splitmix(seed) | 1)
     }
 
     /// An independent generator for item `index` of stream `seed` (same inputs, same numbers,
     /// whatever order the items are visited in).
-    pub(crate) fn derive(seed: u64, stream: u64, index: u64) -> Self {
+    pub fn derive(seed: u64, stream: u64, index: u64) -> Self {
         Self::new(splitmix(seed ^ splitmix(stream ^ splitmix(index))))
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -34,19 +34,19 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
     /// Uniform in `lo..=hi`.
-    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
     }
 }
 
 /// The seed of a randomised test: `$env` if set (decimal or 0x-hex), otherwise fresh from the
 /// clock and pid. Printed by the caller so that a failure can be replayed.
-pub(crate) fn seed_from_env(env: &str) -> u64 {
+pub fn seed_from_env(env: &str) -> u64 {
     if let Ok(text) = std::env::var(env) {
         let text = text.trim();
         let parsed = match text.strip_prefix("0x") {

@@ -16,6 +16,7 @@ use tokio::net::UnixStream;
 
 use super::world::{World, within};
 use super::{Op, SERVICE, SessionSel};
+use crate::rendezvous::{self, Welcomed};
 
 pub(super) struct Hostile {
     stream: UnixStream,
@@ -76,29 +77,12 @@ impl Hostile {
     }
 
     async fn rendezvous(socket: &Path) -> io::Result<Self> {
-        let mut stream = UnixStream::connect(socket).await?;
-        let hello = NodeFrame::Hello {
-            name: "hostile".into(),
-        };
-        stream.write_all(&hello.encode()).await?;
-        let mut fds = Vec::new();
-        let mut bytes = Vec::new();
-        let (welcome, used) = loop {
-            if let Some(decoded) = control::decode_engine_frame(&bytes).map_err(io::Error::other)? {
-                break decoded;
-            }
-            let mut chunk = [0u8; 512];
-            let n = crate::control::recv_with_fds(&stream, &mut chunk, &mut fds).await?;
-            if n == 0 {
-                return Err(io::Error::other("closed during the rendezvous"));
-            }
-            bytes.extend_from_slice(&chunk[..n]);
-        };
-        if !matches!(welcome, EngineFrame::Welcome { .. }) {
-            return Err(io::Error::other(format!(
-                "expected Welcome, got {welcome:?}"
-            )));
-        }
+        let Welcomed {
+            mut stream,
+            fds,
+            rest,
+            ..
+        } = rendezvous::hello_and_welcome(socket, "hostile").await?;
         let [block, engine_bell, own_bell]: [OwnedFd; 3] = fds
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| io::Error::other(format!("{} descriptors", fds.len())))?;
@@ -118,7 +102,7 @@ impl Hostile {
             sessions: Vec::new(),
             received: VecDeque::new(),
             last_released: None,
-            replies: bytes[used..].to_vec(),
+            replies: rest,
             forged_submit: false,
             forged_deliver: false,
         })

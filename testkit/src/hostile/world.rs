@@ -13,9 +13,9 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use super::hostile::Hostile;
+use super::node::Hostile;
 use super::{BLOCK, CREDITS, Op, SERVICE, STEP};
-use crate::{Engine, EngineStats, Listener, Node, Session};
+use ipc_tokio::{Engine, EngineStats, Listener, Node, Session};
 
 pub(super) static HARNESS: OnceLock<Harness> = OnceLock::new();
 static PANICKED: AtomicBool = AtomicBool::new(false);

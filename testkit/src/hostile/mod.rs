@@ -1,5 +1,6 @@
-//! Entry point of the whole-engine fuzz target (`fuzz/fuzz_targets/engine.rs`, one line there)
-//! and of its regression tests (`tests/fuzz_regressions`). Not public API.
+//! The whole-engine fuzz harness: the entry point of the `engine` fuzz target
+//! (`fuzz/fuzz_targets/engine.rs`, one line there) and of its regression tests
+//! (`tests/fuzz_regressions`).
 //!
 //! [`engine`] plays a *hostile node* against a real engine. It uses only what any process
 //! can use: the public API of this crate and ipc-core, a raw Unix socket, `recvmsg` with
@@ -17,8 +18,8 @@
 //!    doorbells, ready) and opens a byte session to `fuzz`; `fuzz-b`'s end of every session
 //!    the hostile node opens echoes what arrives, without ever waiting on the hostile node;
 //! 2. runs the input as a list of the hostile node's operations ([`Op`]);
-//! 3. checks invariants 3 and 6 (docs/ARCHITECTURE.md), panicking (a crash to the fuzzer) if
-//!    one breaks:
+//! 3. checks the engine's invariants 3 (shared memory is untrusted input) and 6 (a dead node
+//!    is cleaned up), panicking (a crash to the fuzzer) if one breaks:
 //!    - the legitimate pair still exchanges a message, intact and in order, after the
 //!      operations and again after the hostile node is gone;
 //!    - while the hostile node never touched its deliver ring or forged a `DATA` entry,
@@ -58,7 +59,7 @@
 //! The process leaves a small directory `shmlink-fuzz-<pid>-<n>` in the temp dir (the
 //! fuzzer exits without running destructors); the next process removes those of dead pids.
 
-mod hostile;
+mod node;
 mod world;
 
 use std::time::Duration;
@@ -88,20 +89,6 @@ const CREDITS: u32 = 8;
 
 /// The service `fuzz-b` serves.
 const SERVICE: &str = "fuzz";
-
-/// The node's own `recvmsg` of a welcome (bytes, and up to three descriptors, close-on-exec),
-/// for tests that register by hand.
-///
-/// # Errors
-///
-/// As `recvmsg(2)`; `InvalidData` if more descriptors came than a welcome carries.
-pub async fn recv_with_fds(
-    sock: &tokio::net::UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<std::os::fd::OwnedFd>,
-) -> std::io::Result<usize> {
-    crate::control::recv_with_fds(sock, buf, fds).await
-}
 
 /// Runs `data` as the operations of a hostile node against a shared engine.
 ///
