@@ -73,8 +73,8 @@ pub use ipc_core::BlockConfig;
 pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::{
-    CallError, Client, ConnectError, Engine, EngineBuilder, EngineStats, Listener, Loan, Node,
-    NodeOptions, OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError,
+    CallError, Client, ConnectError, Engine, EngineBuilder, EngineStats, Limit, Listener, Loan,
+    Node, NodeOptions, OpenError, Payload, Policy, ServeConfig, Server, Session, SessionError,
     SessionSink, SessionStream, SpawnError, default_socket_path,
 };
 

@@ -3,6 +3,7 @@
 use std::io;
 
 use ipc_core::BlockError;
+use ipc_core::control::Limit;
 use thiserror::Error;
 
 /// Why an engine could not start.
@@ -54,6 +55,15 @@ pub enum ConnectError {
     /// The node's name is empty or longer than 255 bytes.
     #[error("invalid node name: must be 1..=255 bytes")]
     Name,
+    /// One of the engine's admission limits is reached (for example the connections or
+    /// incomplete handshakes of this uid); retry when some leave.
+    #[error("the engine's limit of {max} {limit} is reached")]
+    LimitReached {
+        /// Which limit.
+        limit: Limit,
+        /// Its configured value.
+        max: u64,
+    },
 }
 
 /// Why `Node::open`, `Node::listen` (or their typed forms) failed.
@@ -78,6 +88,15 @@ pub enum OpenError {
     /// The name is empty or longer than 255 bytes.
     #[error("invalid service name: must be 1..=255 bytes")]
     Name,
+    /// One of the engine's admission limits is reached (sessions per uid, per opener, queued
+    /// at the listener, …); retry when some close.
+    #[error("the engine's limit of {max} {limit} is reached")]
+    LimitReached {
+        /// Which limit.
+        limit: Limit,
+        /// Its configured value.
+        max: u64,
+    },
     /// The engine refused for another reason.
     #[error("the engine refused: {0}")]
     Refused(String),

@@ -19,6 +19,7 @@ pub mod __fuzz;
 
 pub use engine::{Engine, EngineBuilder, EngineStats, Policy, default_socket_path};
 pub use error::{ConnectError, OpenError, SessionError, SpawnError};
+pub use ipc_core::control::Limit;
 pub use node::{Listener, Node, NodeOptions};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -157,6 +157,14 @@ impl Node {
         let (node_id, credits) = match welcome {
             EngineFrame::Welcome { node, credits } => (node, credits),
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
+            EngineFrame::Limit { limit, max, .. } => {
+                return Err(match control::Limit::from_u16(limit) {
+                    Some(limit) => ConnectError::LimitReached { limit, max },
+                    None => ConnectError::Refused {
+                        message: format!("unknown engine limit {limit} of {max}"),
+                    },
+                });
+            }
             other => {
                 return Err(ConnectError::Protocol(format!(
                     "expected Welcome, got {other:?}"

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
+use ipc_core::control::{EngineFrame, ErrorCode, Limit, NodeFrame};
 use ipc_core::{
     Block, Doorbell, IdMap, IdSet, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind,
 };
@@ -22,12 +22,20 @@ pub(crate) enum Reply {
     Served(u32),
     Unserved,
     Error { code: u16, message: String },
+    Limit { limit: u16, max: u64 },
 }
 
 impl Reply {
     pub(crate) fn into_error(self, service: &str) -> OpenError {
-        let Reply::Error { code, message } = self else {
-            return OpenError::Refused("unexpected reply from the engine".into());
+        let (code, message) = match self {
+            Reply::Error { code, message } => (code, message),
+            Reply::Limit { limit, max } => {
+                return match Limit::from_u16(limit) {
+                    Some(limit) => OpenError::LimitReached { limit, max },
+                    None => OpenError::Refused(format!("unknown engine limit {limit} of {max}")),
+                };
+            }
+            _ => return OpenError::Refused("unexpected reply from the engine".into()),
         };
         match ErrorCode::from_u16(code) {
             Some(ErrorCode::NotServed) => OpenError::NotServed {
@@ -447,6 +455,12 @@ impl NodeShared {
             }
             EngineFrame::Error { req, code, message } => {
                 let _ = self.answer(req, Reply::Error { code, message });
+            }
+            EngineFrame::Limit { req: 0, limit, max } => {
+                tracing::warn!(node = %self.name, limit, max, "the engine reported a limit");
+            }
+            EngineFrame::Limit { req, limit, max } => {
+                let _ = self.answer(req, Reply::Limit { limit, max });
             }
             EngineFrame::Welcome { .. } => {
                 tracing::warn!(node = %self.name, "unexpected second welcome; ignored");
