@@ -65,6 +65,7 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::OpenOk { .. } => "OpenOk",
         EngineFrame::Accept { .. } => "Accept",
         EngineFrame::Error { .. } => "Error",
+        EngineFrame::Limit { .. } => "Limit",
     }
 }
 

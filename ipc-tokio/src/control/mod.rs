@@ -20,12 +20,37 @@ use tokio::net::UnixStream;
 pub(crate) const WELCOME_FDS: usize = 3;
 
 /// A buffer of bytes read from a control socket, split into frames by a decoder.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FrameBuf {
     buf: BytesMut,
+    /// The most bytes buffered at once: a frame that does not fit is refused
+    /// ([`PartialFrameTooLarge`]) before more is read.
+    limit: usize,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        Self::with_limit(MAX_FRAME + 4)
+    }
+}
+
+/// A peer's frame is longer than the bytes this side buffers for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a control frame longer than {max} bytes (the engine's limit)")]
+pub(crate) struct PartialFrameTooLarge {
+    /// The bound.
+    pub(crate) max: usize,
 }
 
 impl FrameBuf {
+    /// A buffer that holds at most `limit` bytes (at least a frame header).
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            limit: limit.max(8),
+        }
+    }
+
     /// Decodes the next frame with `decode` (one of ipc-core's decoders), reading from the
     /// socket as needed. `Ok(None)` on a clean end of stream between frames.
     pub(crate) async fn next<F>(
@@ -42,14 +67,22 @@ impl FrameBuf {
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
-            if self.buf.len() > MAX_FRAME + 4 {
+            // No whole frame at the front: what is buffered is (part of) one frame.
+            let room = self.limit.saturating_sub(self.buf.len());
+            if room == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "frame too large",
+                    PartialFrameTooLarge { max: self.limit },
                 ));
             }
-            self.buf.reserve(4096);
-            if sock.read_buf(&mut self.buf).await? == 0 {
+            let want = room.min(4096);
+            self.buf.reserve(want);
+            // Never read past the limit: the buffer stays within it whatever the peer sends.
+            let read = (&mut *sock)
+                .take(want as u64)
+                .read_buf(&mut self.buf)
+                .await?;
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {

@@ -43,7 +43,64 @@ pub(crate) struct Config {
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_sessions_per_node: usize,
+    pub(crate) limits: Limits,
+    /// Make the engine's process non-dumpable when it starts (`PR_SET_DUMPABLE` 0).
+    pub(crate) non_dumpable: bool,
 }
+
+/// Admission and flood limits (issue: floods). Each refusal names its limit
+/// ([`ipc_core::control::Limit`]). The defaults suit a desktop session (tens of nodes) and a
+/// busy server (hundreds of nodes, thousands of sessions) alike: they sit far above what
+/// legitimate nodes of one user use, and far below what exhausts the engine's memory or its
+/// file descriptors (each registered node holds 4 of the engine's descriptors).
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Open control connections of one uid, registered or not (default 512: ~2,000 engine
+    /// descriptors at most, under a server's usual `RLIMIT_NOFILE`).
+    pub(crate) connections_per_uid: usize,
+    /// Connections of one uid between accept and `Ready` (default 64: a rendezvous takes
+    /// milliseconds, so only a burst of starts reaches it; half-open connections cannot
+    /// hold more than 64 descriptors, each for at most the handshake timeout).
+    pub(crate) handshakes_per_uid: usize,
+    /// Registered nodes of one uid (default 512).
+    pub(crate) nodes_per_uid: usize,
+    /// Live session ends held by the nodes of one uid (default 65,536).
+    pub(crate) sessions_per_uid: usize,
+    /// Sessions one opener node may hold to one server node (default 1,024), so that one
+    /// client cannot take every slot of a server.
+    pub(crate) sessions_per_opener: usize,
+    /// Sessions opened to one listener and not yet accepted by it (default 1,024).
+    pub(crate) queued_sessions: usize,
+    /// Control requests (serve, unserve, open) of one connection in flight to the router
+    /// (default 64): past it the engine stops reading that socket until answers go out.
+    pub(crate) requests_per_connection: usize,
+    /// Bytes of one partial control frame buffered per connection (default 4 KiB; the
+    /// largest frame a node sends is under 800 bytes, so this never refuses a valid one).
+    pub(crate) partial_frame_bytes: usize,
+    /// Frames queued for a node that does not read its control socket (default 16,384,
+    /// a few MiB): past it the engine closes that node.
+    pub(crate) queued_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_per_uid: 512,
+            handshakes_per_uid: 64,
+            nodes_per_uid: 512,
+            sessions_per_uid: 64 * 1024,
+            sessions_per_opener: 1024,
+            queued_sessions: 1024,
+            requests_per_connection: 64,
+            partial_frame_bytes: 4096,
+            queued_frames: 16 * 1024,
+        }
+    }
+}
+
+/// The smallest partial-frame bound: above the largest frame a node sends (a `Serve` or
+/// `Open` with three 255-byte names is 797 bytes).
+pub(crate) const MIN_PARTIAL_FRAME_BYTES: usize = 1024;
 
 /// The default socket path: `$XDG_RUNTIME_DIR/shmlink/engine.sock`, or
 /// `/tmp/shmlink-<uid>/engine.sock` when `XDG_RUNTIME_DIR` is not set.
@@ -76,6 +133,8 @@ impl Default for EngineBuilder {
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
                 max_sessions_per_node: 16 * 1024,
+                limits: Limits::default(),
+                non_dumpable: false,
             },
         }
     }
@@ -127,6 +186,78 @@ impl EngineBuilder {
         self
     }
 
+    /// Open control connections one uid may hold, registered or not (default 512). One more
+    /// is refused with [`Limit::ConnectionsPerUid`](ipc_core::control::Limit).
+    pub fn max_connections_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.connections_per_uid = max.max(1);
+        self
+    }
+
+    /// Connections of one uid that may be in their rendezvous at once (default 64); the
+    /// handshake timeout still bounds each. One more is refused with
+    /// [`Limit::HandshakesPerUid`](ipc_core::control::Limit).
+    pub fn max_handshakes_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.handshakes_per_uid = max.max(1);
+        self
+    }
+
+    /// Registered nodes of one uid (default 512).
+    pub fn max_nodes_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.nodes_per_uid = max.max(1);
+        self
+    }
+
+    /// Live session ends the nodes of one uid may hold (default 65,536).
+    pub fn max_sessions_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.sessions_per_uid = max.max(1);
+        self
+    }
+
+    /// Sessions one opener node may hold to one server node (default 1,024).
+    pub fn max_sessions_per_opener(mut self, max: usize) -> Self {
+        self.config.limits.sessions_per_opener = max.max(1);
+        self
+    }
+
+    /// Sessions opened to one listener and not yet accepted (default 1,024).
+    pub fn max_queued_sessions(mut self, max: usize) -> Self {
+        self.config.limits.queued_sessions = max.max(1);
+        self
+    }
+
+    /// Control requests one connection may have in flight (default 64); past it the engine
+    /// reads no more from that connection until it has answered some.
+    pub fn max_requests_per_connection(mut self, max: usize) -> Self {
+        self.config.limits.requests_per_connection = max.max(1);
+        self
+    }
+
+    /// Bytes of a partial control frame the engine buffers per connection (default 4 KiB,
+    /// at least 1 KiB). A longer frame closes the connection with
+    /// [`Limit::PartialFrameBytes`](ipc_core::control::Limit).
+    pub fn max_partial_frame_bytes(mut self, max: usize) -> Self {
+        self.config.limits.partial_frame_bytes =
+            max.clamp(MIN_PARTIAL_FRAME_BYTES, ipc_core::control::MAX_FRAME + 4);
+        self
+    }
+
+    /// Frames the engine queues for a node that does not read its control socket (default
+    /// 16,384); one more closes that node.
+    pub fn max_queued_frames(mut self, max: usize) -> Self {
+        self.config.limits.queued_frames = max.max(1);
+        self
+    }
+
+    /// Makes the process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`) when the engine starts
+    /// (default off for an embedded engine; `shmlinkd` turns it on). Then other processes
+    /// of the same uid can no longer open its blocks through `/proc/<pid>/fd`, read its
+    /// memory or ptrace it; it also disables core dumps of the whole process. A process
+    /// running as root (or with `CAP_SYS_PTRACE`) still can.
+    pub fn non_dumpable(mut self, yes: bool) -> Self {
+        self.config.non_dumpable = yes;
+        self
+    }
+
     /// Binds the socket and starts the engine on the current Tokio runtime.
     ///
     /// # Errors
@@ -137,18 +268,25 @@ impl EngineBuilder {
     pub fn spawn(self) -> Result<Engine, SpawnError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
         ipc_core::Layout::compute(&self.config.block)?;
+        if self.config.non_dumpable {
+            crate::node::set_non_dumpable().map_err(|source| SpawnError::Io {
+                path: self.config.socket.display().to_string(),
+                source,
+            })?;
+        }
         let config = Arc::new(self.config);
         let _guard = handle.enter();
         let listening = Listening::bind(&config)?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (stats_tx, stats) = watch::channel(EngineStats::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let router = Router::new(config.clone(), command_rx, stats_tx);
+        let router = Router::new(config.clone(), command_rx, stats_tx.clone());
         let router = handle.spawn(router.run());
         let listener = handle.spawn(listener::run(
             listening,
             config.clone(),
             commands.clone(),
+            stats_tx.clone(),
             stop_rx,
         ));
         tracing::info!(socket = %config.socket.display(), "engine listening");
@@ -176,6 +314,16 @@ pub struct EngineStats {
     pub messages: u64,
     /// Nodes closed for breaking the protocol since start.
     pub violations: u64,
+    /// Failed `accept` calls since start (for example with the descriptor limit reached);
+    /// each failure backs the listener off, so this grows slowly whatever the load.
+    pub accept_failures: u64,
+    /// Connections refused by an admission limit since start (connections or handshakes
+    /// per uid).
+    pub refused_connections: u64,
+    /// Open control connections, registered or still in their rendezvous.
+    pub connections: usize,
+    /// Connections still in their rendezvous (accepted, not yet `Ready`).
+    pub handshakes: usize,
 }
 
 /// A running engine. Dropping it shuts it down in the background; [`Engine::shutdown`] waits.

@@ -986,6 +986,14 @@ impl Router {
         self.stats.services = self.services.len();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
+            // The listener's counts are the listener's to publish.
+            let stats = EngineStats {
+                accept_failures: s.accept_failures,
+                refused_connections: s.refused_connections,
+                connections: s.connections,
+                handshakes: s.handshakes,
+                ..stats
+            };
             let changed = *s != stats;
             *s = stats;
             changed

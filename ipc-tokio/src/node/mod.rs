@@ -55,6 +55,11 @@ pub struct NodeOptions {
     /// `SO_PEERCRED` before anything is sent: a node never talks to an engine someone else
     /// put on the socket path). Default: none.
     pub engine_uids: Vec<u32>,
+    /// Make this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`) before connecting
+    /// (default off): other processes of the same uid can then no longer open this node's
+    /// block through `/proc/<pid>/fd`, read its memory or ptrace it. It applies to the
+    /// whole process (core dumps too) and cannot be undone by the node; root still can.
+    pub non_dumpable: bool,
 }
 
 impl Default for NodeOptions {
@@ -62,11 +67,19 @@ impl Default for NodeOptions {
         Self {
             spin: Duration::from_micros(20),
             engine_uids: Vec::new(),
+            non_dumpable: false,
         }
     }
 }
 
 impl NodeOptions {
+    /// Sets [`NodeOptions::non_dumpable`].
+    #[must_use]
+    pub fn non_dumpable(mut self, yes: bool) -> Self {
+        self.non_dumpable = yes;
+        self
+    }
+
     /// Sets [`NodeOptions::spin`].
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
@@ -107,6 +120,9 @@ impl Node {
     ) -> Result<Self, ConnectError> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(ConnectError::Name);
+        }
+        if options.non_dumpable {
+            set_non_dumpable()?;
         }
         let mut stream = UnixStream::connect(path.as_ref()).await?;
         let engine_uid = stream.peer_cred()?.uid();
@@ -433,4 +449,11 @@ impl<T: Payload<C>, C> futures::Stream for Listener<T, C> {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx)
     }
+}
+
+/// Makes this process non-dumpable (`PR_SET_DUMPABLE` 0): same-uid processes lose
+/// `/proc/<pid>/fd`, `/proc/<pid>/mem` and ptrace access to it (root keeps them).
+pub(crate) fn set_non_dumpable() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(Into::into)
 }
