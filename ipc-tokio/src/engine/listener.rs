@@ -645,7 +645,7 @@ async fn serve(
     let (mut rd, wr) = stream.into_split();
     let mut outgoing = Outgoing::default();
     let mut in_flight = 0usize;
-    let ended = loop {
+    loop {
         tokio::select! {
             frame = frames.next(&mut rd, control::decode_node_frame), if in_flight < limits.requests_per_connection => {
                 let command = match frame {
@@ -700,6 +700,5 @@ async fn serve(
                 }
             }
         }
-    };
-    ended
+    }
 }
