@@ -99,3 +99,64 @@ async fn non_dumpable_processes_close_proc_fd_to_their_own_uid() {
         );
     }
 }
+
+/// Runs `shmlinkd` with `args` (as [`NOBODY`] when root), waits until it listens, and
+/// returns what a probe of its uid saw opening its `/proc/<pid>/fd/0`.
+async fn probe_daemon(dir: &TestDir, name: &str, args: &[&str]) -> String {
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_shmlinkd"));
+    daemon
+        .arg("--socket")
+        .arg(dir.path().join(format!("{name}.sock")))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if rustix::process::getuid().is_root() {
+        daemon.uid(NOBODY).gid(NOBODY);
+    }
+    let mut daemon = daemon.spawn().expect("spawn shmlinkd");
+    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
+    let listening = within("shmlinkd listens", lines.next_line())
+        .await
+        .expect("read shmlinkd")
+        .expect("shmlinkd said nothing");
+    assert!(listening.contains("listening"), "{listening}");
+    let pid = daemon.id().expect("shmlinkd runs");
+    let out = within(
+        "the probe",
+        command("probe", &[pid.to_string(), "0".to_owned()])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("run the probe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    daemon.start_kill().expect("stop shmlinkd");
+    let _ = within("shmlinkd exits", daemon.wait()).await;
+    stdout
+        .lines()
+        .find_map(|l| l.find(MARK).map(|at| l[at + MARK.len()..].to_owned()))
+        .unwrap_or_else(|| panic!("the probe said nothing: {stdout}"))
+}
+
+/// `shmlinkd` is non-dumpable unless started with `--dumpable`: another process of its uid
+/// cannot open its descriptors (every node's block) through `/proc/<pid>/fd`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shmlinkd_is_non_dumpable_unless_asked() {
+    let dir = TestDir::new("flood-dumpable-daemon");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod the test dir");
+    let eacces = format!("DENIED {}", rustix::io::Errno::ACCESS.raw_os_error());
+    assert_eq!(
+        probe_daemon(&dir, "default", &[]).await,
+        eacces,
+        "by default"
+    );
+    assert_eq!(
+        probe_daemon(&dir, "dumpable", &["--dumpable"]).await,
+        "OPENED",
+        "with --dumpable"
+    );
+}
