@@ -172,3 +172,41 @@ pub(crate) async fn recv_with_fds(
     })
     .await
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// A frame longer than the buffer's limit is refused once the limit is buffered, never
+    /// read further; one that fits is decoded.
+    #[tokio::test]
+    async fn a_partial_frame_is_refused_at_the_limit() {
+        let (mut a, mut b) = UnixStream::pair().expect("socket pair");
+        let mut frame = 60_000u32.to_le_bytes().to_vec();
+        frame.resize(4 + 60_000, 0);
+        a.write_all(&frame).await.expect("write");
+        let mut buf = FrameBuf::with_limit(1024);
+        let err = buf
+            .next(&mut b, ipc_core::control::decode_node_frame)
+            .await
+            .expect_err("too large");
+        let inner = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<PartialFrameTooLarge>());
+        assert_eq!(inner, Some(&PartialFrameTooLarge { max: 1024 }));
+        assert_eq!(buf.buf.len(), 1024, "read no further than the limit");
+
+        let hello = ipc_core::control::NodeFrame::Hello { name: "n".into() };
+        a.write_all(&hello.encode()).await.expect("write");
+        let mut buf = FrameBuf::with_limit(1024);
+        let mut c = b;
+        // What is left of the long frame is still in the socket: drain it first.
+        let mut rest = vec![0u8; frame.len() - 1024];
+        c.read_exact(&mut rest).await.expect("drain");
+        let got = buf
+            .next(&mut c, ipc_core::control::decode_node_frame)
+            .await
+            .expect("read");
+        assert_eq!(got, Some(hello));
+    }
+}

@@ -702,3 +702,57 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_logs_once_per_interval_and_resets() {
+        let mut backoff = Backoff::new();
+        let e = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.failure(&e)).collect();
+        assert_eq!(pauses[0], Backoff::MIN);
+        assert_eq!(pauses[1], Backoff::MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().expect("pauses"), Backoff::MAX);
+        // The first failure was logged; the eleven since wait for the next interval.
+        assert_eq!(backoff.unlogged, 11);
+        backoff.success();
+        assert_eq!(backoff.failure(&e), Backoff::MIN);
+    }
+
+    #[test]
+    fn slots_count_per_uid_refuse_past_the_limits_and_give_back_on_drop() {
+        let (stats, rx) = watch::channel(EngineStats::default());
+        let counts = Arc::new(UidCounts {
+            per_uid: Mutex::default(),
+            stats,
+        });
+        let limits = Limits {
+            connections_per_uid: 3,
+            handshakes_per_uid: 2,
+            ..Limits::default()
+        };
+        let (c1, h1) = counts.admit(7, &limits).expect("first");
+        let (c2, h2) = counts.admit(7, &limits).expect("second");
+        assert_eq!(
+            counts.admit(7, &limits).err(),
+            Some((Limit::HandshakesPerUid, 2))
+        );
+        // Another uid has its own counts.
+        let other = counts.admit(8, &limits).expect("another uid");
+        assert_eq!((rx.borrow().connections, rx.borrow().handshakes), (3, 3));
+        drop((h1, h2));
+        let third = counts
+            .admit(7, &limits)
+            .expect("a handshake slot is free again");
+        assert_eq!(
+            counts.admit(7, &limits).err(),
+            Some((Limit::ConnectionsPerUid, 3))
+        );
+        drop((c1, c2, third, other));
+        assert_eq!((rx.borrow().connections, rx.borrow().handshakes), (0, 0));
+        assert!(counts.per_uid.lock().expect("lock").is_empty());
+    }
+}
