@@ -599,7 +599,8 @@ fn is_answer(frame: &EngineFrame) -> bool {
 }
 
 /// Frames on their way to the node, written as its socket takes them: the connection never
-/// waits on a node that does not read (DESIGN.md invariant 4), and the queue is bounded.
+/// waits on a node that does not read (the engine never blocks on a node), and the queue is
+/// bounded.
 #[derive(Debug, Default)]
 struct Outgoing {
     frames: VecDeque<Vec<u8>>,
