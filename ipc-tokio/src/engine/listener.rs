@@ -297,10 +297,12 @@ pub(crate) async fn run(
                 Ok((stream, _)) => {
                     backoff.success();
                     let node = next_node.fetch_add(1, Ordering::Relaxed);
-                    if let Some(admitted) = admit(&stream, &config, &counts) {
-                        tokio::spawn(connection(stream, node, config.clone(), commands.clone(), admitted));
-                    } else {
-                        stats.send_modify(|s| s.refused_connections += 1);
+                    match admit(&stream, &config, &counts) {
+                        Ok(admitted) => {
+                            tokio::spawn(connection(stream, node, config.clone(), commands.clone(), admitted));
+                        }
+                        Err(Refused::Limit) => stats.send_modify(|s| s.refused_connections += 1),
+                        Err(Refused::Other) => {}
                     }
                 }
                 Err(e) => {
@@ -317,6 +319,15 @@ pub(crate) async fn run(
     drop(listening);
 }
 
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A per-uid limit is reached (counted in `EngineStats::refused_connections`).
+    Limit,
+    /// The policy, or the credentials could not be read.
+    Other,
+}
+
 /// A connection admitted by the policy and the per-uid limits.
 #[derive(Debug)]
 struct Admitted {
@@ -329,12 +340,16 @@ struct Admitted {
 /// accept loop itself (no task, no buffer for a refused one). A refusal is told to the peer
 /// without waiting (a fresh socket's buffer always takes one small frame) and the
 /// connection is closed by dropping it.
-fn admit(stream: &UnixStream, config: &Config, counts: &Arc<UidCounts>) -> Option<Admitted> {
+fn admit(
+    stream: &UnixStream,
+    config: &Config,
+    counts: &Arc<UidCounts>,
+) -> Result<Admitted, Refused> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
             tracing::info!(error = %e, "SO_PEERCRED failed; connection dropped");
-            return None;
+            return Err(Refused::Other);
         }
     };
     if !config.policy.allows(cred.uid()) {
@@ -344,10 +359,10 @@ fn admit(stream: &UnixStream, config: &Config, counts: &Arc<UidCounts>) -> Optio
             format!("uid {} is not allowed", cred.uid()),
         ));
         tracing::info!(uid = cred.uid(), pid = ?cred.pid(), "connection refused by policy");
-        return None;
+        return Err(Refused::Other);
     }
     match counts.admit(cred.uid(), &config.limits) {
-        Ok((connection, handshake)) => Some(Admitted {
+        Ok((connection, handshake)) => Ok(Admitted {
             cred,
             connection,
             handshake,
@@ -362,7 +377,7 @@ fn admit(stream: &UnixStream, config: &Config, counts: &Arc<UidCounts>) -> Optio
                 .encode(),
             );
             tracing::debug!(uid = cred.uid(), pid = ?cred.pid(), %limit, max, "connection refused by a limit");
-            None
+            Err(Refused::Limit)
         }
     }
 }
