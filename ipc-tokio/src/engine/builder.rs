@@ -48,7 +48,7 @@ pub(crate) struct Config {
     pub(crate) non_dumpable: bool,
 }
 
-/// Admission and flood limits (issue: floods). Each refusal names its limit
+/// Admission and flood limits. Each refusal names its limit
 /// ([`ipc_core::control::Limit`]). The defaults suit a desktop session (tens of nodes) and a
 /// busy server (hundreds of nodes, thousands of sessions) alike: they sit far above what
 /// legitimate nodes of one user use, and far below what exhausts the engine's memory or its
