@@ -97,8 +97,8 @@ pub use ipc_macros::Message;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{
-    CallError, Client, CodecError, ConnectError, Engine, EngineBuilder, EngineStats, Listener,
-    Loan, MessageType, NameError, Node, NodeOptions, OpenError, Payload, Policy, Schema,
+    CallError, Client, CodecError, ConnectError, Engine, EngineBuilder, EngineStats, Limit,
+    Listener, Loan, MessageType, NameError, Node, NodeOptions, OpenError, Payload, Policy, Schema,
     ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError, Window,
     default_socket_path,
 };

@@ -170,6 +170,80 @@ pub enum EngineFrame {
         /// A sentence for humans.
         message: String,
     },
+    /// A request (or, with `req` 0, the connection itself) was refused because one of the
+    /// engine's admission limits is reached; with `req` 0 the engine closes the connection.
+    Limit {
+        /// The request id, or 0.
+        req: u32,
+        /// Which limit: a [`Limit`] value.
+        limit: u16,
+        /// The limit's configured value.
+        max: u64,
+    },
+}
+
+/// The engine's admission and flood limits, as named in [`EngineFrame::Limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum Limit {
+    /// Open control connections of one uid (registered or not).
+    ConnectionsPerUid = 1,
+    /// Connections of one uid that have not finished their rendezvous.
+    HandshakesPerUid = 2,
+    /// Registered nodes of one uid.
+    NodesPerUid = 3,
+    /// Live session ends held by the nodes of one uid.
+    SessionsPerUid = 4,
+    /// Sessions one opener node holds to one server node.
+    SessionsPerOpener = 5,
+    /// Sessions opened to one listener and not yet accepted by it.
+    QueuedSessions = 6,
+    /// Control requests of one connection in flight to the engine.
+    RequestsPerConnection = 7,
+    /// Bytes of one partial control frame the engine buffers for a connection.
+    PartialFrameBytes = 8,
+    /// Frames queued by the engine for a node that does not read its control socket.
+    QueuedFrames = 9,
+}
+
+impl Limit {
+    /// The limit for a wire value, if known.
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Some(match value {
+            1 => Self::ConnectionsPerUid,
+            2 => Self::HandshakesPerUid,
+            3 => Self::NodesPerUid,
+            4 => Self::SessionsPerUid,
+            5 => Self::SessionsPerOpener,
+            6 => Self::QueuedSessions,
+            7 => Self::RequestsPerConnection,
+            8 => Self::PartialFrameBytes,
+            9 => Self::QueuedFrames,
+            _ => return None,
+        })
+    }
+
+    /// A short name, as in logs and `shmlinkd` flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectionsPerUid => "connections per uid",
+            Self::HandshakesPerUid => "incomplete handshakes per uid",
+            Self::NodesPerUid => "nodes per uid",
+            Self::SessionsPerUid => "sessions per uid",
+            Self::SessionsPerOpener => "sessions from one opener to one server",
+            Self::QueuedSessions => "queued sessions per listener",
+            Self::RequestsPerConnection => "control requests in flight per connection",
+            Self::PartialFrameBytes => "bytes of a partial control frame",
+            Self::QueuedFrames => "frames queued for a node",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The failures the engine reports in [`EngineFrame::Error`].
@@ -349,6 +423,7 @@ mod tag {
     pub(super) const ACCEPT: u8 = 68;
     pub(super) const ERROR: u8 = 69;
     pub(super) const SCHEMA_MISMATCH: u8 = 70;
+    pub(super) const LIMIT: u8 = 71;
 }
 
 impl NodeFrame {
@@ -421,6 +496,11 @@ impl EngineFrame {
                 .u32(*req)
                 .u16(*code)
                 .str(message)
+                .finish(),
+            Self::Limit { req, limit, max } => Writer::new(tag::LIMIT)
+                .u32(*req)
+                .u16(*limit)
+                .u64(*max)
                 .finish(),
         }
     }
@@ -594,6 +674,11 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             code: r.u16()?,
             message: r.text(MAX_MESSAGE, true)?,
         },
+        tag::LIMIT => EngineFrame::Limit {
+            req: r.u32()?,
+            limit: r.u16()?,
+            max: r.u64()?,
+        },
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -682,6 +767,11 @@ mod tests {
                 req: 0,
                 code: ErrorCode::NotServed as u16,
                 message: String::new(),
+            },
+            EngineFrame::Limit {
+                req: 7,
+                limit: Limit::SessionsPerOpener as u16,
+                max: u64::MAX,
             },
         ];
         for f in frames {
@@ -785,6 +875,18 @@ mod tests {
             schema: typed,
         };
         assert!(decode_node_frame(&serve.encode()).is_ok());
+    }
+
+    #[test]
+    fn limits_round_trip_their_wire_values() {
+        for value in 0..=16u16 {
+            if let Some(limit) = Limit::from_u16(value) {
+                assert_eq!(limit as u16, value);
+                assert!(!limit.name().is_empty());
+            }
+        }
+        assert_eq!(Limit::from_u16(9), Some(Limit::QueuedFrames));
+        assert_eq!(Limit::from_u16(10), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipc_core::BlockError;
+use ipc_core::control::Limit;
 pub use ipc_core::control::{MessageType, NameError, Schema};
 use thiserror::Error;
 
@@ -99,6 +100,15 @@ pub enum ConnectError {
         #[source]
         reason: NameError,
     },
+    /// One of the engine's admission limits is reached (for example the connections or
+    /// incomplete handshakes of this uid); retry when some leave.
+    #[error("the engine's limit of {max} {limit} is reached")]
+    LimitReached {
+        /// Which limit.
+        limit: Limit,
+        /// Its configured value.
+        max: u64,
+    },
 }
 
 /// Why `Node::open`, `Node::listen` (or their typed forms) failed.
@@ -141,6 +151,15 @@ pub enum OpenError {
         /// What is wrong with it.
         #[source]
         reason: NameError,
+    },
+    /// One of the engine's admission limits is reached (sessions per uid, per opener, queued
+    /// at the listener, …); retry when some close.
+    #[error("the engine's limit of {max} {limit} is reached")]
+    LimitReached {
+        /// Which limit.
+        limit: Limit,
+        /// Its configured value.
+        max: u64,
     },
     /// The engine refused for another reason.
     #[error("the engine refused: {0}")]

@@ -21,6 +21,7 @@ pub use engine::{
 pub use error::{
     CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,
 };
+pub use ipc_core::control::Limit;
 pub use node::{Listener, Node, NodeOptions, Window};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};

@@ -4,22 +4,39 @@
 //! shmlinkd [-h|--help] [-V|--version]
 //! shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] [--min-block BYTES]
 //!          [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER]
+//!          [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N]
+//!          [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N]
+//!          [--max-requests-per-connection N] [--max-partial-frame BYTES]
+//!          [--max-queued-frames N] [--dumpable]
 //! ```
 //!
 //! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
 //! `SHMLINK_RX_ARENA`, `SHMLINK_MIN_BLOCK`, `SHMLINK_RING`, `SHMLINK_CREDITS`,
-//! `SHMLINK_WINDOW_BYTES`, `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`); a flag wins over
-//! its variable. Sizes accept a `K`, `M` or `G` suffix. SIGINT or SIGTERM shuts down
-//! gracefully: every node sees `Disconnected` and the socket file is removed.
+//! `SHMLINK_WINDOW_BYTES`, `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`, and for the limits
+//! `SHMLINK_MAX_CONNECTIONS_PER_UID`, `SHMLINK_MAX_HANDSHAKES_PER_UID`,
+//! `SHMLINK_MAX_NODES_PER_UID`, `SHMLINK_MAX_SESSIONS_PER_UID`,
+//! `SHMLINK_MAX_SESSIONS_PER_OPENER`, `SHMLINK_MAX_QUEUED_SESSIONS`,
+//! `SHMLINK_MAX_REQUESTS_PER_CONNECTION`, `SHMLINK_MAX_PARTIAL_FRAME`,
+//! `SHMLINK_MAX_QUEUED_FRAMES`, `SHMLINK_DUMPABLE=1`); a flag wins over its variable. Sizes
+//! accept a `K`, `M` or `G` suffix. The limits' defaults and meaning are those of
+//! `EngineBuilder` (docs/SECURITY.md lists them).
+//!
+//! The daemon makes itself non-dumpable (`PR_SET_DUMPABLE` 0) so that other processes of
+//! its uid cannot open every node's block through `/proc/<pid>/fd`; `--dumpable` keeps it
+//! dumpable, for debugging. SIGINT or SIGTERM shuts down gracefully: every node sees
+//! `Disconnected` and the socket file is removed.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmlink::{BlockConfig, Engine, Policy};
+use shmlink::{BlockConfig, Engine, EngineBuilder, Policy};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] \
-[--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER]";
+[--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER] \
+[--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N] \
+[--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N] \
+[--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable]";
 
 /// What `--help` prints (on stdout).
 const HELP: &str = "\
@@ -36,10 +53,22 @@ Options:
   --min-block BYTES   smallest allocation class [env SHMLINK_MIN_BLOCK] (256)
   --ring ENTRIES      capacity of every ring: submit, deliver, release [env SHMLINK_RING]
   --credits N         messages a session end may have in flight [env SHMLINK_CREDITS] (256)
+  --window-bytes BYTES  bytes a session end may have in flight [env SHMLINK_WINDOW_BYTES] (4M)
   --allow-uid UID     also admit nodes of this uid; repeatable
                       [env SHMLINK_ALLOW_UIDS, comma-separated]
   --spin-us N         how long the engine polls before it parks [env SHMLINK_SPIN_US] (50)
   --log FILTER        tracing filter [env RUST_LOG] (info)
+  --max-connections-per-uid N      [env SHMLINK_MAX_CONNECTIONS_PER_UID] (512)
+  --max-handshakes-per-uid N       [env SHMLINK_MAX_HANDSHAKES_PER_UID] (64)
+  --max-nodes-per-uid N            [env SHMLINK_MAX_NODES_PER_UID] (512)
+  --max-sessions-per-uid N         [env SHMLINK_MAX_SESSIONS_PER_UID] (65536)
+  --max-sessions-per-opener N      sessions one node may open to one server
+                                   [env SHMLINK_MAX_SESSIONS_PER_OPENER] (1024)
+  --max-queued-sessions N          [env SHMLINK_MAX_QUEUED_SESSIONS] (1024)
+  --max-requests-per-connection N  [env SHMLINK_MAX_REQUESTS_PER_CONNECTION] (64)
+  --max-partial-frame BYTES        [env SHMLINK_MAX_PARTIAL_FRAME] (4K)
+  --max-queued-frames N            [env SHMLINK_MAX_QUEUED_FRAMES] (16384)
+  --dumpable          stay dumpable (for debugging) [env SHMLINK_DUMPABLE=1]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -55,6 +84,56 @@ enum Parsed {
     Print(String),
 }
 
+/// The limits' flags, their variables, and the builder method each sets.
+type SetLimit = fn(EngineBuilder, usize) -> EngineBuilder;
+const LIMITS: [(&str, &str, SetLimit); 9] = [
+    (
+        "--max-connections-per-uid",
+        "SHMLINK_MAX_CONNECTIONS_PER_UID",
+        EngineBuilder::max_connections_per_uid,
+    ),
+    (
+        "--max-handshakes-per-uid",
+        "SHMLINK_MAX_HANDSHAKES_PER_UID",
+        EngineBuilder::max_handshakes_per_uid,
+    ),
+    (
+        "--max-nodes-per-uid",
+        "SHMLINK_MAX_NODES_PER_UID",
+        EngineBuilder::max_nodes_per_uid,
+    ),
+    (
+        "--max-sessions-per-uid",
+        "SHMLINK_MAX_SESSIONS_PER_UID",
+        EngineBuilder::max_sessions_per_uid,
+    ),
+    (
+        "--max-sessions-per-opener",
+        "SHMLINK_MAX_SESSIONS_PER_OPENER",
+        EngineBuilder::max_sessions_per_opener,
+    ),
+    (
+        "--max-queued-sessions",
+        "SHMLINK_MAX_QUEUED_SESSIONS",
+        EngineBuilder::max_queued_sessions,
+    ),
+    (
+        "--max-requests-per-connection",
+        "SHMLINK_MAX_REQUESTS_PER_CONNECTION",
+        EngineBuilder::max_requests_per_connection,
+    ),
+    (
+        "--max-partial-frame",
+        "SHMLINK_MAX_PARTIAL_FRAME",
+        EngineBuilder::max_partial_frame_bytes,
+    ),
+    (
+        "--max-queued-frames",
+        "SHMLINK_MAX_QUEUED_FRAMES",
+        EngineBuilder::max_queued_frames,
+    ),
+];
+
 #[derive(Debug)]
 struct Options {
     socket: std::path::PathBuf,
@@ -64,6 +143,9 @@ struct Options {
     allow: Vec<u32>,
     spin_us: Option<u64>,
     log: String,
+    /// Values for [`LIMITS`], by index.
+    limits: [Option<usize>; LIMITS.len()],
+    dumpable: bool,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -88,6 +170,12 @@ fn parse_num<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> 
         .map_err(|_| format!("{what}: not a number: {text:?}"))
 }
 
+/// A limit: a count, or a size with a suffix.
+fn parse_limit(what: &str, text: &str) -> Result<usize, String> {
+    let value = parse_size(text).map_err(|e| format!("{what}: {e}"))?;
+    usize::try_from(value).map_err(|_| format!("{what}: too large: {text:?}"))
+}
+
 fn options() -> Result<Parsed, String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut o = Options {
@@ -98,7 +186,14 @@ fn options() -> Result<Parsed, String> {
         allow: Vec::new(),
         spin_us: None,
         log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
+        limits: [None; LIMITS.len()],
+        dumpable: env("SHMLINK_DUMPABLE").is_some_and(|v| v != "0"),
     };
+    for (i, (_, var, _)) in LIMITS.iter().enumerate() {
+        if let Some(v) = env(var) {
+            o.limits[i] = Some(parse_limit(var, &v)?);
+        }
+    }
     let set_ring = |block: &mut BlockConfig, n: u32| {
         block.submit_capacity = n;
         block.deliver_capacity = n;
@@ -142,6 +237,10 @@ fn options() -> Result<Parsed, String> {
             }
             _ => {}
         }
+        if flag == "--dumpable" {
+            o.dumpable = true;
+            continue;
+        }
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -156,7 +255,10 @@ fn options() -> Result<Parsed, String> {
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
             "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+            other => match LIMITS.iter().position(|(name, _, _)| *name == other) {
+                Some(i) => o.limits[i] = Some(parse_limit(other, &value)?),
+                None => return Err(format!("unknown flag {other}\n{USAGE}")),
+            },
         }
     }
     Ok(Parsed::Run(o))
@@ -203,6 +305,13 @@ fn main() -> ExitCode {
         if !options.allow.is_empty() {
             builder = builder.policy(Policy::AllowUids(options.allow.clone()));
         }
+        for ((_, _, set), value) in LIMITS.iter().zip(options.limits) {
+            if let Some(value) = value {
+                builder = set(builder, value);
+            }
+        }
+        // Other processes of this uid lose /proc/<pid>/fd, /proc/<pid>/mem and ptrace.
+        builder = builder.non_dumpable(!options.dumpable);
         let engine = match builder.spawn() {
             Ok(engine) => engine,
             Err(e) => {

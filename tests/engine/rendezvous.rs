@@ -66,6 +66,7 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::Accept { .. } => "Accept",
         EngineFrame::SchemaMismatch { .. } => "SchemaMismatch",
         EngineFrame::Error { .. } => "Error",
+        EngineFrame::Limit { .. } => "Limit",
     }
 }
 

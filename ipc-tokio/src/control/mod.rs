@@ -20,12 +20,37 @@ use tokio::net::UnixStream;
 pub(crate) const WELCOME_FDS: usize = 3;
 
 /// A buffer of bytes read from a control socket, split into frames by a decoder.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FrameBuf {
     buf: BytesMut,
+    /// The most bytes buffered at once: a frame that does not fit is refused
+    /// ([`PartialFrameTooLarge`]) before more is read.
+    limit: usize,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        Self::with_limit(MAX_FRAME + 4)
+    }
+}
+
+/// A peer's frame is longer than the bytes this side buffers for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a control frame longer than {max} bytes (the engine's limit)")]
+pub(crate) struct PartialFrameTooLarge {
+    /// The bound.
+    pub(crate) max: usize,
 }
 
 impl FrameBuf {
+    /// A buffer that holds at most `limit` bytes (at least a frame header).
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            limit: limit.max(8),
+        }
+    }
+
     /// Decodes the next frame with `decode` (one of ipc-core's decoders), reading from the
     /// socket as needed. `Ok(None)` on a clean end of stream between frames.
     pub(crate) async fn next<F>(
@@ -42,14 +67,22 @@ impl FrameBuf {
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
-            if self.buf.len() > MAX_FRAME + 4 {
+            // No whole frame at the front: what is buffered is (part of) one frame.
+            let room = self.limit.saturating_sub(self.buf.len());
+            if room == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "frame too large",
+                    PartialFrameTooLarge { max: self.limit },
                 ));
             }
-            self.buf.reserve(4096);
-            if sock.read_buf(&mut self.buf).await? == 0 {
+            let want = room.min(4096);
+            self.buf.reserve(want);
+            // Never read past the limit: the buffer stays within it whatever the peer sends.
+            let read = (&mut *sock)
+                .take(want as u64)
+                .read_buf(&mut self.buf)
+                .await?;
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -138,4 +171,42 @@ pub(crate) async fn recv_with_fds(
         Ok(msg.bytes)
     })
     .await
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// A frame longer than the buffer's limit is refused once the limit is buffered, never
+    /// read further; one that fits is decoded.
+    #[tokio::test]
+    async fn a_partial_frame_is_refused_at_the_limit() {
+        let (mut a, mut b) = UnixStream::pair().expect("socket pair");
+        let mut frame = 60_000u32.to_le_bytes().to_vec();
+        frame.resize(4 + 60_000, 0);
+        a.write_all(&frame).await.expect("write");
+        let mut buf = FrameBuf::with_limit(1024);
+        let err = buf
+            .next(&mut b, ipc_core::control::decode_node_frame)
+            .await
+            .expect_err("too large");
+        let inner = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<PartialFrameTooLarge>());
+        assert_eq!(inner, Some(&PartialFrameTooLarge { max: 1024 }));
+        assert_eq!(buf.buf.len(), 1024, "read no further than the limit");
+
+        let hello = ipc_core::control::NodeFrame::Hello { name: "n".into() };
+        a.write_all(&hello.encode()).await.expect("write");
+        let mut buf = FrameBuf::with_limit(1024);
+        let mut c = b;
+        // What is left of the long frame is still in the socket: drain it first.
+        let mut rest = vec![0u8; frame.len() - 1024];
+        c.read_exact(&mut rest).await.expect("drain");
+        let got = buf
+            .next(&mut c, ipc_core::control::decode_node_frame)
+            .await
+            .expect("read");
+        assert_eq!(got, Some(hello));
+    }
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::engine::command::Command;
 use crate::engine::config::{
     Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats,
-    Policy, default_socket_path,
+    Limits, MIN_PARTIAL_FRAME_BYTES, Policy, default_socket_path,
 };
 use crate::engine::listener::{self, Listening};
 use crate::engine::router::Router;
@@ -37,6 +37,8 @@ impl Default for EngineBuilder {
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
                 max_sessions_per_node: 16 * 1024,
+                limits: Limits::default(),
+                non_dumpable: false,
             },
         }
     }
@@ -109,6 +111,78 @@ impl EngineBuilder {
         self
     }
 
+    /// Open control connections one uid may hold, registered or not (default 512). One more
+    /// is refused with [`Limit::ConnectionsPerUid`](ipc_core::control::Limit).
+    pub fn max_connections_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.connections_per_uid = max.max(1);
+        self
+    }
+
+    /// Connections of one uid that may be in their rendezvous at once (default 64); the
+    /// handshake timeout still bounds each. One more is refused with
+    /// [`Limit::HandshakesPerUid`](ipc_core::control::Limit).
+    pub fn max_handshakes_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.handshakes_per_uid = max.max(1);
+        self
+    }
+
+    /// Registered nodes of one uid (default 512).
+    pub fn max_nodes_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.nodes_per_uid = max.max(1);
+        self
+    }
+
+    /// Live session ends the nodes of one uid may hold (default 65,536).
+    pub fn max_sessions_per_uid(mut self, max: usize) -> Self {
+        self.config.limits.sessions_per_uid = max.max(1);
+        self
+    }
+
+    /// Sessions one opener node may hold to one server node (default 1,024).
+    pub fn max_sessions_per_opener(mut self, max: usize) -> Self {
+        self.config.limits.sessions_per_opener = max.max(1);
+        self
+    }
+
+    /// Sessions opened to one listener and not yet accepted (default 1,024).
+    pub fn max_queued_sessions(mut self, max: usize) -> Self {
+        self.config.limits.queued_sessions = max.max(1);
+        self
+    }
+
+    /// Control requests one connection may have in flight (default 64); past it the engine
+    /// reads no more from that connection until it has answered some.
+    pub fn max_requests_per_connection(mut self, max: usize) -> Self {
+        self.config.limits.requests_per_connection = max.max(1);
+        self
+    }
+
+    /// Bytes of a partial control frame the engine buffers per connection (default 4 KiB,
+    /// at least 1 KiB). A longer frame closes the connection with
+    /// [`Limit::PartialFrameBytes`](ipc_core::control::Limit).
+    pub fn max_partial_frame_bytes(mut self, max: usize) -> Self {
+        self.config.limits.partial_frame_bytes =
+            max.clamp(MIN_PARTIAL_FRAME_BYTES, ipc_core::control::MAX_FRAME + 4);
+        self
+    }
+
+    /// Frames the engine queues for a node that does not read its control socket (default
+    /// 16,384); one more closes that node.
+    pub fn max_queued_frames(mut self, max: usize) -> Self {
+        self.config.limits.queued_frames = max.max(1);
+        self
+    }
+
+    /// Makes the process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`) when the engine starts
+    /// (default off for an embedded engine; `shmlinkd` turns it on). Then other processes
+    /// of the same uid can no longer open its blocks through `/proc/<pid>/fd`, read its
+    /// memory or ptrace it; it also disables core dumps of the whole process. A process
+    /// running as root (or with `CAP_SYS_PTRACE`) still can.
+    pub fn non_dumpable(mut self, yes: bool) -> Self {
+        self.config.non_dumpable = yes;
+        self
+    }
+
     /// Binds the socket and starts the engine on the current Tokio runtime.
     ///
     /// # Errors
@@ -121,18 +195,25 @@ impl EngineBuilder {
     pub fn spawn(self) -> Result<Engine, SpawnError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
         ipc_core::Layout::compute(&self.config.block)?;
+        if self.config.non_dumpable {
+            crate::node::set_non_dumpable().map_err(|source| SpawnError::Io {
+                path: self.config.socket.display().to_string(),
+                source,
+            })?;
+        }
         let config = Arc::new(self.config);
         let _guard = handle.enter();
         let listening = Listening::bind(&config)?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (stats_tx, stats) = watch::channel(EngineStats::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let router = Router::new(config.clone(), command_rx, stats_tx);
+        let router = Router::new(config.clone(), command_rx, stats_tx.clone());
         let router = handle.spawn(router.run());
         let listener = handle.spawn(listener::run(
             listening,
             config.clone(),
             commands.clone(),
+            stats_tx.clone(),
             stop_rx,
         ));
         tracing::info!(socket = %config.socket.display(), "engine listening");

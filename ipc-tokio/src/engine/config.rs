@@ -43,7 +43,64 @@ pub(crate) struct Config {
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_sessions_per_node: usize,
+    pub(crate) limits: Limits,
+    /// Make the engine's process non-dumpable when it starts (`PR_SET_DUMPABLE` 0).
+    pub(crate) non_dumpable: bool,
 }
+
+/// Admission and flood limits. Each refusal names its limit
+/// ([`ipc_core::control::Limit`]). The defaults suit a desktop session (tens of nodes) and a
+/// busy server (hundreds of nodes, thousands of sessions) alike: they sit far above what
+/// legitimate nodes of one user use, and far below what exhausts the engine's memory or its
+/// file descriptors (each registered node holds 4 of the engine's descriptors).
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Open control connections of one uid, registered or not (default 512: ~2,000 engine
+    /// descriptors at most, under a server's usual `RLIMIT_NOFILE`).
+    pub(crate) connections_per_uid: usize,
+    /// Connections of one uid between accept and `Ready` (default 64: a rendezvous takes
+    /// milliseconds, so only a burst of starts reaches it; half-open connections cannot
+    /// hold more than 64 descriptors, each for at most the handshake timeout).
+    pub(crate) handshakes_per_uid: usize,
+    /// Registered nodes of one uid (default 512).
+    pub(crate) nodes_per_uid: usize,
+    /// Live session ends held by the nodes of one uid (default 65,536).
+    pub(crate) sessions_per_uid: usize,
+    /// Sessions one opener node may hold to one server node (default 1,024), so that one
+    /// client cannot take every slot of a server.
+    pub(crate) sessions_per_opener: usize,
+    /// Sessions opened to one listener and not yet accepted by it (default 1,024).
+    pub(crate) queued_sessions: usize,
+    /// Control requests (serve, unserve, open) of one connection in flight to the router
+    /// (default 64): past it the engine stops reading that socket until answers go out.
+    pub(crate) requests_per_connection: usize,
+    /// Bytes of one partial control frame buffered per connection (default 4 KiB; the
+    /// largest frame a node sends is under 800 bytes, so this never refuses a valid one).
+    pub(crate) partial_frame_bytes: usize,
+    /// Frames queued for a node that does not read its control socket (default 16,384,
+    /// a few MiB): past it the engine closes that node.
+    pub(crate) queued_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_per_uid: 512,
+            handshakes_per_uid: 64,
+            nodes_per_uid: 512,
+            sessions_per_uid: 64 * 1024,
+            sessions_per_opener: 1024,
+            queued_sessions: 1024,
+            requests_per_connection: 64,
+            partial_frame_bytes: 4096,
+            queued_frames: 16 * 1024,
+        }
+    }
+}
+
+/// The smallest partial-frame bound: above the largest frame a node sends (a `Serve` or
+/// `Open` with three 255-byte names is 797 bytes).
+pub(crate) const MIN_PARTIAL_FRAME_BYTES: usize = 1024;
 
 /// The default socket path: `$XDG_RUNTIME_DIR/shmlink/engine.sock`, or
 /// `/tmp/shmlink-<uid>/engine.sock` when `XDG_RUNTIME_DIR` is not set.
@@ -72,6 +129,16 @@ pub struct EngineStats {
     pub messages: u64,
     /// Nodes closed for breaking the protocol since start.
     pub violations: u64,
+    /// Failed `accept` calls since start (for example with the descriptor limit reached);
+    /// each failure backs the listener off, so this grows slowly whatever the load.
+    pub accept_failures: u64,
+    /// Connections refused by an admission limit since start (connections or handshakes
+    /// per uid).
+    pub refused_connections: u64,
+    /// Open control connections, registered or still in their rendezvous.
+    pub connections: usize,
+    /// Connections still in their rendezvous (accepted, not yet `Ready`).
+    pub handshakes: usize,
     /// Nodes the router polls on every pass (they rang, or were busy within the spin time);
     /// the others cost nothing until they ring (invariant 8).
     pub active_nodes: usize,

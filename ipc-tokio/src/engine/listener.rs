@@ -1,21 +1,24 @@
 //! The listening socket, and one connection task per node: rendezvous, then control frames.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ipc_core::control::{self, EngineFrame, ErrorCode, FrameError, NodeFrame};
+use ipc_core::control::{self, EngineFrame, ErrorCode, FrameError, Limit, NodeFrame};
 use ipc_core::{Block, Doorbell};
 use rustix::fs::FlockOperation;
+use tokio::net::unix::{OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::control::{FrameBuf, send_with_fds, write_frame};
+use crate::control::{FrameBuf, PartialFrameTooLarge, send_with_fds, write_frame};
 use crate::engine::command::{Command, Handover, Registration};
-use crate::engine::config::Config;
+use crate::engine::config::{Config, EngineStats, Limits};
 use crate::error::SpawnError;
 
 /// A bound socket and the lock that proves this engine owns the path.
@@ -207,31 +210,245 @@ impl Drop for Listening {
     }
 }
 
+// ===== admission =====
+
+/// Connections and incomplete handshakes per uid, shared by the accept loop and the
+/// connection tasks. Only the accept loop adds; a [`Slot`] gives its count back on drop.
+/// The totals are published in [`EngineStats`].
+#[derive(Debug)]
+struct UidCounts {
+    per_uid: Mutex<HashMap<u32, Counts>>,
+    stats: watch::Sender<EngineStats>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    connections: usize,
+    handshakes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotKind {
+    Connection,
+    Handshake,
+}
+
+/// One connection (or one handshake in progress) of one uid, counted while this lives.
+#[derive(Debug)]
+struct Slot {
+    counts: Arc<UidCounts>,
+    uid: u32,
+    kind: SlotKind,
+}
+
+impl UidCounts {
+    /// Takes a connection slot and a handshake slot for `uid`, or names the limit reached.
+    fn admit(self: &Arc<Self>, uid: u32, limits: &Limits) -> Result<(Slot, Slot), (Limit, u64)> {
+        let mut map = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = map.entry(uid).or_default();
+        if counts.connections >= limits.connections_per_uid {
+            return Err((Limit::ConnectionsPerUid, limits.connections_per_uid as u64));
+        }
+        if counts.handshakes >= limits.handshakes_per_uid {
+            return Err((Limit::HandshakesPerUid, limits.handshakes_per_uid as u64));
+        }
+        counts.connections += 1;
+        counts.handshakes += 1;
+        self.stats.send_modify(|s| {
+            s.connections += 1;
+            s.handshakes += 1;
+        });
+        let slot = |kind| Slot {
+            counts: self.clone(),
+            uid,
+            kind,
+        };
+        Ok((slot(SlotKind::Connection), slot(SlotKind::Handshake)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .per_uid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(counts) = map.get_mut(&self.uid) {
+            match self.kind {
+                SlotKind::Connection => counts.connections = counts.connections.saturating_sub(1),
+                SlotKind::Handshake => counts.handshakes = counts.handshakes.saturating_sub(1),
+            }
+            self.counts.stats.send_modify(|s| match self.kind {
+                SlotKind::Connection => s.connections = s.connections.saturating_sub(1),
+                SlotKind::Handshake => s.handshakes = s.handshakes.saturating_sub(1),
+            });
+            if counts.connections == 0 && counts.handshakes == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
+// ===== accept =====
+
+/// The accept loop's pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS…): doubles from
+/// [`Backoff::MIN`] to [`Backoff::MAX`] while failures repeat, and resets on success. The
+/// listening socket stays readable while connections wait in its backlog, so without a
+/// pause a full descriptor table would spin the loop at full speed.
+#[derive(Debug)]
+struct Backoff {
+    delay: Duration,
+    /// When the last failure was logged, and how many failed since.
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(100);
+    /// At most one log line per this interval, whatever the number of failures.
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self {
+            delay: Self::MIN,
+            logged: None,
+            unlogged: 0,
+        }
+    }
+
+    fn success(&mut self) {
+        self.delay = Self::MIN;
+    }
+
+    /// Records a failure, logs it if the interval has passed, and returns the pause.
+    fn failure(&mut self, error: &io::Error) -> Duration {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= Self::LOG_EVERY)
+        {
+            tracing::warn!(
+                error = %error,
+                failures = self.unlogged,
+                backoff = ?self.delay,
+                "accept failed; existing nodes are still served, new connections wait"
+            );
+            self.logged = Some(now);
+            self.unlogged = 0;
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        delay
+    }
+}
+
 /// Accepts connections until told to stop.
 pub(crate) async fn run(
     listening: Listening,
     config: Arc<Config>,
     commands: mpsc::UnboundedSender<Command>,
+    stats: watch::Sender<EngineStats>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let next_node = Arc::new(AtomicU32::new(1));
+    let counts = Arc::new(UidCounts {
+        per_uid: Mutex::default(),
+        stats: stats.clone(),
+    });
+    let mut backoff = Backoff::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
             accepted = listening.listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    backoff.success();
                     let node = next_node.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(connection(stream, node, config.clone(), commands.clone()));
+                    match admit(&stream, &config, &counts) {
+                        Ok(admitted) => {
+                            tokio::spawn(connection(stream, node, config.clone(), commands.clone(), admitted));
+                        }
+                        Err(Refused::Limit) => stats.send_modify(|s| s.refused_connections += 1),
+                        Err(Refused::Other) => {}
+                    }
                 }
                 Err(e) => {
-                    // EMFILE and friends: keep serving the nodes we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::task::yield_now().await;
+                    stats.send_modify(|s| s.accept_failures += 1);
+                    let pause = backoff.failure(&e);
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
             },
         }
     }
     drop(listening);
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A per-uid limit is reached (counted in `EngineStats::refused_connections`).
+    Limit,
+    /// The policy, or the credentials could not be read.
+    Other,
+}
+
+/// A connection admitted by the policy and the per-uid limits.
+#[derive(Debug)]
+struct Admitted {
+    cred: UCred,
+    connection: Slot,
+    handshake: Slot,
+}
+
+/// Checks a new connection's credentials against the policy and the per-uid limits, in the
+/// accept loop itself (no task, no buffer for a refused one). A refusal is told to the peer
+/// without waiting (a fresh socket's buffer always takes one small frame) and the
+/// connection is closed by dropping it.
+fn admit(
+    stream: &UnixStream,
+    config: &Config,
+    counts: &Arc<UidCounts>,
+) -> Result<Admitted, Refused> {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(e) => {
+            tracing::info!(error = %e, "SO_PEERCRED failed; connection dropped");
+            return Err(Refused::Other);
+        }
+    };
+    if !config.policy.allows(cred.uid()) {
+        let _ = stream.try_write(&error_frame(
+            0,
+            ErrorCode::Denied,
+            format!("uid {} is not allowed", cred.uid()),
+        ));
+        tracing::info!(uid = cred.uid(), pid = ?cred.pid(), "connection refused by policy");
+        return Err(Refused::Other);
+    }
+    match counts.admit(cred.uid(), &config.limits) {
+        Ok((connection, handshake)) => Ok(Admitted {
+            cred,
+            connection,
+            handshake,
+        }),
+        Err((limit, max)) => {
+            let _ = stream.try_write(
+                &EngineFrame::Limit {
+                    req: 0,
+                    limit: limit as u16,
+                    max,
+                }
+                .encode(),
+            );
+            tracing::debug!(uid = cred.uid(), pid = ?cred.pid(), %limit, max, "connection refused by a limit");
+            Err(Refused::Limit)
+        }
+    }
 }
 
 fn error_frame(req: u32, code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
@@ -243,14 +460,23 @@ fn error_frame(req: u32, code: ErrorCode, message: impl Into<String>) -> Vec<u8>
     .encode()
 }
 
-fn frame_error_code(e: &io::Error) -> ErrorCode {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<FrameError>())
-    {
+/// The frame that tells a node why its frame was refused: a [`Limit`] for a frame longer
+/// than the engine buffers, an error code otherwise.
+fn frame_error_frame(e: &io::Error) -> Vec<u8> {
+    let inner = e.get_ref();
+    if let Some(too_large) = inner.and_then(|i| i.downcast_ref::<PartialFrameTooLarge>()) {
+        return EngineFrame::Limit {
+            req: 0,
+            limit: Limit::PartialFrameBytes as u16,
+            max: too_large.max as u64,
+        }
+        .encode();
+    }
+    let code = match inner.and_then(|i| i.downcast_ref::<FrameError>()) {
         Some(FrameError::Version { .. }) => ErrorCode::Version,
         _ => ErrorCode::BadFrame,
-    }
+    };
+    error_frame(0, code, e.to_string())
 }
 
 /// One node's connection, from accept to close.
@@ -259,60 +485,63 @@ async fn connection(
     node: u32,
     config: Arc<Config>,
     commands: mpsc::UnboundedSender<Command>,
+    admitted: Admitted,
 ) {
-    match rendezvous(&mut stream, node, &config).await {
-        Ok((frames, handover)) => {
-            let (out_tx, out_rx) = mpsc::unbounded_channel();
-            let name = handover.name.clone();
-            let registration = Registration {
-                node,
-                frames: out_tx,
-                handover,
-            };
-            if commands
-                .send(Command::Register(Box::new(registration)))
-                .is_err()
-            {
-                return;
-            }
-            tracing::debug!(node, %name, "node registered");
-            let (reason, violation) = serve(stream, node, frames, out_rx, &commands).await;
-            tracing::debug!(node, %name, %reason, "node connection closed");
-            let _ = commands.send(Command::Gone {
-                node,
-                reason,
-                violation,
-            });
-        }
+    // The slots are given back only once the socket is closed: the counts never run
+    // behind the descriptors they stand for.
+    let Admitted {
+        cred,
+        connection: slot,
+        handshake,
+    } = admitted;
+    let (frames, handover) = match rendezvous(&mut stream, node, &config, &cred).await {
+        Ok(ready) => ready,
         Err(reason) => {
             tracing::info!(node, %reason, "rendezvous failed");
+            drop(stream);
+            drop(handshake);
+            drop(slot);
+            return;
         }
+    };
+    drop(handshake);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let name = handover.name.clone();
+    let registration = Registration {
+        node,
+        frames: out_tx,
+        handover,
+    };
+    if commands
+        .send(Command::Register(Box::new(registration)))
+        .is_err()
+    {
+        return;
     }
+    tracing::debug!(node, %name, "node registered");
+    let ended = serve(stream, node, frames, out_rx, &commands, &config.limits).await;
+    if let Ended::NotReading { .. } = ended {
+        tracing::warn!(node, %name, reason = %ended, "closing node");
+    } else {
+        tracing::debug!(node, %name, reason = %ended, "node connection closed");
+    }
+    let _ = commands.send(Command::Gone {
+        node,
+        violation: ended.is_violation(),
+        reason: ended.to_string(),
+    });
+    drop(slot);
 }
 
-/// Credentials, hello, block and doorbells, ready. Errors are reported to the peer (when it
-/// can be told) and returned as a reason for the log.
+/// Hello, block and doorbells, ready (credentials were checked at accept). Errors are
+/// reported to the peer (when it can be told) and returned as a reason for the log.
 async fn rendezvous(
     stream: &mut UnixStream,
     node: u32,
     config: &Config,
+    cred: &UCred,
 ) -> Result<(FrameBuf, Handover), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    if !config.policy.allows(cred.uid()) {
-        let _ = write_frame(
-            stream,
-            &error_frame(
-                0,
-                ErrorCode::Denied,
-                format!("uid {} is not allowed", cred.uid()),
-            ),
-        )
-        .await;
-        return Err(format!("uid {} refused by policy", cred.uid()));
-    }
-    let mut frames = FrameBuf::default();
+    let mut frames = FrameBuf::with_limit(config.limits.partial_frame_bytes);
     let hello = tokio::time::timeout(
         config.handshake_timeout,
         frames.next(stream, control::decode_node_frame),
@@ -331,7 +560,7 @@ async fn rendezvous(
         }
         Ok(Ok(None)) => return Err("closed before hello".into()),
         Ok(Err(e)) => {
-            let _ = write_frame(stream, &error_frame(0, frame_error_code(&e), e.to_string())).await;
+            let _ = stream.try_write(&frame_error_frame(&e));
             return Err(format!("bad hello: {e}"));
         }
     };
@@ -383,7 +612,7 @@ async fn rendezvous(
             return Err(format!("expected Ready, got {other:?}"));
         }
         Ok(Err(e)) => {
-            let _ = write_frame(stream, &error_frame(0, frame_error_code(&e), e.to_string())).await;
+            let _ = stream.try_write(&frame_error_frame(&e));
             return Err(format!("bad ready: {e}"));
         }
     }
@@ -400,67 +629,218 @@ async fn rendezvous(
     ))
 }
 
+/// Why a registered node's connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The node closed its socket.
+    #[error("closed by the node")]
+    ByNode,
+    /// The router let go of the node (a violation, or shutdown).
+    #[error("closed by the engine")]
+    ByEngine,
+    /// The router is gone.
+    #[error("engine shutting down")]
+    Shutdown,
+    /// The node sent a frame that is not valid after rendezvous.
+    #[error("protocol violation: unexpected {0}")]
+    Unexpected(&'static str),
+    /// The node's bytes are not a valid frame (or one longer than the engine buffers), or
+    /// reading them failed.
+    #[error("protocol violation: {0}")]
+    BadFrame(io::Error),
+    /// Reading or writing the socket failed.
+    #[error("control socket: {0}")]
+    Io(io::Error),
+    /// The node leaves its control socket unread while frames for it pile up.
+    #[error("it does not read its control socket ({queued} frames wait, limit {max})")]
+    NotReading {
+        /// Frames waiting.
+        queued: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Ended {
+    /// Whether the node broke the protocol (counted in `EngineStats::violations`).
+    fn is_violation(&self) -> bool {
+        match self {
+            Self::Unexpected(_) => true,
+            Self::BadFrame(e) => e.kind() == io::ErrorKind::InvalidData,
+            _ => false,
+        }
+    }
+}
+
+/// Whether `frame` answers a request (and so ends one in flight).
+fn is_answer(frame: &EngineFrame) -> bool {
+    match frame {
+        EngineFrame::ServeOk { req, .. }
+        | EngineFrame::UnserveOk { req }
+        | EngineFrame::OpenOk { req, .. }
+        | EngineFrame::Error { req, .. }
+        | EngineFrame::Limit { req, .. }
+        | EngineFrame::SchemaMismatch { req, .. } => *req != 0,
+        EngineFrame::Welcome { .. } | EngineFrame::Accept { .. } => false,
+    }
+}
+
+/// Frames on their way to the node, written as its socket takes them: the connection never
+/// waits on a node that does not read (the engine never blocks on a node), and the queue is
+/// bounded.
+#[derive(Debug, Default)]
+struct Outgoing {
+    frames: VecDeque<Vec<u8>>,
+    /// Bytes of the front frame already written.
+    written: usize,
+}
+
+impl Outgoing {
+    /// Writes what the socket takes now. `Ok` when it would block or all is written.
+    fn flush(&mut self, wr: &OwnedWriteHalf) -> io::Result<()> {
+        while let Some(front) = self.frames.front() {
+            match wr.try_write(&front[self.written..]) {
+                Ok(n) => {
+                    self.written += n;
+                    if self.written == front.len() {
+                        self.frames.pop_front();
+                        self.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Forwards the node's control frames to the router and the router's frames to the node,
 /// until either side closes. Returns why.
+///
+/// Bounded per connection: at most `requests_per_connection` requests in flight to the
+/// router (past it this socket is not read until answers come back), at most
+/// `partial_frame_bytes` of an unfinished frame buffered, and at most `queued_frames`
+/// frames waiting for the node to read (past it the node is closed: it does not read).
 async fn serve(
     stream: UnixStream,
     node: u32,
     mut frames: FrameBuf,
     mut out: mpsc::UnboundedReceiver<EngineFrame>,
     commands: &mpsc::UnboundedSender<Command>,
-) -> (String, bool) {
+    limits: &Limits,
+) -> Ended {
     let (mut rd, wr) = stream.into_split();
-    // Frames to the node go out on their own future, polled beside the reads: a write that
-    // waits for the node to read never stops the engine reading what the node writes (both
-    // sockets' buffers full, both sides waiting to write, was a deadlock).
-    let wr = tokio::sync::Mutex::new(wr);
-    let mut writer = Box::pin(async {
-        while let Some(frame) = out.recv().await {
-            if let Err(e) = write_frame(&mut *wr.lock().await, &frame.encode()).await {
-                return (format!("write failed: {e}"), false);
-            }
-        }
-        // The router dropped this node (a violation, or shutdown): close the socket.
-        ("closed by the engine".to_owned(), false)
-    });
-    // Tells a node that broke the protocol why, if it reads within a second (the writer
-    // goes first: a frame it had half written is abandoned, the connection closes anyway).
-    async fn last_word(
-        writer: std::pin::Pin<Box<impl std::future::Future>>,
-        wr: &tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
-        frame: Vec<u8>,
-    ) {
-        drop(writer);
-        let mut wr = wr.lock().await;
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            write_frame(&mut *wr, &frame),
-        )
-        .await;
-    }
+    let mut outgoing = Outgoing::default();
+    let mut in_flight = 0usize;
     loop {
         tokio::select! {
-            frame = frames.next(&mut rd, control::decode_node_frame) => {
+            frame = frames.next(&mut rd, control::decode_node_frame), if in_flight < limits.requests_per_connection => {
                 let command = match frame {
                     Ok(Some(NodeFrame::Serve { req, service, schema })) => Command::Serve { node, req, service, schema },
                     Ok(Some(NodeFrame::Unserve { req, service })) => Command::Unserve { node, req, service },
                     Ok(Some(NodeFrame::Open { req, service, schema })) => Command::Open { node, req, service, schema },
                     Ok(Some(other)) => {
-                        last_word(writer, &wr, error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous")).await;
-                        return (format!("protocol violation: unexpected {other:?}"), true);
+                        let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous"));
+                        break Ended::Unexpected(match other {
+                            NodeFrame::Hello { .. } => "Hello",
+                            _ => "Ready",
+                        });
                     }
-                    Ok(None) => return ("closed by the node".into(), false),
+                    Ok(None) => break Ended::ByNode,
                     Err(e) => {
-                        last_word(writer, &wr, error_frame(0, frame_error_code(&e), e.to_string())).await;
-                        let violation = e.kind() == std::io::ErrorKind::InvalidData;
-                        return (format!("protocol violation: {e}"), violation);
+                        let _ = outgoing.flush(&wr);
+                        let _ = wr.try_write(&frame_error_frame(&e));
+                        break Ended::BadFrame(e);
                     }
                 };
                 if commands.send(command).is_err() {
-                    return ("engine shutting down".into(), false);
+                    break Ended::Shutdown;
+                }
+                in_flight += 1;
+            }
+            frame = out.recv() => match frame {
+                Some(frame) => {
+                    if is_answer(&frame) {
+                        in_flight = in_flight.saturating_sub(1);
+                    }
+                    if outgoing.frames.len() >= limits.queued_frames {
+                        break Ended::NotReading {
+                            queued: outgoing.frames.len() + 1,
+                            max: limits.queued_frames,
+                        };
+                    }
+                    outgoing.frames.push_back(frame.encode());
+                    if let Err(e) = outgoing.flush(&wr) {
+                        break Ended::Io(e);
+                    }
+                }
+                // The router dropped this node (a violation, or shutdown): what it said
+                // last goes out if the socket takes it now, then the socket closes.
+                None => {
+                    let _ = outgoing.flush(&wr);
+                    break Ended::ByEngine;
+                }
+            },
+            ready = wr.writable(), if !outgoing.frames.is_empty() => {
+                if let Err(e) = ready.and_then(|()| outgoing.flush(&wr)) {
+                    break Ended::Io(e);
                 }
             }
-            ended = &mut writer => return ended,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_logs_once_per_interval_and_resets() {
+        let mut backoff = Backoff::new();
+        let e = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.failure(&e)).collect();
+        assert_eq!(pauses[0], Backoff::MIN);
+        assert_eq!(pauses[1], Backoff::MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().expect("pauses"), Backoff::MAX);
+        // The first failure was logged; the eleven since wait for the next interval.
+        assert_eq!(backoff.unlogged, 11);
+        backoff.success();
+        assert_eq!(backoff.failure(&e), Backoff::MIN);
+    }
+
+    #[test]
+    fn slots_count_per_uid_refuse_past_the_limits_and_give_back_on_drop() {
+        let (stats, rx) = watch::channel(EngineStats::default());
+        let counts = Arc::new(UidCounts {
+            per_uid: Mutex::default(),
+            stats,
+        });
+        let limits = Limits {
+            connections_per_uid: 3,
+            handshakes_per_uid: 2,
+            ..Limits::default()
+        };
+        let (c1, h1) = counts.admit(7, &limits).expect("first");
+        let (c2, h2) = counts.admit(7, &limits).expect("second");
+        assert_eq!(
+            counts.admit(7, &limits).err(),
+            Some((Limit::HandshakesPerUid, 2))
+        );
+        // Another uid has its own counts.
+        let other = counts.admit(8, &limits).expect("another uid");
+        assert_eq!((rx.borrow().connections, rx.borrow().handshakes), (3, 3));
+        drop((h1, h2));
+        let third = counts
+            .admit(7, &limits)
+            .expect("a handshake slot is free again");
+        assert_eq!(
+            counts.admit(7, &limits).err(),
+            Some((Limit::ConnectionsPerUid, 3))
+        );
+        drop((c1, c2, third, other));
+        assert_eq!((rx.borrow().connections, rx.borrow().handshakes), (0, 0));
+        assert!(counts.per_uid.lock().expect("lock").is_empty());
     }
 }

@@ -535,6 +535,14 @@ impl Router {
         self.stats.active_nodes = self.sched.active.len();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
+            // The listener's counts are the listener's to publish.
+            let stats = EngineStats {
+                accept_failures: s.accept_failures,
+                refused_connections: s.refused_connections,
+                connections: s.connections,
+                handshakes: s.handshakes,
+                ..stats
+            };
             let changed = *s != stats;
             *s = stats;
             changed

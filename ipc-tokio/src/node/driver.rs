@@ -163,6 +163,10 @@ impl Driver {
                 },
                 frame = frames.next(&mut rd, control::decode_engine_frame) => match frame {
                     Ok(Some(EngineFrame::Error { req: 0, message, .. })) => Err(format!("closed by the engine: {message}")),
+                    Ok(Some(EngineFrame::Limit { req: 0, limit, max })) => Err(format!(
+                        "closed by the engine: limit {} of {max} reached",
+                        control::Limit::from_u16(limit).map_or("unknown", control::Limit::name)
+                    )),
                     Ok(Some(frame)) => {
                         #[cfg(feature = "fault-injection")]
                         if shared.panic_on_frame.load(std::sync::atomic::Ordering::Relaxed) {

@@ -75,6 +75,11 @@ pub struct NodeOptions {
     /// engine that accepts and never answers (stopped with `SIGSTOP`, or not an engine at all)
     /// cannot make a node wait forever.
     pub connect_timeout: Duration,
+    /// Make this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`) before connecting
+    /// (default off): other processes of the same uid can then no longer open this node's
+    /// block through `/proc/<pid>/fd`, read its memory or ptrace it. It applies to the
+    /// whole process (core dumps too) and cannot be undone by the node; root still can.
+    pub non_dumpable: bool,
 }
 
 impl Default for NodeOptions {
@@ -83,11 +88,19 @@ impl Default for NodeOptions {
             spin: Duration::from_micros(20),
             engine_uids: Vec::new(),
             connect_timeout: Duration::from_secs(5),
+            non_dumpable: false,
         }
     }
 }
 
 impl NodeOptions {
+    /// Sets [`NodeOptions::non_dumpable`].
+    #[must_use]
+    pub fn non_dumpable(mut self, yes: bool) -> Self {
+        self.non_dumpable = yes;
+        self
+    }
+
     /// Sets [`NodeOptions::spin`].
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
@@ -143,6 +156,9 @@ impl Node {
             });
         }
         let path = path.as_ref();
+        if options.non_dumpable {
+            set_non_dumpable()?;
+        }
         let timeout = options.connect_timeout;
         match tokio::time::timeout(timeout, Self::rendezvous(path, name, options)).await {
             Ok(connected) => connected,
@@ -218,6 +234,14 @@ impl Node {
                 window_bytes,
             } => (node, credits, window_bytes),
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
+            EngineFrame::Limit { limit, max, .. } => {
+                return Err(match control::Limit::from_u16(limit) {
+                    Some(limit) => ConnectError::LimitReached { limit, max },
+                    None => ConnectError::Refused {
+                        message: format!("unknown engine limit {limit} of {max}"),
+                    },
+                });
+            }
             other => {
                 return Err(ConnectError::Protocol(format!(
                     "expected Welcome, got {other:?}"
@@ -541,4 +565,11 @@ impl<T: Payload<C>, C> futures::Stream for Listener<T, C> {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx)
     }
+}
+
+/// Makes this process non-dumpable (`PR_SET_DUMPABLE` 0): same-uid processes lose
+/// `/proc/<pid>/fd`, `/proc/<pid>/mem` and ptrace access to it (root keeps them).
+pub(crate) fn set_non_dumpable() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(Into::into)
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame, Schema};
+use ipc_core::control::{EngineFrame, ErrorCode, Limit, NodeFrame, Schema};
 use ipc_core::{Block, Doorbell, IdMap, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -26,6 +26,11 @@ pub(crate) enum Reply {
         code: u16,
         message: String,
     },
+    /// An admission limit refused the request.
+    Limit {
+        limit: u16,
+        max: u64,
+    },
 }
 
 impl Reply {
@@ -33,6 +38,12 @@ impl Reply {
     pub(crate) fn into_error(self, service: &str, schema: Schema) -> OpenError {
         let (code, message) = match self {
             Reply::Error { code, message } => (code, message),
+            Reply::Limit { limit, max } => {
+                return match Limit::from_u16(limit) {
+                    Some(limit) => OpenError::LimitReached { limit, max },
+                    None => OpenError::Refused(format!("unknown engine limit {limit} of {max}")),
+                };
+            }
             Reply::Mismatch(server) => {
                 return OpenError::SchemaMismatch {
                     service: service.to_owned(),
@@ -523,6 +534,12 @@ impl NodeShared {
             }
             EngineFrame::Error { req, code, message } => {
                 let _ = self.answer(req, Reply::Error { code, message });
+            }
+            EngineFrame::Limit { req: 0, limit, max } => {
+                tracing::warn!(node = %self.name, limit, max, "the engine reported a limit");
+            }
+            EngineFrame::Limit { req, limit, max } => {
+                let _ = self.answer(req, Reply::Limit { limit, max });
             }
             EngineFrame::Welcome { .. } => {
                 tracing::warn!(node = %self.name, "unexpected second welcome; ignored");
