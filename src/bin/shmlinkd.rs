@@ -79,7 +79,7 @@ Disconnected and the socket file is removed.";
 #[derive(Debug)]
 enum Parsed {
     /// Run the engine.
-    Run(Options),
+    Run(Box<Options>),
     /// Print this text on stdout and exit successfully (`--help`, `--version`).
     Print(String),
 }
@@ -261,12 +261,12 @@ fn options() -> Result<Parsed, String> {
             },
         }
     }
-    Ok(Parsed::Run(o))
+    Ok(Parsed::Run(Box::new(o)))
 }
 
 fn main() -> ExitCode {
     let options = match options() {
-        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Run(o)) => *o,
         Ok(Parsed::Print(text)) => {
             println!("{text}");
             return ExitCode::SUCCESS;
