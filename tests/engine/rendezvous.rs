@@ -65,6 +65,10 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::OpenOk { .. } => "OpenOk",
         EngineFrame::Accept { .. } => "Accept",
         EngineFrame::Error { .. } => "Error",
+        EngineFrame::PublishOk { .. } => "PublishOk",
+        EngineFrame::TopicDone { .. } => "TopicDone",
+        EngineFrame::SubscribeOk { .. } => "SubscribeOk",
+        EngineFrame::TopicAttach { .. } => "TopicAttach",
     }
 }
 
