@@ -868,6 +868,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A subscription of the model: its key, the topics it sees, the published count of each at
+/// its joining, and how many history messages it was replayed.
+type Joined = (SubKey, BTreeSet<TopicId>, BTreeMap<TopicId, u64>, u64);
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
     /// Random publishers, DropOldest subscribers joining, releasing and dying: every live
@@ -889,8 +893,7 @@ proptest! {
             .enumerate()
             .map(|(i, n)| add_pub(&mut topics, &mut net, 1 + i as u32, n, 2))
             .collect();
-        // Per subscription: (topics it can see, published count at join per topic, replay).
-        let mut subs: Vec<(SubKey, BTreeSet<TopicId>, BTreeMap<TopicId, u64>, u64)> = Vec::new();
+        let mut subs: Vec<Joined> = Vec::new();
         let mut published: BTreeMap<TopicId, u64> = BTreeMap::new();
         let mut history_len: BTreeMap<TopicId, u64> = BTreeMap::new();
         for op in ops {
