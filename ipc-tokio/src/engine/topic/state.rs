@@ -39,9 +39,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ipc_core::AllocError;
 use ipc_core::broadcast::{Slot, SlotError, Slots};
-use ipc_core::control::{MessageType, valid_topic_name};
+use ipc_core::control::{self, MessageType, valid_topic_name};
+use ipc_core::descriptor::{kind, topic_close_reason};
+use ipc_core::{AllocError, RawDescriptor};
 use thiserror::Error;
 
 use super::pattern::Pattern;
@@ -105,6 +106,22 @@ impl Default for SubOptions {
             policy: Policy::DropOldest,
             queue: 64,
             history: 0,
+        }
+    }
+}
+
+impl From<control::SubscribeOptions> for SubOptions {
+    /// The options as a `Subscribe` frame carries them (already range-checked by the decoder).
+    fn from(wire: control::SubscribeOptions) -> Self {
+        Self {
+            policy: match wire.overflow {
+                control::Overflow::DropOldest => Policy::DropOldest,
+                control::Overflow::Block { untether_ms } => Policy::Block {
+                    untether: Duration::from_millis(untether_ms),
+                },
+            },
+            queue: wire.queue.max(1),
+            history: wire.history,
         }
     }
 }
@@ -210,6 +227,40 @@ pub(crate) enum Action {
         /// The publisher.
         publisher: PubKey,
     },
+}
+
+impl Action {
+    /// The deliver-ring entry this action becomes, and the node whose ring takes it (for
+    /// `Deliver`, `Lagged` and `Closed`; the other actions travel elsewhere).
+    pub(crate) fn descriptor(&self) -> Option<(u32, RawDescriptor)> {
+        match *self {
+            Self::Deliver {
+                sub,
+                topic,
+                offset,
+                len,
+                seq,
+            } => Some((
+                sub.node,
+                RawDescriptor::topic_data(sub.id, topic, offset, len, seq),
+            )),
+            Self::Lagged { sub, count } => Some((
+                sub.node,
+                RawDescriptor::control(kind::TOPIC_LAGGED, sub.id, count),
+            )),
+            Self::Closed { sub, reason } => {
+                let reason = match reason {
+                    CloseReason::Unsubscribed => topic_close_reason::UNSUBSCRIBED,
+                    CloseReason::Untethered => topic_close_reason::UNTETHERED,
+                };
+                Some((
+                    sub.node,
+                    RawDescriptor::control(kind::TOPIC_CLOSED, sub.id, reason),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The answer to [`Topics::reserve`].

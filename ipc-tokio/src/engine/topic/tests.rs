@@ -836,6 +836,81 @@ fn unsubscribe_drops_the_queue_and_keeps_what_was_delivered_until_released() {
     assert_eq!(topics.topic_count(), 0);
 }
 
+#[test]
+fn actions_become_descriptors_the_node_validates() {
+    use ipc_core::descriptor::topic_close_reason;
+    use ipc_core::{ArenaBounds, TopicDelivery, validate_topic_deliver};
+    let sub = SubKey { node: 4, id: 9 };
+    let bounds = |topic: u32| {
+        (topic == 2).then_some(ArenaBounds {
+            size: 1 << 16,
+            align: 64,
+        })
+    };
+    let cases = [
+        (
+            Action::Deliver {
+                sub,
+                topic: 2,
+                offset: 128,
+                len: 5,
+                seq: 11,
+            },
+            TopicDelivery::Data {
+                subscription: 9,
+                topic: 2,
+                offset: 128,
+                len: 5,
+                seq: 11,
+            },
+        ),
+        (
+            Action::Lagged { sub, count: 3 },
+            TopicDelivery::Lagged {
+                subscription: 9,
+                count: 3,
+            },
+        ),
+        (
+            Action::Closed {
+                sub,
+                reason: CloseReason::Untethered,
+            },
+            TopicDelivery::Closed {
+                subscription: 9,
+                reason: topic_close_reason::UNTETHERED,
+            },
+        ),
+    ];
+    for (action, want) in cases {
+        let (node, raw) = action.descriptor().expect("a ring entry");
+        assert_eq!(node, 4);
+        assert_eq!(validate_topic_deliver(&raw, bounds), Ok(want));
+    }
+    assert_eq!(
+        Action::Unblock {
+            publisher: PubKey { node: 1, id: 1 }
+        }
+        .descriptor(),
+        None
+    );
+    let wire = ipc_core::control::SubscribeOptions {
+        overflow: ipc_core::control::Overflow::Block { untether_ms: 250 },
+        queue: 7,
+        history: 2,
+    };
+    assert_eq!(
+        SubOptions::from(wire),
+        block(7, Duration::from_millis(250)).with_history(2)
+    );
+}
+
+impl SubOptions {
+    fn with_history(self, history: u32) -> Self {
+        Self { history, ..self }
+    }
+}
+
 // ===== a model =====
 
 #[derive(Clone, Debug)]
@@ -895,7 +970,6 @@ proptest! {
             .collect();
         let mut subs: Vec<Joined> = Vec::new();
         let mut published: BTreeMap<TopicId, u64> = BTreeMap::new();
-        let mut history_len: BTreeMap<TopicId, u64> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::Publish { publisher, len } => {
@@ -903,8 +977,6 @@ proptest! {
                     let id = topics.topic_id(names[publisher]).unwrap();
                     if try_publish(&mut topics, &mut net, now, p, len).is_some() {
                         *published.entry(id).or_default() += 1;
-                        let h = history_len.entry(id).or_default();
-                        *h = (*h + 1).min(2);
                     } else {
                         // Blocked only when the segment is full of in-flight slots.
                         prop_assert!(topics.bytes_in_use(id).unwrap() > 0);
@@ -917,6 +989,13 @@ proptest! {
                 }
                 Op::Subscribe { node, prefix, queue, history } => {
                     let pattern = if prefix { "a/**" } else { "b" };
+                    // What the topics keep now (history may have been shed under memory
+                    // pressure: it is kept as room allows, up to its depth).
+                    let ids: Vec<TopicId> = names.iter().filter_map(|n| topics.topic_id(n)).collect();
+                    let kept: BTreeMap<TopicId, u64> = ids
+                        .into_iter()
+                        .map(|t| (t, topics.topic_stats(t).unwrap().history as u64))
+                        .collect();
                     let key = add_sub(&mut topics, &mut net, node, pattern, SubOptions {
                         policy: Policy::DropOldest, queue, history,
                     });
@@ -924,7 +1003,7 @@ proptest! {
                         .filter(|(s, _)| *s == key).map(|(_, t)| *t).collect();
                     let at_join = seen.iter().map(|t| (*t, published.get(t).copied().unwrap_or(0))).collect();
                     let replay: u64 = seen.iter()
-                        .map(|t| history_len.get(t).copied().unwrap_or(0).min(u64::from(history)))
+                        .map(|t| kept.get(t).copied().unwrap_or(0).min(u64::from(history)))
                         .sum();
                     subs.push((key, seen, at_join, replay));
                 }
