@@ -506,6 +506,14 @@ impl Topics {
         }
         let start = actions.len();
         Self::pump(&self.config, key, sub, actions);
+        // More history than the window and queue take: a DropOldest subscription loses the
+        // oldest of it, counted (a Block one holds publishers back until it has read it).
+        while sub.options.policy == Policy::DropOldest
+            && sub.pending.len() > sub.options.queue as usize
+        {
+            let oldest = sub.pending.pop_front().expect("longer than its queue");
+            Self::drop_pending(topic, key, sub, oldest);
+        }
         Self::count_deliveries(&mut self.topics, &actions[start..]);
     }
 

@@ -571,6 +571,44 @@ fn history_is_replayed_to_late_joiners() {
 }
 
 #[test]
+fn history_beyond_window_and_queue_is_lag_not_silence() {
+    let now = Instant::now();
+    let mut topics = Topics::new(TopicsConfig {
+        window: 2,
+        ..config()
+    });
+    let mut net = Net::default();
+    let publisher = add_pub(&mut topics, &mut net, NODE_A, "t", 10);
+    for _ in 0..10 {
+        publish(&mut topics, &mut net, now, publisher, 8);
+    }
+    // Asks for 10, has room for 2 in flight + 3 queued.
+    let sub = add_sub(
+        &mut topics,
+        &mut net,
+        NODE_B,
+        "t",
+        SubOptions {
+            history: 10,
+            ..drop_oldest(3)
+        },
+    );
+    net.release_all(&mut topics, sub);
+    assert_eq!(
+        net.items(sub)
+            .iter()
+            .map(|i| match i {
+                Item::Msg { seq, .. } => *seq as i64,
+                Item::Lagged(n) => -(*n as i64),
+                Item::Closed(_) => 0,
+            })
+            .collect::<Vec<_>>(),
+        vec![1, 2, -5, 8, 9, 10],
+        "two delivered at once, five lost and said so, then the last three"
+    );
+}
+
+#[test]
 fn prefix_subscriptions_see_exactly_the_topics_under_them() {
     let now = Instant::now();
     let mut topics = Topics::new(config());
