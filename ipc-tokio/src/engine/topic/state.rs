@@ -775,7 +775,8 @@ impl Topics {
 // ===== impl Topics: the data path =====
 
 impl Topics {
-    /// A publisher wants to send `len` bytes: a slot to copy them into, or `Blocked`.
+    /// A publisher wants to send `len` bytes: a slot to copy them into, or `Blocked`; and
+    /// the actions of making room (a `Lagged` for a subscription whose whole queue was shed).
     ///
     /// # Errors
     ///
@@ -786,7 +787,7 @@ impl Topics {
         now: Instant,
         key: PubKey,
         len: u32,
-    ) -> Result<Reserve, TopicError> {
+    ) -> Result<(Reserve, Vec<Action>), TopicError> {
         let id = *self.pubs.get(&key).ok_or(TopicError::NoPublisher(key))?;
         let topic = self.topics.get_mut(&id).expect("a publisher's topic lives");
         // A full Block subscription holds every publisher of the topic back; its untether
@@ -801,20 +802,21 @@ impl Topics {
                 blocked = true;
             }
         }
+        let mut actions = Vec::new();
         if blocked {
             topic.blocked.insert(key);
-            return Ok(Reserve::Blocked);
+            return Ok((Reserve::Blocked, actions));
         }
         loop {
             match topic.slots.alloc(len) {
-                Ok(slot) => return Ok(Reserve::Slot(slot)),
+                Ok(slot) => return Ok((Reserve::Slot(slot), actions)),
                 Err(AllocError::TooLarge { capacity, .. }) => {
                     return Err(TopicError::TooLarge { len, capacity });
                 }
                 Err(AllocError::Full { .. }) | Err(_) => {
-                    if !Self::shed_one(id, topic, &mut self.subs) {
+                    if !Self::shed_one(id, topic, &mut self.subs, &mut actions) {
                         topic.blocked.insert(key);
-                        return Ok(Reserve::Blocked);
+                        return Ok((Reserve::Blocked, actions));
                     }
                 }
             }
@@ -824,7 +826,12 @@ impl Topics {
     /// Frees one message's hold to make room: the oldest history entry, else the oldest
     /// pending message of a `DropOldest` subscription (counted as its lag). False if there
     /// is nothing to shed.
-    fn shed_one(id: TopicId, topic: &mut Topic, subs: &mut BTreeMap<SubKey, Subscriber>) -> bool {
+    fn shed_one(
+        id: TopicId,
+        topic: &mut Topic,
+        subs: &mut BTreeMap<SubKey, Subscriber>,
+        actions: &mut Vec<Action>,
+    ) -> bool {
         if let Some(msg) = topic.history.pop_front() {
             let _ = topic.slots.release(Holder::History, msg.offset);
             return true;
@@ -850,7 +857,20 @@ impl Topics {
         let sub = subs.get_mut(&key).expect("found above");
         let msg = sub.pending.remove(at).expect("found above");
         Self::drop_pending(topic, key, sub, msg);
+        Self::flush_lag(key, sub, actions);
         true
+    }
+
+    /// A subscription with lag to report and nothing queued to report it before says so now:
+    /// no later message may be coming (the publisher may be waiting for room), and a loss is
+    /// never left unsaid.
+    fn flush_lag(key: SubKey, sub: &mut Subscriber, actions: &mut Vec<Action>) {
+        if sub.pending.is_empty() && sub.unreported_lag > 0 {
+            actions.push(Action::Lagged {
+                sub: key,
+                count: std::mem::take(&mut sub.unreported_lag),
+            });
+        }
     }
 
     /// Drops `msg` (already taken out of `sub`'s queue; `topic` is its topic) and counts it.

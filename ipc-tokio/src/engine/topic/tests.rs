@@ -179,7 +179,9 @@ fn try_publish(
     publisher: PubKey,
     len: u32,
 ) -> Option<u64> {
-    match topics.reserve(now, publisher, len).expect("reserve") {
+    let (reserved, actions) = topics.reserve(now, publisher, len).expect("reserve");
+    net.apply(actions);
+    match reserved {
         Reserve::Slot(slot) => {
             net.apply(topics.publish(publisher, slot).expect("publish"));
             Some(slot.offset)
@@ -403,6 +405,52 @@ fn a_full_segment_sheds_drop_oldest_queues_before_blocking() {
     net.release_all(&mut topics, stuck);
     while net.release_one(&mut topics, stuck) {}
     assert_eq!(net.seqs(stuck).len() as u64 + net.lagged(stuck), 100);
+}
+
+#[test]
+fn lag_is_reported_even_when_no_later_message_comes() {
+    let now = Instant::now();
+    // Room for 4 slots of 4 KiB.
+    let mut topics = Topics::new(TopicsConfig {
+        segment_size: 16 << 10,
+        min_block: 64,
+        window: 1,
+        max_history: 0,
+    });
+    let mut net = Net::default();
+    let stuck = add_sub(&mut topics, &mut net, NODE_A, "t", drop_oldest(1));
+    // A Block subscriber that never releases: it holds every slot, so room runs out.
+    let other = add_sub(
+        &mut topics,
+        &mut net,
+        NODE_B,
+        "t",
+        block(8, Duration::from_secs(60)),
+    );
+    let publisher = add_pub(&mut topics, &mut net, NODE_C, "t", 0);
+    let mut sent = 0;
+    while try_publish(&mut topics, &mut net, now, publisher, 4000).is_some() {
+        sent += 1;
+        assert!(sent < 100, "the segment must fill up");
+    }
+    assert_eq!(sent, 4);
+    // Making room shed the stuck one's whole queue, and it was told at once, although the
+    // publisher now waits and no message follows the loss.
+    let lagged = topics.sub_stats(stuck).unwrap().lagged;
+    assert_eq!(lagged, 3);
+    assert_eq!(
+        net.items(stuck),
+        &[
+            Item::Msg {
+                topic: 1,
+                offset: 0,
+                seq: 1
+            },
+            Item::Lagged(3)
+        ]
+    );
+    assert_eq!(net.seqs(other), vec![1]);
+    assert_eq!(topics.sub_stats(other).unwrap().pending, 3);
 }
 
 // ===== Block and untether =====
