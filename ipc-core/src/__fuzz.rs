@@ -19,13 +19,18 @@ fn descriptor_from(data: &[u8]) -> Option<RawDescriptor> {
     })
 }
 
-/// Parses arbitrary bytes as node and engine control frames, to the end of the buffer.
+/// Parses arbitrary bytes as node and engine control frames, to the end of the buffer. Every
+/// frame that decodes must encode back to exactly the bytes it came from (the encoding is
+/// canonical, so a decoder that accepts two spellings of one frame is a bug).
 pub fn control_msg(data: &[u8]) {
     let mut at = 0;
-    while let Ok(Some((_, used))) = crate::control::decode_node_frame(&data[at..]) {
+    while let Ok(Some((frame, used))) = crate::control::decode_node_frame(&data[at..]) {
+        assert_eq!(frame.encode(), &data[at..at + used], "{frame:?}");
         at += used;
     }
-    let _ = crate::control::decode_engine_frame(data);
+    if let Ok(Some((frame, used))) = crate::control::decode_engine_frame(data) {
+        assert_eq!(frame.encode(), &data[..used], "{frame:?}");
+    }
 }
 
 /// Validates arbitrary bytes as descriptors of every ring.
@@ -39,6 +44,9 @@ pub fn descriptor(data: &[u8]) {
             let _ = crate::descriptor::validate_submit(&raw, &bounds);
             let _ = crate::descriptor::validate_release(&raw, &bounds);
             let _ = crate::descriptor::validate_deliver(&raw, &bounds, &bounds);
+            let segment = |topic: u32| (topic < 4).then_some(bounds);
+            let _ = crate::descriptor::validate_topic_release(&raw, segment);
+            let _ = crate::descriptor::validate_topic_deliver(&raw, segment);
         }
     }
 }

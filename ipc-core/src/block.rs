@@ -280,6 +280,14 @@ impl Block {
     }
 }
 
+impl Block {
+    /// A raw pointer to `len` bytes at `offset` of the transmit arena, checked against the
+    /// layout (crate-internal copies out of it, such as a topic's one copy).
+    pub(crate) fn tx_range(&self, offset: u64, len: u64) -> Result<*mut u8, Violation> {
+        arena_range(&self.mapping, &self.layout.tx, offset, len)
+    }
+}
+
 fn arena_range(
     mapping: &Mapping,
     arena: &ArenaRegion,

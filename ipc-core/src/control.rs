@@ -72,6 +72,71 @@ impl Schema {
     }
 }
 
+/// The multi-level wildcard that may end a subscription pattern (`"sensors/**"`).
+pub const WILDCARD: &str = "**";
+
+/// Whether `name` is a valid topic name: 1 to [`MAX_NAME`] bytes, segments separated by
+/// `/`, every segment non-empty (no leading, trailing or doubled `/`) and free of `*`.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.contains('*'))
+}
+
+/// Whether `pattern` is a valid subscription pattern: a topic name (that topic only),
+/// [`WILDCARD`] alone (every topic), or a topic name followed by `/**` (every topic strictly
+/// under it: `"sensors/**"` matches `"sensors/a"` and `"sensors/a/b"`, not `"sensors"` nor
+/// `"sensorsx/a"`).
+pub fn valid_topic_pattern(pattern: &str) -> bool {
+    if pattern.len() > MAX_NAME {
+        return false;
+    }
+    if pattern == WILDCARD {
+        return true;
+    }
+    match pattern.strip_suffix("/**") {
+        Some(prefix) => valid_topic_name(prefix),
+        None => valid_topic_name(pattern),
+    }
+}
+
+/// What a subscription does when its queue of pending messages is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Overflow {
+    /// Drop the oldest pending message and count it; the subscriber is told `Lagged(n)`.
+    DropOldest,
+    /// Hold publishers back until there is room, at most `untether_ms` milliseconds; then the
+    /// subscription is cut loose (closed with an error) so it never stalls the topic for good.
+    Block {
+        /// The untether timeout in milliseconds (at least 1).
+        untether_ms: u64,
+    },
+}
+
+/// A subscription's options as they travel in [`NodeFrame::Subscribe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubscribeOptions {
+    /// The overflow policy.
+    pub overflow: Overflow,
+    /// Pending messages the engine keeps for this subscriber beyond what it has in flight
+    /// (at least 1).
+    pub queue: u32,
+    /// How many of each matched topic's kept messages to replay on joining.
+    pub history: u32,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            overflow: Overflow::DropOldest,
+            queue: 64,
+            history: 0,
+        }
+    }
+}
+
 /// Frames a node sends to the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeFrame {
@@ -106,6 +171,43 @@ pub enum NodeFrame {
         service: String,
         /// What the client end sends and receives.
         schema: Schema,
+    },
+    /// Become a publisher of `topic` (created on first use).
+    Publish {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The topic's name (see [`valid_topic_name`]).
+        topic: String,
+        /// The type published ([`MessageType::bytes`] for raw bytes).
+        ty: MessageType,
+        /// Messages the topic should keep for late joiners (the topic keeps the largest any
+        /// publisher asked for).
+        history: u32,
+    },
+    /// Stop publishing with this id.
+    Unpublish {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The id from `PublishOk`.
+        publisher: u32,
+    },
+    /// Subscribe to every topic `pattern` matches, now and later.
+    Subscribe {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// A topic name or a prefix pattern (see [`valid_topic_pattern`]).
+        pattern: String,
+        /// The type expected ([`MessageType::bytes`] accepts any topic's bytes).
+        ty: MessageType,
+        /// Overflow policy, queue depth, history replay.
+        options: SubscribeOptions,
+    },
+    /// End the subscription with this id.
+    Unsubscribe {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The id from `SubscribeOk`.
+        subscription: u32,
     },
 }
 
@@ -159,6 +261,43 @@ pub enum EngineFrame {
         req: u32,
         /// The serving end's schema.
         server: Schema,
+    },
+    /// A `Publish` succeeded.
+    PublishOk {
+        /// The request id.
+        req: u32,
+        /// The publisher's id (what its `DATA` entries name as their session).
+        publisher: u32,
+        /// The topic's id.
+        topic: u32,
+    },
+    /// An `Unpublish` or `Unsubscribe` succeeded.
+    TopicDone {
+        /// The request id.
+        req: u32,
+    },
+    /// A `Subscribe` succeeded; a `TopicAttach` follows for every topic it matches.
+    SubscribeOk {
+        /// The request id.
+        req: u32,
+        /// The subscription's id (what its `TOPIC_*` entries name as their session).
+        subscription: u32,
+    },
+    /// A topic matched by `subscription`: its broadcast segment's fd rides with this frame
+    /// (`SCM_RIGHTS`, exactly one descriptor; see [`EngineFrame::fd_count`]). Sent before any
+    /// `TOPIC_DATA` of that topic; a node that sees such an entry first keeps it until the
+    /// frame arrives.
+    TopicAttach {
+        /// The subscription it matched.
+        subscription: u32,
+        /// The topic's id (the `segment` field of its `TOPIC_DATA` entries).
+        topic: u32,
+        /// The topic's name.
+        name: String,
+        /// The segment's size, which the node checks against the fd.
+        segment_size: u64,
+        /// The topic's type.
+        ty: MessageType,
     },
     /// A request failed (`req` is 0 for errors not tied to a request, after which the engine
     /// closes the connection).
@@ -265,6 +404,10 @@ pub enum ErrorCode {
     SchemaMismatch = 6,
     /// The engine could not set the node up (out of memory or file descriptors).
     Resources = 7,
+    /// A topic name or pattern is not valid.
+    BadTopic = 8,
+    /// No publisher or subscription with that id belongs to this node.
+    NotFound = 9,
 }
 
 impl ErrorCode {
@@ -278,6 +421,8 @@ impl ErrorCode {
             5 => Self::NotServed,
             6 => Self::SchemaMismatch,
             7 => Self::Resources,
+            8 => Self::BadTopic,
+            9 => Self::NotFound,
             _ => return None,
         })
     }
@@ -317,6 +462,10 @@ pub enum FrameError {
     /// A node or service name breaks the rules of [`check_name`].
     #[error("invalid name: {0}")]
     Name(#[from] NameError),
+    /// A field holds a value outside its range (a topic name or pattern of the wrong shape,
+    /// an unknown policy, a zero queue or timeout).
+    #[error("invalid field: {0}")]
+    Field(&'static str),
 }
 
 /// Why a node or service name is refused (by [`check_name`]).
@@ -403,6 +552,20 @@ impl Writer {
         self.str(&s.send.name).u64(s.send.fingerprint);
         self.str(&s.recv.name).u64(s.recv.fingerprint)
     }
+    fn ty(&mut self, t: &MessageType) -> &mut Self {
+        self.str(&t.name).u64(t.fingerprint)
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn options(&mut self, o: &SubscribeOptions) -> &mut Self {
+        match o.overflow {
+            Overflow::DropOldest => self.u8(0).u64(0),
+            Overflow::Block { untether_ms } => self.u8(1).u64(untether_ms),
+        };
+        self.u32(o.queue).u32(o.history)
+    }
     fn finish(&mut self) -> Vec<u8> {
         let len = (self.0.len() - 4) as u32;
         self.0[..4].copy_from_slice(&len.to_le_bytes());
@@ -416,6 +579,10 @@ mod tag {
     pub(super) const SERVE: u8 = 3;
     pub(super) const UNSERVE: u8 = 4;
     pub(super) const OPEN: u8 = 5;
+    pub(super) const PUBLISH: u8 = 6;
+    pub(super) const UNPUBLISH: u8 = 7;
+    pub(super) const SUBSCRIBE: u8 = 8;
+    pub(super) const UNSUBSCRIBE: u8 = 9;
     pub(super) const WELCOME: u8 = 64;
     pub(super) const SERVE_OK: u8 = 65;
     pub(super) const UNSERVE_OK: u8 = 66;
@@ -424,6 +591,10 @@ mod tag {
     pub(super) const ERROR: u8 = 69;
     pub(super) const SCHEMA_MISMATCH: u8 = 70;
     pub(super) const LIMIT: u8 = 71;
+    pub(super) const PUBLISH_OK: u8 = 72;
+    pub(super) const TOPIC_DONE: u8 = 73;
+    pub(super) const SUBSCRIBE_OK: u8 = 74;
+    pub(super) const TOPIC_ATTACH: u8 = 75;
 }
 
 impl NodeFrame {
@@ -452,6 +623,36 @@ impl NodeFrame {
                 .u32(*req)
                 .str(service)
                 .schema(schema)
+                .finish(),
+            Self::Publish {
+                req,
+                topic,
+                ty,
+                history,
+            } => Writer::new(tag::PUBLISH)
+                .u32(*req)
+                .str(topic)
+                .ty(ty)
+                .u32(*history)
+                .finish(),
+            Self::Unpublish { req, publisher } => Writer::new(tag::UNPUBLISH)
+                .u32(*req)
+                .u32(*publisher)
+                .finish(),
+            Self::Subscribe {
+                req,
+                pattern,
+                ty,
+                options,
+            } => Writer::new(tag::SUBSCRIBE)
+                .u32(*req)
+                .str(pattern)
+                .ty(ty)
+                .options(options)
+                .finish(),
+            Self::Unsubscribe { req, subscription } => Writer::new(tag::UNSUBSCRIBE)
+                .u32(*req)
+                .u32(*subscription)
                 .finish(),
         }
     }
@@ -502,6 +703,43 @@ impl EngineFrame {
                 .u16(*limit)
                 .u64(*max)
                 .finish(),
+            Self::PublishOk {
+                req,
+                publisher,
+                topic,
+            } => Writer::new(tag::PUBLISH_OK)
+                .u32(*req)
+                .u32(*publisher)
+                .u32(*topic)
+                .finish(),
+            Self::TopicDone { req } => Writer::new(tag::TOPIC_DONE).u32(*req).finish(),
+            Self::SubscribeOk { req, subscription } => Writer::new(tag::SUBSCRIBE_OK)
+                .u32(*req)
+                .u32(*subscription)
+                .finish(),
+            Self::TopicAttach {
+                subscription,
+                topic,
+                name,
+                segment_size,
+                ty,
+            } => Writer::new(tag::TOPIC_ATTACH)
+                .u32(*subscription)
+                .u32(*topic)
+                .str(name)
+                .u64(*segment_size)
+                .ty(ty)
+                .finish(),
+        }
+    }
+
+    /// How many file descriptors ride with this frame (`SCM_RIGHTS`): the receiver takes
+    /// that many, in order, from the descriptors that arrived with the frame's bytes.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Self::Welcome { .. } => 3,
+            Self::TopicAttach { .. } => 1,
+            _ => 0,
         }
     }
 }
@@ -568,6 +806,49 @@ impl<'a> Reader<'a> {
         };
         Ok(Schema { send, recv })
     }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn ty(&mut self) -> Result<MessageType, FrameError> {
+        Ok(MessageType {
+            name: self.name()?,
+            fingerprint: self.u64()?,
+        })
+    }
+    fn topic(&mut self) -> Result<String, FrameError> {
+        let name = self.name()?;
+        if !valid_topic_name(&name) {
+            return Err(FrameError::Field("topic name"));
+        }
+        Ok(name)
+    }
+    fn pattern(&mut self) -> Result<String, FrameError> {
+        let pattern = self.name()?;
+        if !valid_topic_pattern(&pattern) {
+            return Err(FrameError::Field("topic pattern"));
+        }
+        Ok(pattern)
+    }
+    fn options(&mut self) -> Result<SubscribeOptions, FrameError> {
+        let policy = self.u8()?;
+        let untether_ms = self.u64()?;
+        let overflow = match (policy, untether_ms) {
+            (0, 0) => Overflow::DropOldest,
+            (0, _) => return Err(FrameError::Field("untether timeout without Block")),
+            (1, 0) => return Err(FrameError::Field("zero untether timeout")),
+            (1, untether_ms) => Overflow::Block { untether_ms },
+            _ => return Err(FrameError::Field("overflow policy")),
+        };
+        let queue = self.u32()?;
+        if queue == 0 {
+            return Err(FrameError::Field("zero queue"));
+        }
+        Ok(SubscribeOptions {
+            overflow,
+            queue,
+            history: self.u32()?,
+        })
+    }
     fn end(self) -> Result<(), FrameError> {
         match self.0.len() {
             0 => Ok(()),
@@ -628,6 +909,26 @@ pub fn decode_node_frame(buf: &[u8]) -> Result<Option<(NodeFrame, usize)>, Frame
             service: r.name()?,
             schema: r.schema()?,
         },
+        tag::PUBLISH => NodeFrame::Publish {
+            req: r.u32()?,
+            topic: r.topic()?,
+            ty: r.ty()?,
+            history: r.u32()?,
+        },
+        tag::UNPUBLISH => NodeFrame::Unpublish {
+            req: r.u32()?,
+            publisher: r.u32()?,
+        },
+        tag::SUBSCRIBE => NodeFrame::Subscribe {
+            req: r.u32()?,
+            pattern: r.pattern()?,
+            ty: r.ty()?,
+            options: r.options()?,
+        },
+        tag::UNSUBSCRIBE => NodeFrame::Unsubscribe {
+            req: r.u32()?,
+            subscription: r.u32()?,
+        },
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -678,6 +979,23 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             req: r.u32()?,
             limit: r.u16()?,
             max: r.u64()?,
+        },
+        tag::PUBLISH_OK => EngineFrame::PublishOk {
+            req: r.u32()?,
+            publisher: r.u32()?,
+            topic: r.u32()?,
+        },
+        tag::TOPIC_DONE => EngineFrame::TopicDone { req: r.u32()? },
+        tag::SUBSCRIBE_OK => EngineFrame::SubscribeOk {
+            req: r.u32()?,
+            subscription: r.u32()?,
+        },
+        tag::TOPIC_ATTACH => EngineFrame::TopicAttach {
+            subscription: r.u32()?,
+            topic: r.u32()?,
+            name: r.topic()?,
+            segment_size: r.u64()?,
+            ty: r.ty()?,
         },
         tag => return Err(FrameError::Tag { tag }),
     };
@@ -826,6 +1144,203 @@ mod tests {
             decode_node_frame(&bad_utf8),
             Err(FrameError::String("not UTF-8"))
         );
+    }
+
+    fn typed() -> MessageType {
+        MessageType {
+            name: "Tick".into(),
+            fingerprint: 0xfeed,
+        }
+    }
+
+    #[test]
+    fn topic_frames_round_trip() {
+        let node = [
+            NodeFrame::Publish {
+                req: 1,
+                topic: "sensors/temp".into(),
+                ty: typed(),
+                history: 8,
+            },
+            NodeFrame::Unpublish {
+                req: 2,
+                publisher: 3,
+            },
+            NodeFrame::Subscribe {
+                req: 3,
+                pattern: "sensors/**".into(),
+                ty: MessageType::bytes(),
+                options: SubscribeOptions::default(),
+            },
+            NodeFrame::Subscribe {
+                req: 4,
+                pattern: "**".into(),
+                ty: typed(),
+                options: SubscribeOptions {
+                    overflow: Overflow::Block { untether_ms: 250 },
+                    queue: 1,
+                    history: u32::MAX,
+                },
+            },
+            NodeFrame::Unsubscribe {
+                req: 5,
+                subscription: 6,
+            },
+        ];
+        for f in node {
+            let bytes = f.encode();
+            assert_eq!(decode_node_frame(&bytes).unwrap(), Some((f, bytes.len())));
+            for cut in 0..bytes.len() {
+                assert_eq!(decode_node_frame(&bytes[..cut]), Ok(None), "cut at {cut}");
+            }
+        }
+        let engine = [
+            EngineFrame::PublishOk {
+                req: 1,
+                publisher: 2,
+                topic: 3,
+            },
+            EngineFrame::TopicDone { req: 4 },
+            EngineFrame::SubscribeOk {
+                req: 5,
+                subscription: 6,
+            },
+            EngineFrame::TopicAttach {
+                subscription: 6,
+                topic: 3,
+                name: "sensors/temp".into(),
+                segment_size: 1 << 20,
+                ty: typed(),
+            },
+        ];
+        for f in engine {
+            let bytes = f.encode();
+            assert_eq!(
+                f.fd_count(),
+                usize::from(matches!(f, EngineFrame::TopicAttach { .. }))
+            );
+            assert_eq!(decode_engine_frame(&bytes).unwrap(), Some((f, bytes.len())));
+        }
+        assert_eq!(
+            EngineFrame::Welcome {
+                node: 1,
+                credits: 1,
+                window_bytes: 1,
+            }
+            .fd_count(),
+            3
+        );
+        assert_eq!(ErrorCode::from_u16(8), Some(ErrorCode::BadTopic));
+        assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn hostile_topic_frames_are_errors() {
+        let publish = |topic: &str| {
+            NodeFrame::Publish {
+                req: 1,
+                topic: topic.into(),
+                ty: MessageType::bytes(),
+                history: 0,
+            }
+            .encode()
+        };
+        for bad in ["a/**", "**", "a//b", "/a", "a/", "a/*/b", "a*"] {
+            assert_eq!(
+                decode_node_frame(&publish(bad)),
+                Err(FrameError::Field("topic name")),
+                "{bad}"
+            );
+        }
+        let subscribe = |pattern: &str, options: SubscribeOptions| {
+            NodeFrame::Subscribe {
+                req: 1,
+                pattern: pattern.into(),
+                ty: MessageType::bytes(),
+                options,
+            }
+            .encode()
+        };
+        let ok = SubscribeOptions::default();
+        for bad in ["a/**/b", "**/a", "a/*", "a**", "/**", "a//**", "***"] {
+            assert_eq!(
+                decode_node_frame(&subscribe(bad, ok)),
+                Err(FrameError::Field("topic pattern")),
+                "{bad}"
+            );
+        }
+        for good in ["a", "a/b", "a/**", "a/b/**", "**"] {
+            assert!(decode_node_frame(&subscribe(good, ok)).is_ok(), "{good}");
+        }
+        let zero_queue = SubscribeOptions { queue: 0, ..ok };
+        assert_eq!(
+            decode_node_frame(&subscribe("a", zero_queue)),
+            Err(FrameError::Field("zero queue"))
+        );
+        let zero_untether = SubscribeOptions {
+            overflow: Overflow::Block { untether_ms: 0 },
+            ..ok
+        };
+        assert_eq!(
+            decode_node_frame(&subscribe("a", zero_untether)),
+            Err(FrameError::Field("zero untether timeout"))
+        );
+        // Policy byte 7, and a DropOldest carrying a timeout, patched into a valid frame.
+        let mut frame = subscribe("a", ok);
+        let policy_at = frame.len() - 17;
+        assert_eq!(frame[policy_at], 0);
+        frame[policy_at] = 7;
+        assert_eq!(
+            decode_node_frame(&frame),
+            Err(FrameError::Field("overflow policy"))
+        );
+        frame[policy_at] = 0;
+        frame[policy_at + 1] = 1;
+        assert_eq!(
+            decode_node_frame(&frame),
+            Err(FrameError::Field("untether timeout without Block"))
+        );
+        // A cut-short Subscribe and trailing bytes after Unsubscribe.
+        let whole = subscribe("a/**", ok);
+        let mut short = whole[..whole.len() - 1].to_vec();
+        short[0] -= 1;
+        assert_eq!(decode_node_frame(&short), Err(FrameError::Truncated));
+        let mut trailing = NodeFrame::Unsubscribe {
+            req: 1,
+            subscription: 2,
+        }
+        .encode();
+        trailing.push(0);
+        trailing[0] += 1;
+        assert_eq!(decode_node_frame(&trailing), Err(FrameError::Trailing(1)));
+        // An attach naming a pattern instead of a topic.
+        let attach = EngineFrame::TopicAttach {
+            subscription: 1,
+            topic: 1,
+            name: "a/**".into(),
+            segment_size: 1,
+            ty: MessageType::bytes(),
+        }
+        .encode();
+        assert_eq!(
+            decode_engine_frame(&attach),
+            Err(FrameError::Field("topic name"))
+        );
+    }
+
+    #[test]
+    fn topic_names_and_patterns() {
+        assert!(valid_topic_name("sensors"));
+        assert!(valid_topic_name("sensors/temp/room-1"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name(&"a".repeat(MAX_NAME + 1)));
+        assert!(valid_topic_name(&"a".repeat(MAX_NAME)));
+        assert!(valid_topic_pattern("sensors/**"));
+        assert!(!valid_topic_pattern(&format!(
+            "{}/**",
+            "a".repeat(MAX_NAME - 2)
+        )));
+        assert!(!valid_topic_pattern("sensors/*"));
     }
 
     #[test]

@@ -64,6 +64,31 @@ pub mod kind {
     /// of its window (the sum of their [`window_charge`](super::window_charge)s); the sender
     /// may send that much more.
     pub const CREDIT: u16 = 6;
+    /// Deliver: a topic message for subscription `session`, in slot `offset` (length `len`) of
+    /// the broadcast segment of topic `segment`; `aux` is the topic's sequence number.
+    pub const TOPIC_DATA: u16 = 16;
+    /// Deliver: subscription `session` lost `aux` (> 0) messages to its overflow policy just
+    /// before the next `TOPIC_DATA`.
+    pub const TOPIC_LAGGED: u16 = 17;
+    /// Deliver: subscription `session` is over; `aux` is a [`super::topic_close_reason`].
+    pub const TOPIC_CLOSED: u16 = 18;
+    /// Release ring: subscription `session` is done with slot `offset` of topic `segment`.
+    pub const TOPIC_RELEASE: u16 = 19;
+
+    /// Whether `kind` is one of the topic kinds (the node and engine dispatch on it first).
+    pub fn is_topic(kind: u16) -> bool {
+        (TOPIC_DATA..=TOPIC_RELEASE).contains(&kind)
+    }
+}
+
+/// Why a subscription ended, carried in `aux` of a `TOPIC_CLOSED` entry.
+pub mod topic_close_reason {
+    /// Acknowledges the node's own unsubscribe: the last entry for this subscription.
+    pub const UNSUBSCRIBED: u64 = 1;
+    /// A `Block` subscription stayed full past its untether timeout and was cut loose.
+    pub const UNTETHERED: u64 = 2;
+    /// The engine is shutting down.
+    pub const ENGINE_SHUTDOWN: u64 = 3;
 }
 
 /// Why a session ended, carried in `aux` of a `CLOSED` entry.
@@ -203,6 +228,12 @@ pub enum Violation {
     /// The ring's indices were corrupted.
     #[error(transparent)]
     Ring(#[from] crate::RingError),
+    /// A `TOPIC_LAGGED` entry that counts no lost message.
+    #[error("lag count {count} is out of range")]
+    Lagged {
+        /// The count found.
+        count: u64,
+    },
 }
 
 fn check_common(raw: &RawDescriptor) -> Result<(), Violation> {
@@ -351,6 +382,123 @@ pub fn validate_deliver(
     }
 }
 
+/// A topic entry of the deliver ring that passed validation (the node side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicDelivery {
+    /// A message in slot `offset` of topic `topic`'s segment, for `subscription`.
+    Data {
+        /// The node's subscription id.
+        subscription: u32,
+        /// The topic whose segment holds the slot.
+        topic: u32,
+        /// Offset of the slot in the segment.
+        offset: u64,
+        /// Message length.
+        len: u32,
+        /// The topic's sequence number of this message.
+        seq: u64,
+    },
+    /// `count` messages were lost to the overflow policy before the next `Data`.
+    Lagged {
+        /// The node's subscription id.
+        subscription: u32,
+        /// How many.
+        count: u64,
+    },
+    /// The subscription is over; `reason` is a [`topic_close_reason`] value.
+    Closed {
+        /// The node's subscription id.
+        subscription: u32,
+        /// Why.
+        reason: u64,
+    },
+}
+
+/// A `TOPIC_RELEASE` entry that passed validation (the engine side). Whether the
+/// subscription belongs to the node and holds that slot is decided by the engine's own
+/// tables (a foreign slot is a [`crate::broadcast::SlotError`] of that subscriber alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicRelease {
+    /// The node's subscription id.
+    pub subscription: u32,
+    /// The topic whose segment holds the slot.
+    pub topic: u32,
+    /// Offset of the slot in the segment.
+    pub offset: u64,
+}
+
+/// Validates a `TOPIC_RELEASE` entry of a node's release ring. `segment` gives the bounds
+/// of a topic's segment (size, minimum block) from the engine's own tables, or `None` for a
+/// topic that does not exist.
+///
+/// # Errors
+///
+/// [`Violation::UnknownKind`], [`Violation::Flags`], [`Violation::Segment`] (no such topic),
+/// [`Violation::OutOfBounds`] or [`Violation::Misaligned`].
+pub fn validate_topic_release(
+    raw: &RawDescriptor,
+    segment: impl FnOnce(u32) -> Option<ArenaBounds>,
+) -> Result<TopicRelease, Violation> {
+    if raw.kind != kind::TOPIC_RELEASE {
+        return Err(Violation::UnknownKind { kind: raw.kind });
+    }
+    if raw.flags != 0 {
+        return Err(Violation::Flags { flags: raw.flags });
+    }
+    let bounds = segment(raw.segment).ok_or(Violation::Segment {
+        segment: raw.segment,
+    })?;
+    check_span(raw.offset, 1, &bounds)?;
+    Ok(TopicRelease {
+        subscription: raw.session,
+        topic: raw.segment,
+        offset: raw.offset,
+    })
+}
+
+/// Validates a topic entry of the deliver ring (the node side). `segment` gives the bounds of
+/// a topic segment the node has mapped, or `None` if it has none for that topic.
+///
+/// # Errors
+///
+/// The [`Violation`] that disqualifies the entry.
+pub fn validate_topic_deliver(
+    raw: &RawDescriptor,
+    segment: impl FnOnce(u32) -> Option<ArenaBounds>,
+) -> Result<TopicDelivery, Violation> {
+    if raw.flags != 0 {
+        return Err(Violation::Flags { flags: raw.flags });
+    }
+    match raw.kind {
+        kind::TOPIC_DATA => {
+            let bounds = segment(raw.segment).ok_or(Violation::Segment {
+                segment: raw.segment,
+            })?;
+            check_payload(raw, &bounds, Empty::OwnSubBlock)?;
+            Ok(TopicDelivery::Data {
+                subscription: raw.session,
+                topic: raw.segment,
+                offset: raw.offset,
+                len: raw.len,
+                seq: raw.aux,
+            })
+        }
+        kind::TOPIC_LAGGED | kind::TOPIC_CLOSED if raw.segment != 0 => Err(Violation::Segment {
+            segment: raw.segment,
+        }),
+        kind::TOPIC_LAGGED if raw.aux == 0 => Err(Violation::Lagged { count: raw.aux }),
+        kind::TOPIC_LAGGED => Ok(TopicDelivery::Lagged {
+            subscription: raw.session,
+            count: raw.aux,
+        }),
+        kind::TOPIC_CLOSED => Ok(TopicDelivery::Closed {
+            subscription: raw.session,
+            reason: raw.aux,
+        }),
+        kind => Err(Violation::UnknownKind { kind }),
+    }
+}
+
 /// The part of a session's byte window a payload of `len` bytes takes: the memory it really
 /// occupies in a buddy arena whose smallest block is `min_block` (0 for an empty payload,
 /// which takes no transmit sub-block). The engine and the node compute it alike.
@@ -369,6 +517,30 @@ impl RawDescriptor {
             kind: kind::CREDIT,
             offset: bytes,
             aux: messages,
+            ..Self::default()
+        }
+    }
+
+    /// A `TOPIC_DATA` entry: slot `offset`/`len` of topic `topic`'s segment, sequence `seq`.
+    pub fn topic_data(subscription: u32, topic: u32, offset: u64, len: u32, seq: u64) -> Self {
+        Self {
+            session: subscription,
+            kind: kind::TOPIC_DATA,
+            segment: topic,
+            len,
+            offset,
+            aux: seq,
+            ..Self::default()
+        }
+    }
+
+    /// A `TOPIC_RELEASE` entry for slot `offset` of topic `topic`'s segment.
+    pub fn topic_release(subscription: u32, topic: u32, offset: u64) -> Self {
+        Self {
+            session: subscription,
+            kind: kind::TOPIC_RELEASE,
+            segment: topic,
+            offset,
             ..Self::default()
         }
     }
@@ -503,6 +675,82 @@ mod tests {
                 bytes: 3 << 16
             })
         );
+    }
+
+    #[test]
+    fn topic_entries_validate_against_their_segment() {
+        let seg = |topic: u32| (topic == 5).then_some(TX);
+        let data = RawDescriptor::topic_data(2, 5, 4096, 100, 77);
+        assert_eq!(
+            validate_topic_deliver(&data, seg),
+            Ok(TopicDelivery::Data {
+                subscription: 2,
+                topic: 5,
+                offset: 4096,
+                len: 100,
+                seq: 77
+            })
+        );
+        let release = RawDescriptor::topic_release(2, 5, 4096);
+        assert_eq!(
+            validate_topic_release(&release, seg),
+            Ok(TopicRelease {
+                subscription: 2,
+                topic: 5,
+                offset: 4096
+            })
+        );
+        // Unknown topic, out of bounds, misaligned, flags, wrong kind, zero lag.
+        let unknown = RawDescriptor::topic_release(2, 6, 4096);
+        assert_eq!(
+            validate_topic_release(&unknown, seg),
+            Err(Violation::Segment { segment: 6 })
+        );
+        let oob = RawDescriptor::topic_release(2, 5, 1 << 20);
+        assert!(matches!(
+            validate_topic_release(&oob, seg),
+            Err(Violation::OutOfBounds { .. })
+        ));
+        let misaligned = RawDescriptor::topic_release(2, 5, 4097);
+        assert!(matches!(
+            validate_topic_release(&misaligned, seg),
+            Err(Violation::Misaligned { .. })
+        ));
+        let flagged = RawDescriptor {
+            flags: 2,
+            ..release
+        };
+        assert!(matches!(
+            validate_topic_release(&flagged, seg),
+            Err(Violation::Flags { .. })
+        ));
+        let session_release = RawDescriptor::offset_only(kind::RELEASE, 0);
+        assert!(matches!(
+            validate_topic_release(&session_release, seg),
+            Err(Violation::UnknownKind { .. })
+        ));
+        assert!(
+            validate_release(&release, &TX).is_err(),
+            "session path refuses topic releases"
+        );
+        let straddles = RawDescriptor::topic_data(2, 5, (1 << 20) - 64, 65, 0);
+        assert!(validate_topic_deliver(&straddles, seg).is_err());
+        let zero_lag = RawDescriptor::control(kind::TOPIC_LAGGED, 2, 0);
+        assert_eq!(
+            validate_topic_deliver(&zero_lag, seg),
+            Err(Violation::Lagged { count: 0 })
+        );
+        let lag = RawDescriptor::control(kind::TOPIC_LAGGED, 2, 9);
+        assert_eq!(
+            validate_topic_deliver(&lag, seg),
+            Ok(TopicDelivery::Lagged {
+                subscription: 2,
+                count: 9
+            })
+        );
+        let closed = RawDescriptor::control(kind::TOPIC_CLOSED, 2, topic_close_reason::UNTETHERED);
+        assert!(validate_topic_deliver(&closed, seg).is_ok());
+        assert!(kind::is_topic(kind::TOPIC_RELEASE) && !kind::is_topic(kind::CREDIT));
     }
 
     #[test]

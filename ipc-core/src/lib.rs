@@ -66,6 +66,8 @@
 pub mod arena;
 #[cfg(not(loom))]
 pub mod block;
+#[cfg(not(loom))]
+pub mod broadcast;
 pub mod control;
 pub mod descriptor;
 #[cfg(not(loom))]
@@ -84,8 +86,9 @@ pub use arena::{Allocation, ArenaStats, BuddyAllocator};
 #[cfg(not(loom))]
 pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_in, copy_out, copy_payload};
 pub use descriptor::{
-    ArenaBounds, Delivery, RawDescriptor, Submission, Violation, kind, validate_deliver,
-    validate_release, validate_submit, window_charge,
+    ArenaBounds, Delivery, RawDescriptor, Submission, TopicDelivery, TopicRelease, Violation, kind,
+    validate_deliver, validate_release, validate_submit, validate_topic_deliver,
+    validate_topic_release, window_charge,
 };
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;

@@ -63,7 +63,10 @@ pub(crate) async fn round_trips(
 fn window_messages(node: &Node, len: usize) -> u64 {
     let window = node.window();
     let charge = shmlink::window_charge(len as u32, window.min_block);
-    let by_bytes = window.bytes.checked_div(charge).map_or(u64::MAX, |n| n.max(1));
+    let by_bytes = window
+        .bytes
+        .checked_div(charge)
+        .map_or(u64::MAX, |n| n.max(1));
     u64::from(window.messages).min(by_bytes)
 }
 

@@ -67,6 +67,10 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::SchemaMismatch { .. } => "SchemaMismatch",
         EngineFrame::Error { .. } => "Error",
         EngineFrame::Limit { .. } => "Limit",
+        EngineFrame::PublishOk { .. } => "PublishOk",
+        EngineFrame::TopicDone { .. } => "TopicDone",
+        EngineFrame::SubscribeOk { .. } => "SubscribeOk",
+        EngineFrame::TopicAttach { .. } => "TopicAttach",
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use ipc_core::control::{EngineFrame, MessageType, NodeFrame, Schema};
+use ipc_core::control::{EngineFrame, MessageType, NodeFrame, Overflow, Schema, SubscribeOptions};
 use ipc_core::layout::{Layout, RawHeader};
 use ipc_core::{BlockConfig, RawDescriptor, kind};
 use shmlink::{Engine, Node};
@@ -298,6 +298,54 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 schema,
             },
         ),
+        (
+            "publish",
+            NodeFrame::Publish {
+                req: 4,
+                topic: "sensors/temp".into(),
+                ty: MessageType {
+                    name: "Tick".into(),
+                    fingerprint: 0xfeed,
+                },
+                history: 8,
+            },
+        ),
+        (
+            "unpublish",
+            NodeFrame::Unpublish {
+                req: 5,
+                publisher: 1,
+            },
+        ),
+        (
+            "subscribe",
+            NodeFrame::Subscribe {
+                req: 6,
+                pattern: "sensors/**".into(),
+                ty: MessageType::bytes(),
+                options: SubscribeOptions::default(),
+            },
+        ),
+        (
+            "subscribe-block",
+            NodeFrame::Subscribe {
+                req: 7,
+                pattern: "sensors/temp".into(),
+                ty: MessageType::bytes(),
+                options: SubscribeOptions {
+                    overflow: Overflow::Block { untether_ms: 500 },
+                    queue: 16,
+                    history: 4,
+                },
+            },
+        ),
+        (
+            "unsubscribe",
+            NodeFrame::Unsubscribe {
+                req: 8,
+                subscription: 2,
+            },
+        ),
     ];
     let mut all = Vec::new();
     let mut seeds = Vec::new();
@@ -332,6 +380,32 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 message: "closed by the engine".into(),
             },
         ),
+        (
+            "publish-ok",
+            EngineFrame::PublishOk {
+                req: 4,
+                publisher: 1,
+                topic: 1,
+            },
+        ),
+        (
+            "subscribe-ok",
+            EngineFrame::SubscribeOk {
+                req: 6,
+                subscription: 2,
+            },
+        ),
+        (
+            "topic-attach",
+            EngineFrame::TopicAttach {
+                subscription: 2,
+                topic: 1,
+                name: "sensors/temp".into(),
+                segment_size: 1 << 20,
+                ty: MessageType::bytes(),
+            },
+        ),
+        ("topic-done", EngineFrame::TopicDone { req: 8 }),
     ];
     for (name, frame) in engine_frames {
         seeds.push((name, frame.encode()));
@@ -359,6 +433,10 @@ fn descriptor_seeds() -> Vec<(&'static str, Vec<u8>)> {
         RawDescriptor::offset_only(kind::RELEASE, 64),
         RawDescriptor::offset_only(kind::TX_DONE, 128),
         RawDescriptor::control(kind::CREDIT, 1, 3),
+        RawDescriptor::topic_data(2, 1, 4096, 100, 7),
+        RawDescriptor::control(kind::TOPIC_LAGGED, 2, 5),
+        RawDescriptor::control(kind::TOPIC_CLOSED, 2, 2),
+        RawDescriptor::topic_release(2, 1, 4096),
     ];
     let edges = [
         // The last 64 bytes of the fuzzer's 1 MiB arena, and one past it.

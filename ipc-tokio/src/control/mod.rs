@@ -2,12 +2,13 @@
 //!
 //! Frames themselves ([`ipc_core::control`]) are parsed in ipc-core; this module moves bytes.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bytes::{Buf, BytesMut};
-use ipc_core::control::{FrameError, MAX_FRAME};
+use ipc_core::control::{EngineFrame, FrameError, MAX_FRAME, decode_engine_frame};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -208,5 +209,163 @@ mod limit_tests {
             .await
             .expect("read");
         assert_eq!(got, Some(hello));
+    }
+}
+
+/// Engine frames read together with the descriptors that ride with them (`SCM_RIGHTS`): the
+/// node side after rendezvous, where a `TopicAttach` carries a topic's broadcast segment.
+///
+/// A plain `read` would make the kernel close descriptors attached to the bytes it returns,
+/// so this reads with `recvmsg` and keeps descriptors in arrival order. The engine sends each
+/// frame with its descriptors in one `sendmsg` ([`send_with_fds`]), and the kernel hands the
+/// descriptors over with the frame's first byte, so when a frame is complete its
+/// [`EngineFrame::fd_count`] descriptors are at the front of the queue.
+// Used by the node's driver once topics are wired (it reads with `FrameBuf` until then).
+#[allow(dead_code)]
+#[derive(Debug, Default)]
+pub(crate) struct EngineFrames {
+    buf: BytesMut,
+    fds: VecDeque<OwnedFd>,
+}
+
+#[allow(dead_code)]
+impl EngineFrames {
+    /// Starts with bytes and descriptors already read (the tail of the rendezvous).
+    pub(crate) fn new(bytes: &[u8], fds: Vec<OwnedFd>) -> Self {
+        Self {
+            buf: BytesMut::from(bytes),
+            fds: fds.into(),
+        }
+    }
+
+    /// The next frame and its descriptors; `Ok(None)` on a clean end of stream.
+    ///
+    /// Cancel-safe: everything read stays in `self`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` for a frame that does not decode, or that arrived without the
+    /// descriptors it must carry; other I/O errors as they come.
+    pub(crate) async fn next(
+        &mut self,
+        sock: &UnixStream,
+    ) -> io::Result<Option<(EngineFrame, Vec<OwnedFd>)>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match decode_engine_frame(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    let want = frame.fd_count();
+                    if self.fds.len() < want {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "frame carries {want} descriptors, {} arrived",
+                                self.fds.len()
+                            ),
+                        ));
+                    }
+                    self.buf.advance(used);
+                    let fds = self.fds.drain(..want).collect();
+                    return Ok(Some((frame, fds)));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            if self.buf.len() > MAX_FRAME + 4 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "frame too large",
+                ));
+            }
+            let mut fds = Vec::new();
+            let n = recv_with_fds(sock, &mut chunk, &mut fds).await?;
+            self.fds.extend(fds);
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a frame",
+                    ))
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipc_core::broadcast::{BroadcastSegment, ReadOnlySegment};
+    use ipc_core::control::{EngineFrame, MessageType};
+    use tokio::net::UnixStream;
+
+    use super::{EngineFrames, send_with_fds, write_frame};
+
+    #[tokio::test]
+    async fn a_topic_segment_rides_with_its_attach_frame() {
+        let (engine, node) = UnixStream::pair().expect("socketpair");
+        let segment = BroadcastSegment::create(1 << 16, "topic").expect("segment");
+        segment.write(64, b"first tick").expect("write");
+        let attach = EngineFrame::TopicAttach {
+            subscription: 2,
+            topic: 7,
+            name: "sensors/temp".into(),
+            segment_size: segment.size(),
+            ty: MessageType::bytes(),
+        };
+        let before = EngineFrame::SubscribeOk {
+            req: 1,
+            subscription: 2,
+        };
+        let after = EngineFrame::TopicDone { req: 3 };
+        // Three frames, the middle one with a descriptor, written back to back so that the
+        // node's reads may cut them anywhere.
+        let mut engine_w = engine;
+        write_frame(&mut engine_w, &before.encode()).await.unwrap();
+        send_with_fds(&engine_w, &attach.encode(), &[segment.fd()])
+            .await
+            .unwrap();
+        write_frame(&mut engine_w, &after.encode()).await.unwrap();
+        drop(engine_w);
+
+        let mut frames = EngineFrames::default();
+        let (f1, fds1) = frames.next(&node).await.unwrap().unwrap();
+        assert_eq!((f1, fds1.len()), (before, 0));
+        let (f2, mut fds2) = frames.next(&node).await.unwrap().unwrap();
+        assert_eq!(f2, attach);
+        assert_eq!(fds2.len(), 1);
+        let mapped = ReadOnlySegment::open(fds2.pop().unwrap(), 1 << 16).expect("map");
+        assert_eq!(mapped.view(64, 10).unwrap().as_ref(), b"first tick");
+        let (f3, fds3) = frames.next(&node).await.unwrap().unwrap();
+        assert_eq!((f3, fds3.len()), (after, 0));
+        assert!(frames.next(&node).await.unwrap().is_none(), "clean end");
+    }
+
+    #[tokio::test]
+    async fn an_attach_without_its_descriptor_is_refused() {
+        let (mut engine, node) = UnixStream::pair().expect("socketpair");
+        let attach = EngineFrame::TopicAttach {
+            subscription: 2,
+            topic: 7,
+            name: "t".into(),
+            segment_size: 4096,
+            ty: MessageType::bytes(),
+        };
+        write_frame(&mut engine, &attach.encode()).await.unwrap();
+        let err = EngineFrames::default().next(&node).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        // A descriptor may arrive with the bytes of the frame before its own (the kernel may
+        // join them in one read): it waits in the queue, and a frame that carries none gets none.
+        let (engine, node) = UnixStream::pair().expect("socketpair");
+        let segment = BroadcastSegment::create(4096, "t").unwrap();
+        let plain = EngineFrame::TopicDone { req: 1 };
+        send_with_fds(&engine, &plain.encode(), &[segment.fd()])
+            .await
+            .unwrap();
+        let mut frames = EngineFrames::new(&[], Vec::new());
+        let (frame, fds) = frames.next(&node).await.unwrap().unwrap();
+        assert_eq!((frame, fds.len()), (plain, 0));
     }
 }

@@ -680,8 +680,13 @@ fn is_answer(frame: &EngineFrame) -> bool {
         | EngineFrame::OpenOk { req, .. }
         | EngineFrame::Error { req, .. }
         | EngineFrame::Limit { req, .. }
-        | EngineFrame::SchemaMismatch { req, .. } => *req != 0,
-        EngineFrame::Welcome { .. } | EngineFrame::Accept { .. } => false,
+        | EngineFrame::SchemaMismatch { req, .. }
+        | EngineFrame::PublishOk { req, .. }
+        | EngineFrame::TopicDone { req }
+        | EngineFrame::SubscribeOk { req, .. } => *req != 0,
+        EngineFrame::Welcome { .. }
+        | EngineFrame::Accept { .. }
+        | EngineFrame::TopicAttach { .. } => false,
     }
 }
 

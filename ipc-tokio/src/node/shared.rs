@@ -544,6 +544,13 @@ impl NodeShared {
             EngineFrame::Welcome { .. } => {
                 tracing::warn!(node = %self.name, "unexpected second welcome; ignored");
             }
+            // Topics are not wired on the node yet: it never asks for them.
+            other @ (EngineFrame::PublishOk { .. }
+            | EngineFrame::TopicDone { .. }
+            | EngineFrame::SubscribeOk { .. }
+            | EngineFrame::TopicAttach { .. }) => {
+                tracing::warn!(node = %self.name, frame = ?other, "unexpected topic frame; ignored");
+            }
         }
     }
 }
