@@ -407,3 +407,73 @@ async fn names_with_control_characters_are_refused_before_anything_is_sent() {
     drop((_listener, node));
     support::all_gone(engine).await;
 }
+
+/// A client that hoards sessions to one server is refused at its own limit with a typed
+/// error naming it, while another client still opens to that server (issue 10: the
+/// per-node limit used to be counted against the server, locking everyone out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hoarder_is_refused_at_its_own_limit_and_others_still_get_in() {
+    const PER_OPENER: usize = 5;
+    let dir = TestDir::new("hoarder");
+    let engine = support::engine_builder(&dir)
+        .max_sessions_per_opener(PER_OPENER)
+        .spawn()
+        .expect("engine");
+    let server = within("connect", Node::connect(dir.socket(), "hoard-srv"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", support::listen(&server, "hoard"))
+        .await
+        .expect("listen");
+    let hoarder = within("connect", Node::connect(dir.socket(), "hoarder"))
+        .await
+        .expect("connect");
+    let mut held = Vec::new();
+    for _ in 0..PER_OPENER {
+        held.push(
+            within("open", support::open(&hoarder, "hoard"))
+                .await
+                .expect("open"),
+        );
+    }
+    let refused = within("one more", support::open(&hoarder, "hoard")).await;
+    assert_eq!(
+        refused.err(),
+        Some(OpenError::LimitReached {
+            limit: shmlink::Limit::SessionsPerOpener,
+            max: PER_OPENER as u64
+        })
+    );
+    let other = within("connect", Node::connect(dir.socket(), "polite"))
+        .await
+        .expect("connect");
+    let mut session = within("another client opens", support::open(&other, "hoard"))
+        .await
+        .expect("the other client is not locked out");
+    let mut accepted = Vec::new();
+    for _ in 0..=PER_OPENER {
+        accepted.push(within("accept", listener.accept()).await.expect("accept"));
+    }
+    let mut served = accepted.pop().expect("the polite session");
+    within("send", session.send(Bytes::from_static(b"hi")))
+        .await
+        .expect("send");
+    let got = within("receive", served.next()).await.unwrap().unwrap();
+    assert_eq!(&got[..], b"hi");
+    // A closed session gives the hoarder its slot back.
+    drop(held.pop());
+    within("the slot comes back", async {
+        loop {
+            match support::open(&hoarder, "hoard").await {
+                Ok(s) => break s,
+                Err(OpenError::LimitReached { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    })
+    .await;
+    drop((
+        held, session, served, accepted, listener, server, hoarder, other,
+    ));
+    support::all_gone(engine).await;
+}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use ipc_core::control::{ErrorCode, Schema};
+use ipc_core::control::{ErrorCode, Limit, Schema};
 use ipc_core::{IdMap, IdSet};
 
 use crate::engine::command::{EndId, NodeId};
@@ -29,6 +29,13 @@ pub(crate) struct Limits {
     pub(crate) window_bytes: u64,
     /// Session ends one node may hold.
     pub(crate) max_sessions_per_node: usize,
+    /// Registered nodes of one uid.
+    pub(crate) nodes_per_uid: usize,
+    /// Session ends held by the nodes of one uid.
+    pub(crate) sessions_per_uid: usize,
+    /// Sessions one opener node may hold to one server node (so that one client cannot take
+    /// every slot of a server).
+    pub(crate) sessions_per_opener: usize,
 }
 
 /// A registered node.
@@ -53,6 +60,10 @@ pub(crate) struct End {
     pub(crate) in_flight: u32,
     /// Their window charges.
     pub(crate) in_flight_bytes: u64,
+    /// On the opener's end: the (opener, server) pair its session counts against.
+    pub(crate) pair: Option<(NodeId, NodeId)>,
+    /// Its node's uid (its `sessions_per_uid` count).
+    pub(crate) uid: u32,
 }
 
 /// A served name.
@@ -86,6 +97,17 @@ pub(crate) enum OpenRefusal {
     Refused(Refusal),
     /// The ends' types disagree: the opener gets the server's schema.
     SchemaMismatch { server: Schema },
+    /// An admission limit is reached.
+    Limit { limit: Limit, max: u64 },
+}
+
+impl OpenRefusal {
+    fn limit(limit: Limit, max: usize) -> Self {
+        Self::Limit {
+            limit,
+            max: max as u64,
+        }
+    }
 }
 
 impl From<Refusal> for OpenRefusal {
@@ -125,6 +147,17 @@ pub(crate) struct Registry {
     names: HashMap<String, ServiceId>,
     next_end: EndId,
     next_service: ServiceId,
+    /// Per uid: registered nodes and session ends.
+    per_uid: HashMap<u32, UidCounts>,
+    /// Per (opener, server) node pair: sessions.
+    pairs: HashMap<(NodeId, NodeId), usize>,
+}
+
+/// What one uid holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct UidCounts {
+    nodes: usize,
+    ends: usize,
 }
 
 // ===== impl Registry =====
@@ -139,6 +172,8 @@ impl Registry {
             names: HashMap::new(),
             next_end: 1,
             next_service: 1,
+            per_uid: HashMap::new(),
+            pairs: HashMap::new(),
         }
     }
 
@@ -165,7 +200,19 @@ impl Registry {
 
     // ===== nodes =====
 
-    pub(crate) fn add_node(&mut self, id: NodeId, name: String, pid: Option<i32>, uid: u32) {
+    /// Registers a node, unless its uid already has `nodes_per_uid` of them.
+    pub(crate) fn add_node(
+        &mut self,
+        id: NodeId,
+        name: String,
+        pid: Option<i32>,
+        uid: u32,
+    ) -> Result<(), (Limit, u64)> {
+        let counts = self.per_uid.entry(uid).or_default();
+        if counts.nodes >= self.limits.nodes_per_uid {
+            return Err((Limit::NodesPerUid, self.limits.nodes_per_uid as u64));
+        }
+        counts.nodes += 1;
         self.nodes.insert(
             id,
             NodeEntry {
@@ -176,12 +223,19 @@ impl Registry {
                 services: IdSet::default(),
             },
         );
+        Ok(())
     }
 
     /// Removes a node and the names it serves. Its ends stay until the caller closes each
     /// ([`Registry::close_end`]), which tells it whom to notify.
     pub(crate) fn remove_node(&mut self, id: NodeId) -> Option<NodeEntry> {
         let entry = self.nodes.remove(&id)?;
+        if let Some(counts) = self.per_uid.get_mut(&entry.uid) {
+            counts.nodes = counts.nodes.saturating_sub(1);
+            if counts.nodes == 0 && counts.ends == 0 {
+                self.per_uid.remove(&entry.uid);
+            }
+        }
         for service in &entry.services {
             if let Some(s) = self.services.remove(service) {
                 self.names.remove(&s.name);
@@ -293,10 +347,25 @@ impl Registry {
             )
             .into());
         }
+        let opener_limit = self.limits.sessions_per_opener;
+        if self.pairs.get(&(node, server_node)).copied().unwrap_or(0) >= opener_limit {
+            return Err(OpenRefusal::limit(Limit::SessionsPerOpener, opener_limit));
+        }
+        let (client_uid, server_uid) = (client.uid, self.nodes[&server_node].uid);
+        let uid_limit = self.limits.sessions_per_uid;
+        let ends_of = |uid| self.per_uid.get(&uid).map_or(0, |c| c.ends);
+        let wanted = if client_uid == server_uid { 2 } else { 1 };
+        if ends_of(client_uid) + wanted > uid_limit || ends_of(server_uid) + wanted > uid_limit {
+            return Err(OpenRefusal::limit(Limit::SessionsPerUid, uid_limit));
+        }
         let client_name = client.name.clone();
         let server_name = self.nodes[&server_node].name.clone();
         let (c, s) = (self.alloc_end(), self.alloc_end());
-        for (end, owner, peer) in [(c, node, s), (s, server_node, c)] {
+        *self.pairs.entry((node, server_node)).or_default() += 1;
+        for uid in [client_uid, server_uid] {
+            self.per_uid.entry(uid).or_default().ends += 1;
+        }
+        for (end, owner, peer, uid) in [(c, node, s, client_uid), (s, server_node, c, server_uid)] {
             self.ends.insert(
                 end,
                 End {
@@ -305,6 +374,8 @@ impl Registry {
                     fin: false,
                     in_flight: 0,
                     in_flight_bytes: 0,
+                    pair: (end == c).then_some((node, server_node)),
+                    uid,
                 },
             );
             self.nodes
@@ -408,6 +479,20 @@ impl Registry {
         if let Some(n) = self.nodes.get_mut(&state.node) {
             n.ends.remove(&end);
         }
+        if let Some(counts) = self.per_uid.get_mut(&state.uid) {
+            counts.ends = counts.ends.saturating_sub(1);
+            if counts.nodes == 0 && counts.ends == 0 {
+                self.per_uid.remove(&state.uid);
+            }
+        }
+        if let Some(pair) = state.pair
+            && let Some(n) = self.pairs.get_mut(&pair)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.pairs.remove(&pair);
+            }
+        }
         let peer = state.peer?;
         let p = self.ends.get_mut(&peer)?;
         p.peer = None;
@@ -434,6 +519,9 @@ mod tests {
         credits: 4,
         window_bytes: 1024,
         max_sessions_per_node: 3,
+        nodes_per_uid: 3,
+        sessions_per_uid: 100,
+        sessions_per_opener: 100,
     };
 
     fn schema() -> Schema {
@@ -442,8 +530,8 @@ mod tests {
 
     fn registry() -> Registry {
         let mut r = Registry::new(LIMITS);
-        r.add_node(1, "server".into(), Some(10), 1000);
-        r.add_node(2, "client".into(), Some(11), 1000);
+        r.add_node(1, "server".into(), Some(10), 1000).unwrap();
+        r.add_node(2, "client".into(), Some(11), 1001).unwrap();
         r
     }
 
@@ -608,6 +696,58 @@ mod tests {
             );
         }
         r.serve(2, "a".into(), schema()).unwrap();
+    }
+
+    #[test]
+    fn admission_limits_per_uid_and_per_opener() {
+        let mut r = Registry::new(Limits {
+            max_sessions_per_node: 1000,
+            nodes_per_uid: 2,
+            sessions_per_uid: 8,
+            sessions_per_opener: 3,
+            ..LIMITS
+        });
+        r.add_node(1, "server".into(), None, 7).unwrap();
+        r.add_node(2, "hoarder".into(), None, 8).unwrap();
+        r.add_node(3, "other".into(), None, 8).unwrap();
+        assert_eq!(
+            r.add_node(4, "one too many".into(), None, 8),
+            Err((Limit::NodesPerUid, 2))
+        );
+        r.serve(1, "svc".into(), schema()).unwrap();
+        // One opener takes at most 3 of the server's slots; another still gets in.
+        let mine: Vec<_> = (0..3)
+            .map(|_| r.open(2, "svc", &schema()).unwrap())
+            .collect();
+        assert_eq!(
+            r.open(2, "svc", &schema()).unwrap_err(),
+            OpenRefusal::Limit {
+                limit: Limit::SessionsPerOpener,
+                max: 3
+            }
+        );
+        r.open(3, "svc", &schema()).unwrap();
+        // uid 8 holds 4 ends, uid 7 (the server) 4 as well; closing one frees a slot.
+        r.close_end(mine[0].client_end);
+        r.open(2, "svc", &schema()).unwrap();
+        // Sessions per uid: the server's uid holds 5 ends now; 3 more fit, then no more.
+        r.add_node(5, "third".into(), None, 9).unwrap();
+        r.open(3, "svc", &schema()).unwrap();
+        r.open(3, "svc", &schema()).unwrap();
+        r.open(5, "svc", &schema()).unwrap();
+        assert_eq!(
+            r.open(5, "svc", &schema()).unwrap_err(),
+            OpenRefusal::Limit {
+                limit: Limit::SessionsPerUid,
+                max: 8
+            }
+        );
+        // A node that goes frees its uid's node slot and its ends.
+        let gone = r.remove_node(2).unwrap();
+        for end in &gone.ends {
+            r.close_end(*end);
+        }
+        r.add_node(4, "now it fits".into(), None, 8).unwrap();
     }
 
     #[test]

@@ -91,6 +91,9 @@ impl Router {
             credits: config.credits,
             window_bytes: config.window_bytes,
             max_sessions_per_node: config.max_sessions_per_node,
+            nodes_per_uid: config.limits.nodes_per_uid,
+            sessions_per_uid: config.limits.sessions_per_uid,
+            sessions_per_opener: config.limits.sessions_per_opener,
         });
         Self {
             config,
@@ -327,8 +330,18 @@ impl Router {
                 return;
             }
         };
+        if let Err((limit, max)) = self.registry.add_node(r.node, h.name.clone(), h.pid, h.uid) {
+            tracing::warn!(node = r.node, name = %h.name, uid = h.uid, limit = limit.name(), max, "node refused by a limit");
+            // Dropping the link closes its block and doorbells; the connection task sees
+            // its frame channel close after this frame and closes the socket.
+            let _ = link.frames.send(EngineFrame::Limit {
+                req: 0,
+                limit: limit as u16,
+                max,
+            });
+            return;
+        }
         tracing::info!(node = r.node, name = %h.name, pid = ?h.pid, uid = h.uid, "node joined");
-        self.registry.add_node(r.node, h.name, h.pid, h.uid);
         self.links.insert(r.node, link);
         self.activate(r.node, Instant::now());
     }
@@ -373,6 +386,11 @@ impl Router {
             Err(OpenRefusal::SchemaMismatch { server }) => {
                 tracing::debug!(node, req, %service, "schema mismatch");
                 return self.reply(node, EngineFrame::SchemaMismatch { req, server });
+            }
+            Err(OpenRefusal::Limit { limit, max }) => {
+                tracing::info!(node, req, %service, limit = limit.name(), max, "open refused by a limit");
+                let limit = limit as u16;
+                return self.reply(node, EngineFrame::Limit { req, limit, max });
             }
         };
         // Accept goes out before OpenOk, so the server knows the session before the client
