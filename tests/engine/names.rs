@@ -477,3 +477,92 @@ async fn a_session_hoarder_is_refused_at_its_own_limit_and_others_still_get_in()
     ));
     support::all_gone(engine).await;
 }
+
+/// An unserve storm: a node serving 2,000 names unserves them all from 20 tasks at once
+/// while a bystander pair exchanges; every unserve completes, the pair never stops, and a
+/// fresh node connects and exchanges afterwards (issue 10: unserve was a linear scan and an
+/// unserve storm froze the engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unserve_storm_leaves_the_engine_serving_everyone() {
+    const NAMES: usize = 2000;
+    const TASKS: usize = 20;
+    let dir = TestDir::new("unserve-storm");
+    let engine = support::engine(&dir);
+    let support::Pair {
+        server,
+        listener,
+        client,
+        mut opened,
+        mut accepted,
+    } = support::pair(&engine, "bystander").await;
+    // Two nodes: one may serve at most 1,024 names.
+    let mut storm = Vec::new();
+    for n in 0..2 {
+        let node = within(
+            "connect",
+            Node::connect(dir.socket(), &format!("storm-{n}")),
+        )
+        .await
+        .expect("connect");
+        storm.push(node);
+    }
+    let mut listeners = Vec::with_capacity(NAMES);
+    for i in 0..NAMES {
+        let l = within(
+            "listen",
+            support::listen(&storm[i % 2], &format!("storm-{i}")),
+        )
+        .await
+        .expect("listen");
+        listeners.push(l);
+    }
+    assert!(engine.stats().services > NAMES);
+    let mut chunks: Vec<Vec<_>> = (0..TASKS).map(|_| Vec::new()).collect();
+    for (i, l) in listeners.into_iter().enumerate() {
+        chunks[i % TASKS].push(l);
+    }
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            tokio::spawn(async move {
+                for l in chunk {
+                    l.unserve().await;
+                }
+            })
+        })
+        .collect();
+    // The bystander keeps exchanging during the storm.
+    let mut seq = 0u64;
+    let storming = futures::future::join_all(tasks);
+    tokio::pin!(storming);
+    loop {
+        let message = Bytes::from(seq.to_le_bytes().to_vec());
+        within("bystander send", opened.send(message.clone()))
+            .await
+            .expect("send");
+        let got = within("bystander receive", accepted.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, message);
+        seq += 1;
+        if futures::FutureExt::now_or_never(&mut storming).is_some() {
+            break;
+        }
+    }
+    within(
+        "every name unserved",
+        engine.wait_for_stats(|s| s.services == 1),
+    )
+    .await;
+    // A fresh node after the storm.
+    let fresh = within("connect", Node::connect(dir.socket(), "fresh"))
+        .await
+        .expect("connect after the storm");
+    let mut session = within("open", support::open(&fresh, "bystander-srv-free"))
+        .await
+        .err();
+    assert!(matches!(session.take(), Some(OpenError::NotServed { .. })));
+    drop((opened, accepted, listener, server, client, storm, fresh));
+    support::all_gone(engine).await;
+}
