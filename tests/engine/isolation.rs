@@ -191,17 +191,10 @@ async fn the_promised_number_of_unread_sessions_stall_alone() {
 /// gets every payload intact and then learns that the peer is gone.
 #[test]
 fn a_dead_senders_block_is_released_while_its_payloads_wait() {
-    if !crate::support::isolate(
+    crate::support::run_isolated(
         "isolation::a_dead_senders_block_is_released_while_its_payloads_wait",
-    ) {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(dead_sender_body());
+        dead_sender_body,
+    );
 }
 
 async fn dead_sender_body() {
