@@ -290,6 +290,7 @@ async fn thousands_of_concurrent_opens_all_complete() {
     let dir = TestDir::new("many-opens");
     let engine = support::engine_builder(&dir)
         .max_sessions_per_node(4 * OPENS)
+        .max_sessions_per_opener(OPENS + 1)
         .spawn()
         .expect("engine");
     let server = within("connect", Node::connect(dir.socket(), "many-srv"))
