@@ -78,14 +78,21 @@ pub(crate) fn check_reply_echo(data: &[u8]) -> Res<()> {
 /// The engine host of `idle`: runs an engine until its stdin closes.
 pub(crate) fn engine_host(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.1))?;
-    let block = if spec.pattern == Pattern::IdleNodes {
+    let mut builder = Engine::builder().socket(&spec.addr);
+    if spec.pattern == Pattern::IdleNodes {
         raise_nofile()?;
-        idle_nodes_block()
+        // Every node of the run has this uid: N idle nodes plus the active pair, past the
+        // default admission limits of 512 connections and nodes per uid.
+        let nodes = spec.size.saturating_add(IDLE_NODES_SPARE);
+        builder = builder
+            .block(idle_nodes_block())
+            .max_connections_per_uid(nodes)
+            .max_nodes_per_uid(nodes);
     } else {
-        block_config()
-    };
+        builder = builder.block(block_config());
+    }
     current_thread()?.block_on(async {
-        let engine = Engine::builder().socket(&spec.addr).block(block).spawn()?;
+        let engine = builder.spawn()?;
         println!("ready");
         stdin_closed().await;
         engine.shutdown().await;
@@ -102,6 +109,10 @@ async fn stdin_closed() {
     });
     let _ = rx.await;
 }
+
+/// Connections and nodes the `idle-nodes` engine admits per uid beyond the N idle nodes: the
+/// active pair and some room.
+const IDLE_NODES_SPARE: usize = 64;
 
 /// Payload of the active pair's round trips in `idle-nodes`.
 pub(crate) const ACTIVE_SIZE: usize = 64;
