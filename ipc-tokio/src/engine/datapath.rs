@@ -125,7 +125,7 @@ impl Router {
             } => {
                 let link = &self.links[&node];
                 let charge = window_charge(len, link.block.layout().tx.min_block);
-                match self.registry.send(node, session, charge)? {
+                match self.registry.send(node, session, charge, len)? {
                     Some(route) => {
                         let src = Source::Block {
                             block: link.block.clone(),
@@ -258,6 +258,7 @@ impl Router {
         link.block.publish_rx_in_use(link.rx.in_use());
         self.push_out(dst, RawDescriptor::data(end, allocation.offset, len));
         self.stats.messages += 1;
+        self.stats.bytes += u64::from(len);
         match entry {
             Inbound::Data {
                 src: Source::Block { offset, .. },

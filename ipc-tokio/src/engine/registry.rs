@@ -53,6 +53,10 @@ pub(crate) struct End {
     pub(crate) in_flight: u32,
     /// Their window charges.
     pub(crate) in_flight_bytes: u64,
+    /// Messages sent on this end since it opened (the inspector's counts).
+    pub(crate) sent_messages: u64,
+    /// Their payload bytes.
+    pub(crate) sent_bytes: u64,
 }
 
 /// A served name.
@@ -158,9 +162,23 @@ impl Registry {
         self.nodes.get(&id)
     }
 
-    #[cfg(test)]
     pub(crate) fn end(&self, id: EndId) -> Option<&End> {
         self.ends.get(&id)
+    }
+
+    /// Every node, in no particular order (the inspector).
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (NodeId, &NodeEntry)> {
+        self.nodes.iter().map(|(id, n)| (*id, n))
+    }
+
+    /// Every session end, in no particular order (the inspector).
+    pub(crate) fn ends(&self) -> impl Iterator<Item = (EndId, &End)> {
+        self.ends.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// Every served name, in no particular order (the inspector).
+    pub(crate) fn services(&self) -> impl Iterator<Item = (ServiceId, &Service)> {
+        self.services.iter().map(|(id, s)| (*id, s))
     }
 
     // ===== nodes =====
@@ -305,6 +323,8 @@ impl Registry {
                     fin: false,
                     in_flight: 0,
                     in_flight_bytes: 0,
+                    sent_messages: 0,
+                    sent_bytes: 0,
                 },
             );
             self.nodes
@@ -338,13 +358,15 @@ impl Registry {
         self.owned_end(node, end).map(|_| ())
     }
 
-    /// A message of window charge `charge` sent by `node` on `end`: checked against the
-    /// end's window and charged to it. `None` when the peer is gone (the sender was told).
+    /// A message of `len` bytes and window charge `charge` sent by `node` on `end`: checked
+    /// against the end's window and charged to it. `None` when the peer is gone (the sender
+    /// was told).
     pub(crate) fn send(
         &mut self,
         node: NodeId,
         end: EndId,
         charge: u64,
+        len: u32,
     ) -> Result<Option<Route>, Violation> {
         let Limits {
             credits,
@@ -376,6 +398,8 @@ impl Registry {
         };
         state.in_flight += 1;
         state.in_flight_bytes += charge;
+        state.sent_messages += 1;
+        state.sent_bytes += u64::from(len);
         let node = self.ends[&peer].node;
         Ok(Some(Route { end: peer, node }))
     }
@@ -458,14 +482,14 @@ mod tests {
             ("client", "server")
         );
         assert_eq!(
-            r.send(2, o.client_end, 10).unwrap(),
+            r.send(2, o.client_end, 10, 0).unwrap(),
             Some(Route {
                 end: o.server_end,
                 node: 1
             })
         );
         assert_eq!(
-            r.send(1, o.server_end, 10).unwrap(),
+            r.send(1, o.server_end, 10, 0).unwrap(),
             Some(Route {
                 end: o.client_end,
                 node: 2
@@ -523,20 +547,20 @@ mod tests {
         let o = r.open(2, "svc", &schema()).unwrap();
         let c = o.client_end;
         // One message larger than the window may go alone ...
-        r.send(2, c, 4096).unwrap();
+        r.send(2, c, 4096, 0).unwrap();
         // ... but nothing after it.
-        let v = r.send(2, c, 1).unwrap_err();
+        let v = r.send(2, c, 1, 0).unwrap_err();
         assert_eq!(v.kind, ViolationKind::Window);
         assert_eq!(r.refund(c, 1, 4096), Some(2));
         // Bytes: 1024 in 256-byte charges.
         for _ in 0..4 {
-            r.send(2, c, 256).unwrap();
+            r.send(2, c, 256, 0).unwrap();
         }
-        assert_eq!(r.send(2, c, 256).unwrap_err().kind, ViolationKind::Window);
+        assert_eq!(r.send(2, c, 256, 0).unwrap_err().kind, ViolationKind::Window);
         r.refund(c, 1, 256);
         // Messages: 4 at most even when they are empty.
-        r.send(2, c, 0).unwrap();
-        assert_eq!(r.send(2, c, 0).unwrap_err().kind, ViolationKind::Window);
+        r.send(2, c, 0, 0).unwrap();
+        assert_eq!(r.send(2, c, 0, 0).unwrap_err().kind, ViolationKind::Window);
         r.refund(c, 4, 768);
         assert_eq!(r.end(c).unwrap().in_flight_bytes, 0);
         assert_eq!(r.end(c).unwrap().in_flight, 0);
@@ -548,11 +572,11 @@ mod tests {
         r.serve(1, "svc".into(), schema()).unwrap();
         let o = r.open(2, "svc", &schema()).unwrap();
         assert_eq!(
-            r.send(1, o.client_end, 1).unwrap_err().kind,
+            r.send(1, o.client_end, 1, 0).unwrap_err().kind,
             ViolationKind::ForeignSession
         );
         assert_eq!(
-            r.send(2, 999, 1).unwrap_err().kind,
+            r.send(2, 999, 1, 0).unwrap_err().kind,
             ViolationKind::ForeignSession
         );
         assert_eq!(
@@ -563,7 +587,7 @@ mod tests {
             })
         );
         assert_eq!(
-            r.send(2, o.client_end, 1).unwrap_err().kind,
+            r.send(2, o.client_end, 1, 0).unwrap_err().kind,
             ViolationKind::DataAfterFin
         );
     }
@@ -582,7 +606,7 @@ mod tests {
         );
         assert_eq!(r.close_end(o.client_end), None);
         // The server's sends now go nowhere (its node was told).
-        assert_eq!(r.send(1, o.server_end, 1).unwrap(), None);
+        assert_eq!(r.send(1, o.server_end, 1, 0).unwrap(), None);
         assert_eq!(r.close_end(o.server_end), None);
         assert_eq!(r.end_count(), 0);
         assert!(r.node(1).unwrap().ends.is_empty());

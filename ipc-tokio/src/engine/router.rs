@@ -50,7 +50,7 @@ pub(super) enum Doom {
 pub(crate) struct Router {
     pub(super) config: Arc<Config>,
     commands: mpsc::UnboundedReceiver<Command>,
-    stats_tx: watch::Sender<EngineStats>,
+    pub(super) stats_tx: watch::Sender<EngineStats>,
     pub(super) stats: EngineStats,
     pub(super) registry: Registry,
     pub(super) links: IdMap<NodeId, Link>,
@@ -68,6 +68,8 @@ pub(crate) struct Router {
     pub(super) orphaned: u64,
     /// Reused buffers for node ids.
     ids: Vec<NodeId>,
+    /// When the engine started (the inspector's uptime).
+    pub(super) started: Instant,
 }
 
 impl std::fmt::Debug for Router {
@@ -107,6 +109,7 @@ impl Router {
             scratch: vec![RawDescriptor::default(); BATCH],
             orphaned: 0,
             ids: Vec::new(),
+            started: Instant::now(),
         }
     }
 
@@ -296,6 +299,10 @@ impl Router {
                     }
                     self.bury();
                 }
+            }
+            Command::Inspect { reply } => {
+                let _ = reply.send(Box::new(self.snapshot()));
+                return true;
             }
             Command::Shutdown => return false,
         }
