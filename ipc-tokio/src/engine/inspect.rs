@@ -450,7 +450,11 @@ async fn inspect_inner(path: &Path) -> Result<Snapshot, InspectError> {
             Err(e) => return Err(sent.err().unwrap_or(e).into()),
         };
         match frame {
-            EngineFrame::InspectChunk { req: 1, last, bytes } => {
+            EngineFrame::InspectChunk {
+                req: 1,
+                last,
+                bytes,
+            } => {
                 if json.len() + bytes.len() > MAX_INSPECT {
                     return Err(InspectError::TooLarge);
                 }

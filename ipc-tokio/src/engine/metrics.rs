@@ -51,7 +51,10 @@ fn describe() {
     describe_gauge!("shmlink_session_ends", "Live session ends");
     describe_gauge!("shmlink_services", "Served names");
     describe_gauge!("shmlink_connections", "Open control connections");
-    describe_gauge!("shmlink_active_nodes", "Nodes the router polls on every pass");
+    describe_gauge!(
+        "shmlink_active_nodes",
+        "Nodes the router polls on every pass"
+    );
     describe_gauge!(
         "shmlink_waiting_messages",
         "Messages waiting for room in a receive arena"

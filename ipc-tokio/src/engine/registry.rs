@@ -556,7 +556,10 @@ mod tests {
         for _ in 0..4 {
             r.send(2, c, 256, 0).unwrap();
         }
-        assert_eq!(r.send(2, c, 256, 0).unwrap_err().kind, ViolationKind::Window);
+        assert_eq!(
+            r.send(2, c, 256, 0).unwrap_err().kind,
+            ViolationKind::Window
+        );
         r.refund(c, 1, 256);
         // Messages: 4 at most even when they are empty.
         r.send(2, c, 0, 0).unwrap();
