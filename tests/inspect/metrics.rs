@@ -154,6 +154,10 @@ async fn scrape_counts_the_messages_sent() {
         bytes0 + total_bytes as f64
     );
     assert!(after.contains_key("shmlink_nodes"), "{after:?}");
+    assert!(
+        after.contains_key("shmlink_rx_arena_bytes_in_use"),
+        "{after:?}"
+    );
     drop(rx);
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;

@@ -64,7 +64,8 @@ impl Router {
                 due.1 += charge;
             }
         }
-        link.block.publish_rx_in_use(link.rx.in_use());
+        let (before, now) = link.publish_rx();
+        self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
         if link.release.needs_space_wake() {
             link.ring_out();
         }
@@ -255,7 +256,8 @@ impl Router {
             return Ok(());
         }
         link.rx_owner.insert(allocation.offset, (src_end, charge));
-        link.block.publish_rx_in_use(link.rx.in_use());
+        let (before, now) = link.publish_rx();
+        self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
         self.push_out(dst, RawDescriptor::data(end, allocation.offset, len));
         self.stats.messages += 1;
         self.stats.bytes += u64::from(len);

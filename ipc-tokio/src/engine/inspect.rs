@@ -4,7 +4,7 @@
 //! A client connects to the engine's socket and sends [`NodeFrame::Inspect`] instead of
 //! `Hello`: the engine checks its credentials exactly as a node's (the same policy, the same
 //! per-uid limits), creates no block and registers nothing. The router builds a [`Snapshot`]
-//! from its [`Registry`](crate::engine::registry) and links; the connection task serialises it
+//! from its registry and links; the connection task serialises it
 //! as JSON, off the router, and sends it in [`EngineFrame::InspectChunk`]s (each under
 //! `MAX_FRAME`, at most [`MAX_INSPECT`] bytes in all), then closes the connection.
 //!
@@ -170,6 +170,8 @@ pub struct Counters {
     pub messages: u64,
     /// Their payload bytes.
     pub bytes: u64,
+    /// Bytes in use in every node's receive arena together.
+    pub rx_in_use: u64,
     /// Nodes closed for breaking the protocol.
     pub violations: u64,
     /// Failed `accept` calls.
@@ -195,6 +197,7 @@ impl From<&EngineStats> for Counters {
             services: n(s.services),
             messages: s.messages,
             bytes: s.bytes,
+            rx_in_use: s.rx_in_use,
             violations: s.violations,
             accept_failures: s.accept_failures,
             refused_connections: s.refused_connections,

@@ -368,7 +368,19 @@ pub(crate) async fn run(
                     let node = next_node.fetch_add(1, Ordering::Relaxed);
                     match admit(&stream, &config, &counts) {
                         Ok(admitted) => {
-                            tokio::spawn(connection(stream, node, config.clone(), commands.clone(), admitted));
+                            // The connection's span: its node id and credentials, and its
+                            // name once the hello tells it (node registration and its life).
+                            let span = tracing::info_span!(
+                                "connection",
+                                node,
+                                uid = admitted.cred.uid(),
+                                pid = ?admitted.cred.pid(),
+                                name = tracing::field::Empty,
+                            );
+                            tokio::spawn(tracing::Instrument::instrument(
+                                connection(stream, node, config.clone(), commands.clone(), admitted),
+                                span,
+                            ));
                         }
                         Err(Refused::Limit) => stats.send_modify(|s| s.refused_connections += 1),
                         Err(Refused::Other) => {}
@@ -604,7 +616,10 @@ async fn rendezvous(
     .await;
     let name = match hello {
         Err(_) => return Err("no hello before the handshake timeout".into()),
-        Ok(Ok(Some(NodeFrame::Hello { name }))) => name,
+        Ok(Ok(Some(NodeFrame::Hello { name }))) => {
+            tracing::Span::current().record("name", name.as_str());
+            name
+        }
         Ok(Ok(Some(NodeFrame::Inspect { req }))) => return Ok(Arrival::Inspect { req }),
         Ok(Ok(Some(other))) => {
             let _ = write_frame(

@@ -16,6 +16,7 @@
 //! | `shmlink_connections` | gauge | open control connections |
 //! | `shmlink_active_nodes` | gauge | nodes the router polls on every pass |
 //! | `shmlink_waiting_messages` | gauge | messages waiting for room in a receive arena |
+//! | `shmlink_rx_arena_bytes_in_use` | gauge | bytes in use in every receive arena together |
 //! | `shmlink_messages_total` | counter | messages copied |
 //! | `shmlink_bytes_total` | counter | their payload bytes |
 //! | `shmlink_violations_total` | counter | nodes closed for breaking the protocol |
@@ -59,6 +60,10 @@ fn describe() {
         "shmlink_waiting_messages",
         "Messages waiting for room in a receive arena"
     );
+    describe_gauge!(
+        "shmlink_rx_arena_bytes_in_use",
+        "Bytes in use in every node's receive arena together"
+    );
     describe_counter!("shmlink_messages_total", "Messages copied");
     describe_counter!("shmlink_bytes_total", "Payload bytes copied");
     describe_counter!(
@@ -81,6 +86,7 @@ fn record(last: &EngineStats, now: &EngineStats) {
     gauge("shmlink_connections", now.connections);
     gauge("shmlink_active_nodes", now.active_nodes);
     gauge("shmlink_waiting_messages", now.waiting);
+    metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
     let counter = |name: &'static str, before: u64, after: u64| {
         metrics::counter!(name).increment(after.saturating_sub(before));
     };

@@ -334,6 +334,7 @@ impl Router {
                 return;
             }
         };
+        let _span = tracing::info_span!("register", node = r.node, name = %h.name).entered();
         tracing::info!(node = r.node, name = %h.name, pid = ?h.pid, uid = h.uid, "node joined");
         self.registry.add_node(r.node, h.name, h.pid, h.uid);
         self.links.insert(r.node, link);
@@ -358,9 +359,10 @@ impl Router {
     }
 
     fn serve(&mut self, node: NodeId, req: u32, service: String, schema: Schema) {
-        if !self.links.contains_key(&node) {
+        let Some(link) = self.links.get(&node) else {
             return;
-        }
+        };
+        let _span = tracing::debug_span!("serve", node, name = %link.name, %service).entered();
         match self.registry.serve(node, service.clone(), schema) {
             Ok(id) => {
                 tracing::debug!(node, %service, id, "serving");
@@ -371,9 +373,10 @@ impl Router {
     }
 
     fn open(&mut self, node: NodeId, req: u32, service: &str, schema: &Schema) {
-        if !self.links.contains_key(&node) {
+        let Some(link) = self.links.get(&node) else {
             return;
-        }
+        };
+        let _span = tracing::debug_span!("open", node, name = %link.name, %service).entered();
         let opened = match self.registry.open(node, service, schema) {
             Ok(opened) => opened,
             Err(OpenRefusal::Refused(refusal)) => return self.refuse(node, req, refusal),
@@ -382,6 +385,13 @@ impl Router {
                 return self.reply(node, EngineFrame::SchemaMismatch { req, server });
             }
         };
+        tracing::debug!(
+            client_end = opened.client_end,
+            server_end = opened.server_end,
+            server = opened.server_node,
+            server_name = %opened.server_name,
+            "session opened"
+        );
         // Accept goes out before OpenOk, so the server knows the session before the client
         // can send on it (a node parks early deliveries for unknown sessions anyway).
         self.reply(
@@ -427,6 +437,8 @@ impl Router {
             let Some(mut link) = self.links.remove(&id) else {
                 continue;
             };
+            let _span = tracing::info_span!("bury", node = id, name = %link.name).entered();
+            self.stats.rx_in_use = self.stats.rx_in_use.saturating_sub(link.rx_published);
             let entry = self.registry.remove_node(id);
             let (pid, uid) = entry.as_ref().map_or((None, 0), |e| (e.pid, e.uid));
             let reason = match &doom {
@@ -562,6 +574,7 @@ impl Router {
         self.registry.clear();
         self.sched.active.clear();
         self.stats.waiting = 0;
+        self.stats.rx_in_use = 0;
         self.orphaned = 0;
         self.publish();
         tracing::info!("engine stopped");
