@@ -94,6 +94,8 @@
 
 pub use ipc_core::{BlockConfig, BlockError, window_charge};
 pub use ipc_macros::Message;
+/// The inspector: snapshots of a running engine (what `shmlinkctl` shows).
+pub use ipc_tokio::engine::inspect;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{

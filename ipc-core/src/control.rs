@@ -16,6 +16,13 @@ use thiserror::Error;
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The most bytes one [`EngineFrame::InspectChunk`] carries (well under [`MAX_FRAME`]).
+pub const INSPECT_CHUNK: usize = 60 * 1024;
+
+/// The most bytes an inspector snapshot may take in all (its chunks together): an engine
+/// whose snapshot is larger answers with an error, and a client stops reading past it.
+pub const MAX_INSPECT: usize = 64 << 20;
 /// Longest node, service or type name.
 pub const MAX_NAME: usize = 255;
 /// Longest error message.
@@ -209,6 +216,13 @@ pub enum NodeFrame {
         /// The id from `SubscribeOk`.
         subscription: u32,
     },
+    /// Instead of `Hello`, as a connection's first frame: ask for a snapshot of the engine
+    /// (the inspector). The connection registers no node and gets no block; the engine
+    /// answers with [`EngineFrame::InspectChunk`]s, then closes it.
+    Inspect {
+        /// Request id echoed in every chunk.
+        req: u32,
+    },
 }
 
 /// Frames the engine sends to a node.
@@ -318,6 +332,16 @@ pub enum EngineFrame {
         limit: u16,
         /// The limit's configured value.
         max: u64,
+    },
+    /// A piece of the answer to [`NodeFrame::Inspect`]: the snapshot's bytes (JSON), split
+    /// into frames of at most [`INSPECT_CHUNK`] bytes; at most [`MAX_INSPECT`] bytes in all.
+    InspectChunk {
+        /// The request id.
+        req: u32,
+        /// The snapshot's last chunk.
+        last: bool,
+        /// This chunk's bytes.
+        bytes: Vec<u8>,
     },
 }
 
@@ -559,6 +583,10 @@ impl Writer {
         self.0.push(v);
         self
     }
+    fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
     fn options(&mut self, o: &SubscribeOptions) -> &mut Self {
         match o.overflow {
             Overflow::DropOldest => self.u8(0).u64(0),
@@ -583,6 +611,7 @@ mod tag {
     pub(super) const UNPUBLISH: u8 = 7;
     pub(super) const SUBSCRIBE: u8 = 8;
     pub(super) const UNSUBSCRIBE: u8 = 9;
+    pub(super) const INSPECT: u8 = 10;
     pub(super) const WELCOME: u8 = 64;
     pub(super) const SERVE_OK: u8 = 65;
     pub(super) const UNSERVE_OK: u8 = 66;
@@ -595,6 +624,7 @@ mod tag {
     pub(super) const TOPIC_DONE: u8 = 73;
     pub(super) const SUBSCRIBE_OK: u8 = 74;
     pub(super) const TOPIC_ATTACH: u8 = 75;
+    pub(super) const INSPECT_CHUNK: u8 = 76;
 }
 
 impl NodeFrame {
@@ -654,6 +684,7 @@ impl NodeFrame {
                 .u32(*req)
                 .u32(*subscription)
                 .finish(),
+            Self::Inspect { req } => Writer::new(tag::INSPECT).u32(*req).finish(),
         }
     }
 }
@@ -730,6 +761,15 @@ impl EngineFrame {
                 .u64(*segment_size)
                 .ty(ty)
                 .finish(),
+            Self::InspectChunk { req, last, bytes } => {
+                let bytes = &bytes[..bytes.len().min(INSPECT_CHUNK)];
+                Writer::new(tag::INSPECT_CHUNK)
+                    .u32(*req)
+                    .u8(u8::from(*last))
+                    .u32(bytes.len() as u32)
+                    .raw(bytes)
+                    .finish()
+            }
         }
     }
 
@@ -929,6 +969,7 @@ pub fn decode_node_frame(buf: &[u8]) -> Result<Option<(NodeFrame, usize)>, Frame
             req: r.u32()?,
             subscription: r.u32()?,
         },
+        tag::INSPECT => NodeFrame::Inspect { req: r.u32()? },
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -997,6 +1038,23 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             segment_size: r.u64()?,
             ty: r.ty()?,
         },
+        tag::INSPECT_CHUNK => {
+            let req = r.u32()?;
+            let last = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(FrameError::Field("last flag")),
+            };
+            let len = r.u32()? as usize;
+            if len > INSPECT_CHUNK {
+                return Err(FrameError::Field("inspect chunk length"));
+            }
+            EngineFrame::InspectChunk {
+                req,
+                last,
+                bytes: r.take(len)?.to_vec(),
+            }
+        }
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -1186,6 +1244,7 @@ mod tests {
                 req: 5,
                 subscription: 6,
             },
+            NodeFrame::Inspect { req: 7 },
         ];
         for f in node {
             let bytes = f.encode();
@@ -1212,6 +1271,16 @@ mod tests {
                 segment_size: 1 << 20,
                 ty: typed(),
             },
+            EngineFrame::InspectChunk {
+                req: 7,
+                last: false,
+                bytes: vec![b'{'; INSPECT_CHUNK],
+            },
+            EngineFrame::InspectChunk {
+                req: 7,
+                last: true,
+                bytes: Vec::new(),
+            },
         ];
         for f in engine {
             let bytes = f.encode();
@@ -1229,6 +1298,24 @@ mod tests {
             }
             .fd_count(),
             3
+        );
+        // A chunk that claims more than INSPECT_CHUNK bytes, or a bad flag, is an error.
+        let mut chunk = EngineFrame::InspectChunk {
+            req: 1,
+            last: true,
+            bytes: vec![1],
+        }
+        .encode();
+        chunk[10] = 2;
+        assert_eq!(
+            decode_engine_frame(&chunk),
+            Err(FrameError::Field("last flag"))
+        );
+        chunk[10] = 1;
+        chunk[11..15].copy_from_slice(&(INSPECT_CHUNK as u32 + 1).to_le_bytes());
+        assert_eq!(
+            decode_engine_frame(&chunk),
+            Err(FrameError::Field("inspect chunk length"))
         );
         assert_eq!(ErrorCode::from_u16(8), Some(ErrorCode::BadTopic));
         assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::NotFound));

@@ -7,7 +7,7 @@
 //!          [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N]
 //!          [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N]
 //!          [--max-requests-per-connection N] [--max-partial-frame BYTES]
-//!          [--max-queued-frames N] [--dumpable]
+//!          [--max-queued-frames N] [--dumpable] [--metrics-addr ADDR [--metrics-allow-remote]]
 //! ```
 //!
 //! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
@@ -17,7 +17,7 @@
 //! `SHMLINK_MAX_NODES_PER_UID`, `SHMLINK_MAX_SESSIONS_PER_UID`,
 //! `SHMLINK_MAX_SESSIONS_PER_OPENER`, `SHMLINK_MAX_QUEUED_SESSIONS`,
 //! `SHMLINK_MAX_REQUESTS_PER_CONNECTION`, `SHMLINK_MAX_PARTIAL_FRAME`,
-//! `SHMLINK_MAX_QUEUED_FRAMES`, `SHMLINK_DUMPABLE=1`); a flag wins over its variable. Sizes
+//! `SHMLINK_MAX_QUEUED_FRAMES`, `SHMLINK_DUMPABLE=1`, `SHMLINK_METRICS_ADDR`); a flag wins over its variable. Sizes
 //! accept a `K`, `M` or `G` suffix. The limits' defaults and meaning are those of
 //! `EngineBuilder` (docs/SECURITY.md lists them).
 //!
@@ -25,6 +25,10 @@
 //! its uid cannot open every node's block through `/proc/<pid>/fd`; `--dumpable` keeps it
 //! dumpable, for debugging. SIGINT or SIGTERM shuts down gracefully: every node sees
 //! `Disconnected` and the socket file is removed.
+//!
+//! `--metrics-addr 127.0.0.1:9464` serves the engine's metrics for Prometheus on
+//! `http://ADDR/metrics` (`metrics-exporter-prometheus`); an address that is not loopback is
+//! refused unless `--metrics-allow-remote` is given.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,7 +40,8 @@ const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-ar
 [--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER] \
 [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N] \
 [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N] \
-[--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable]";
+[--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable] \
+[--metrics-addr ADDR [--metrics-allow-remote]]";
 
 /// What `--help` prints (on stdout).
 const HELP: &str = "\
@@ -69,6 +74,9 @@ Options:
   --max-partial-frame BYTES        [env SHMLINK_MAX_PARTIAL_FRAME] (4K)
   --max-queued-frames N            [env SHMLINK_MAX_QUEUED_FRAMES] (16384)
   --dumpable          stay dumpable (for debugging) [env SHMLINK_DUMPABLE=1]
+  --metrics-addr ADDR serve Prometheus metrics on http://ADDR/metrics, for example
+                      127.0.0.1:9464 [env SHMLINK_METRICS_ADDR] (off)
+  --metrics-allow-remote  allow a --metrics-addr that is not loopback
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -146,6 +154,8 @@ struct Options {
     /// Values for [`LIMITS`], by index.
     limits: [Option<usize>; LIMITS.len()],
     dumpable: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
+    metrics_allow_remote: bool,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -188,7 +198,12 @@ fn options() -> Result<Parsed, String> {
         log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
         limits: [None; LIMITS.len()],
         dumpable: env("SHMLINK_DUMPABLE").is_some_and(|v| v != "0"),
+        metrics_addr: None,
+        metrics_allow_remote: false,
     };
+    if let Some(v) = env("SHMLINK_METRICS_ADDR") {
+        o.metrics_addr = Some(parse_num("SHMLINK_METRICS_ADDR", &v)?);
+    }
     for (i, (_, var, _)) in LIMITS.iter().enumerate() {
         if let Some(v) = env(var) {
             o.limits[i] = Some(parse_limit(var, &v)?);
@@ -241,6 +256,10 @@ fn options() -> Result<Parsed, String> {
             o.dumpable = true;
             continue;
         }
+        if flag == "--metrics-allow-remote" {
+            o.metrics_allow_remote = true;
+            continue;
+        }
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -255,11 +274,21 @@ fn options() -> Result<Parsed, String> {
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
             "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
+            "--metrics-addr" => o.metrics_addr = Some(parse_num("--metrics-addr", &value)?),
             other => match LIMITS.iter().position(|(name, _, _)| *name == other) {
                 Some(i) => o.limits[i] = Some(parse_limit(other, &value)?),
                 None => return Err(format!("unknown flag {other}\n{USAGE}")),
             },
         }
+    }
+    if let Some(addr) = o.metrics_addr
+        && !addr.ip().is_loopback()
+        && !o.metrics_allow_remote
+    {
+        return Err(format!(
+            "--metrics-addr {addr} is not a loopback address: metrics would be readable from \
+             other hosts; add --metrics-allow-remote if that is meant"
+        ));
     }
     Ok(Parsed::Run(Box::new(o)))
 }
@@ -312,6 +341,16 @@ fn main() -> ExitCode {
         }
         // Other processes of this uid lose /proc/<pid>/fd, /proc/<pid>/mem and ptrace.
         builder = builder.non_dumpable(!options.dumpable);
+        if let Some(addr) = options.metrics_addr {
+            let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install();
+            if let Err(e) = installed {
+                eprintln!("shmlinkd: cannot serve metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("shmlinkd: metrics on http://{addr}/metrics");
+        }
         let engine = match builder.spawn() {
             Ok(engine) => engine,
             Err(e) => {

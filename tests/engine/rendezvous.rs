@@ -71,6 +71,7 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::TopicDone { .. } => "TopicDone",
         EngineFrame::SubscribeOk { .. } => "SubscribeOk",
         EngineFrame::TopicAttach { .. } => "TopicAttach",
+        EngineFrame::InspectChunk { .. } => "InspectChunk",
     }
 }
 

@@ -209,6 +209,7 @@ impl EngineBuilder {
         let (stop_tx, stop_rx) = oneshot::channel();
         let router = Router::new(config.clone(), command_rx, stats_tx.clone());
         let router = handle.spawn(router.run());
+        handle.spawn(super::metrics::run(stats.clone()));
         let listener = handle.spawn(listener::run(
             listening,
             config.clone(),
@@ -260,6 +261,13 @@ impl Engine {
             Ok(stats) => *stats,
             Err(_) => *self.stats.borrow(),
         }
+    }
+
+    /// A snapshot of the registry, as `shmlinkctl` sees it; `None` once the engine stopped.
+    pub async fn inspect(&self) -> Option<super::inspect::Snapshot> {
+        let (reply, snapshot) = oneshot::channel();
+        self.commands.send(Command::Inspect { reply }).ok()?;
+        snapshot.await.ok().map(|s| *s)
     }
 
     /// Stops accepting, disconnects every node (each sees `Disconnected`), removes the socket

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use ipc_core::control::{EngineFrame, Schema};
 use ipc_core::{Block, Doorbell};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::inspect::Snapshot;
 
 /// A node's id in the registry.
 pub(crate) type NodeId = u32;
@@ -56,6 +58,10 @@ pub(crate) enum Command {
         reason: String,
         /// The connection ended because the node broke the control protocol.
         violation: bool,
+    },
+    /// A snapshot for the inspector (built by the router, serialised by the asker).
+    Inspect {
+        reply: oneshot::Sender<Box<Snapshot>>,
     },
     Shutdown,
 }

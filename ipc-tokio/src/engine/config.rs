@@ -127,6 +127,10 @@ pub struct EngineStats {
     pub services: usize,
     /// Messages copied since start.
     pub messages: u64,
+    /// Payload bytes of those messages.
+    pub bytes: u64,
+    /// Bytes in use in every node's receive arena together (delivered, not yet released).
+    pub rx_in_use: u64,
     /// Nodes closed for breaking the protocol since start.
     pub violations: u64,
     /// Failed `accept` calls since start (for example with the descriptor limit reached);

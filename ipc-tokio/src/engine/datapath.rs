@@ -64,7 +64,8 @@ impl Router {
                 due.1 += charge;
             }
         }
-        link.block.publish_rx_in_use(link.rx.in_use());
+        let (before, now) = link.publish_rx();
+        self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
         if link.release.needs_space_wake() {
             link.ring_out();
         }
@@ -125,7 +126,7 @@ impl Router {
             } => {
                 let link = &self.links[&node];
                 let charge = window_charge(len, link.block.layout().tx.min_block);
-                match self.registry.send(node, session, charge)? {
+                match self.registry.send(node, session, charge, len)? {
                     Some(route) => {
                         let src = Source::Block {
                             block: link.block.clone(),
@@ -255,9 +256,11 @@ impl Router {
             return Ok(());
         }
         link.rx_owner.insert(allocation.offset, (src_end, charge));
-        link.block.publish_rx_in_use(link.rx.in_use());
+        let (before, now) = link.publish_rx();
+        self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
         self.push_out(dst, RawDescriptor::data(end, allocation.offset, len));
         self.stats.messages += 1;
+        self.stats.bytes += u64::from(len);
         match entry {
             Inbound::Data {
                 src: Source::Block { offset, .. },

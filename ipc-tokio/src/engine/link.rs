@@ -76,6 +76,8 @@ pub(crate) struct Link {
     pub(crate) active: bool,
     /// When the router last found work in its rings.
     pub(crate) last_work: Instant,
+    /// The receive arena's use last told to the node ([`Link::publish_rx`]).
+    pub(crate) rx_published: u64,
 }
 
 impl std::fmt::Debug for Link {
@@ -101,6 +103,14 @@ pub(crate) struct LinkParts {
 }
 
 impl Link {
+    /// Tells the node how much of its receive arena is in use; returns the value told
+    /// before and now (the engine keeps the sum over all nodes, `EngineStats::rx_in_use`).
+    pub(crate) fn publish_rx(&mut self) -> (u64, u64) {
+        let now = self.rx.in_use();
+        self.block.publish_rx_in_use(now);
+        (std::mem::replace(&mut self.rx_published, now), now)
+    }
+
     /// A link for a block whose layout the node validated (and the engine created).
     pub(crate) fn new(parts: LinkParts) -> Result<Self, String> {
         let layout = *parts.block.layout();
@@ -127,6 +137,7 @@ impl Link {
             frames: parts.frames,
             active: false,
             last_work: Instant::now(),
+            rx_published: 0,
         })
     }
 

@@ -368,7 +368,19 @@ pub(crate) async fn run(
                     let node = next_node.fetch_add(1, Ordering::Relaxed);
                     match admit(&stream, &config, &counts) {
                         Ok(admitted) => {
-                            tokio::spawn(connection(stream, node, config.clone(), commands.clone(), admitted));
+                            // The connection's span: its node id and credentials, and its
+                            // name once the hello tells it (node registration and its life).
+                            let span = tracing::info_span!(
+                                "connection",
+                                node,
+                                uid = admitted.cred.uid(),
+                                pid = ?admitted.cred.pid(),
+                                name = tracing::field::Empty,
+                            );
+                            tokio::spawn(tracing::Instrument::instrument(
+                                connection(stream, node, config.clone(), commands.clone(), admitted),
+                                span,
+                            ));
                         }
                         Err(Refused::Limit) => stats.send_modify(|s| s.refused_connections += 1),
                         Err(Refused::Other) => {}
@@ -495,7 +507,14 @@ async fn connection(
         handshake,
     } = admitted;
     let (frames, handover) = match rendezvous(&mut stream, node, &config, &cred).await {
-        Ok(ready) => ready,
+        Ok(Arrival::Node(frames, handover)) => (frames, handover),
+        Ok(Arrival::Inspect { req }) => {
+            answer_inspect(&mut stream, req, &config, &commands, &cred).await;
+            drop(stream);
+            drop(handshake);
+            drop(slot);
+            return;
+        }
         Err(reason) => {
             tracing::info!(node, %reason, "rendezvous failed");
             drop(stream);
@@ -533,14 +552,62 @@ async fn connection(
     drop(slot);
 }
 
-/// Hello, block and doorbells, ready (credentials were checked at accept). Errors are
-/// reported to the peer (when it can be told) and returned as a reason for the log.
+/// What a connection turned out to be after its first frame.
+#[derive(Debug)]
+enum Arrival {
+    /// A node, ready.
+    Node(FrameBuf, Handover),
+    /// An inspector: it gets one snapshot, then the connection closes.
+    Inspect { req: u32 },
+}
+
+/// Answers an inspector: the router builds the snapshot, this task serialises and writes
+/// it (bounded by the handshake timeout: a client that does not read only holds its own
+/// connection slot).
+async fn answer_inspect(
+    stream: &mut UnixStream,
+    req: u32,
+    config: &Config,
+    commands: &mpsc::UnboundedSender<Command>,
+    cred: &UCred,
+) {
+    let (reply, snapshot) = oneshot::channel();
+    if commands.send(Command::Inspect { reply }).is_err() {
+        return;
+    }
+    let Ok(snapshot) = snapshot.await else {
+        return;
+    };
+    let Some(frames) = crate::engine::inspect::chunk_frames(req, &snapshot) else {
+        let _ = write_frame(
+            stream,
+            &error_frame(req, ErrorCode::Resources, "the snapshot is too large"),
+        )
+        .await;
+        return;
+    };
+    let write_all = async {
+        for frame in &frames {
+            write_frame(stream, frame).await?;
+        }
+        io::Result::Ok(())
+    };
+    match tokio::time::timeout(config.handshake_timeout, write_all).await {
+        Ok(Ok(())) => tracing::debug!(uid = cred.uid(), frames = frames.len(), "snapshot sent"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "inspector left early"),
+        Err(_) => tracing::debug!("inspector did not read its snapshot in time"),
+    }
+}
+
+/// Hello, block and doorbells, ready (credentials were checked at accept); or an inspector's
+/// request. Errors are reported to the peer (when it can be told) and returned as a reason
+/// for the log.
 async fn rendezvous(
     stream: &mut UnixStream,
     node: u32,
     config: &Config,
     cred: &UCred,
-) -> Result<(FrameBuf, Handover), String> {
+) -> Result<Arrival, String> {
     let mut frames = FrameBuf::with_limit(config.limits.partial_frame_bytes);
     let hello = tokio::time::timeout(
         config.handshake_timeout,
@@ -549,7 +616,11 @@ async fn rendezvous(
     .await;
     let name = match hello {
         Err(_) => return Err("no hello before the handshake timeout".into()),
-        Ok(Ok(Some(NodeFrame::Hello { name }))) => name,
+        Ok(Ok(Some(NodeFrame::Hello { name }))) => {
+            tracing::Span::current().record("name", name.as_str());
+            name
+        }
+        Ok(Ok(Some(NodeFrame::Inspect { req }))) => return Ok(Arrival::Inspect { req }),
         Ok(Ok(Some(other))) => {
             let _ = write_frame(
                 stream,
@@ -616,7 +687,7 @@ async fn rendezvous(
             return Err(format!("bad ready: {e}"));
         }
     }
-    Ok((
+    Ok(Arrival::Node(
         frames,
         Handover {
             name,
@@ -686,7 +757,8 @@ fn is_answer(frame: &EngineFrame) -> bool {
         | EngineFrame::SubscribeOk { req, .. } => *req != 0,
         EngineFrame::Welcome { .. }
         | EngineFrame::Accept { .. }
-        | EngineFrame::TopicAttach { .. } => false,
+        | EngineFrame::TopicAttach { .. }
+        | EngineFrame::InspectChunk { .. } => false,
     }
 }
 
@@ -749,6 +821,7 @@ async fn serve(
                         let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous"));
                         break Ended::Unexpected(match other {
                             NodeFrame::Hello { .. } => "Hello",
+                            NodeFrame::Inspect { .. } => "Inspect",
                             _ => "Ready",
                         });
                     }

@@ -50,7 +50,7 @@ pub(super) enum Doom {
 pub(crate) struct Router {
     pub(super) config: Arc<Config>,
     commands: mpsc::UnboundedReceiver<Command>,
-    stats_tx: watch::Sender<EngineStats>,
+    pub(super) stats_tx: watch::Sender<EngineStats>,
     pub(super) stats: EngineStats,
     pub(super) registry: Registry,
     pub(super) links: IdMap<NodeId, Link>,
@@ -68,6 +68,8 @@ pub(crate) struct Router {
     pub(super) orphaned: u64,
     /// Reused buffers for node ids.
     ids: Vec<NodeId>,
+    /// When the engine started (the inspector's uptime).
+    pub(super) started: Instant,
 }
 
 impl std::fmt::Debug for Router {
@@ -110,6 +112,7 @@ impl Router {
             scratch: vec![RawDescriptor::default(); BATCH],
             orphaned: 0,
             ids: Vec::new(),
+            started: Instant::now(),
         }
     }
 
@@ -300,6 +303,10 @@ impl Router {
                     self.bury();
                 }
             }
+            Command::Inspect { reply } => {
+                let _ = reply.send(Box::new(self.snapshot()));
+                return true;
+            }
             Command::Shutdown => return false,
         }
         self.publish();
@@ -330,6 +337,7 @@ impl Router {
                 return;
             }
         };
+        let _span = tracing::info_span!("register", node = r.node, name = %h.name).entered();
         if let Err((limit, max)) = self.registry.add_node(r.node, h.name.clone(), h.pid, h.uid) {
             tracing::warn!(node = r.node, name = %h.name, uid = h.uid, limit = limit.name(), max, "node refused by a limit");
             // Dropping the link closes its block and doorbells; the connection task sees
@@ -364,9 +372,10 @@ impl Router {
     }
 
     fn serve(&mut self, node: NodeId, req: u32, service: String, schema: Schema) {
-        if !self.links.contains_key(&node) {
+        let Some(link) = self.links.get(&node) else {
             return;
-        }
+        };
+        let _span = tracing::debug_span!("serve", node, name = %link.name, %service).entered();
         match self.registry.serve(node, service.clone(), schema) {
             Ok(id) => {
                 tracing::debug!(node, %service, id, "serving");
@@ -377,9 +386,10 @@ impl Router {
     }
 
     fn open(&mut self, node: NodeId, req: u32, service: &str, schema: &Schema) {
-        if !self.links.contains_key(&node) {
+        let Some(link) = self.links.get(&node) else {
             return;
-        }
+        };
+        let _span = tracing::debug_span!("open", node, name = %link.name, %service).entered();
         let opened = match self.registry.open(node, service, schema) {
             Ok(opened) => opened,
             Err(OpenRefusal::Refused(refusal)) => return self.refuse(node, req, refusal),
@@ -393,6 +403,13 @@ impl Router {
                 return self.reply(node, EngineFrame::Limit { req, limit, max });
             }
         };
+        tracing::debug!(
+            client_end = opened.client_end,
+            server_end = opened.server_end,
+            server = opened.server_node,
+            server_name = %opened.server_name,
+            "session opened"
+        );
         // Accept goes out before OpenOk, so the server knows the session before the client
         // can send on it (a node parks early deliveries for unknown sessions anyway).
         self.reply(
@@ -438,6 +455,8 @@ impl Router {
             let Some(mut link) = self.links.remove(&id) else {
                 continue;
             };
+            let _span = tracing::info_span!("bury", node = id, name = %link.name).entered();
+            self.stats.rx_in_use = self.stats.rx_in_use.saturating_sub(link.rx_published);
             let entry = self.registry.remove_node(id);
             let (pid, uid) = entry.as_ref().map_or((None, 0), |e| (e.pid, e.uid));
             let reason = match &doom {
@@ -573,6 +592,7 @@ impl Router {
         self.registry.clear();
         self.sched.active.clear();
         self.stats.waiting = 0;
+        self.stats.rx_in_use = 0;
         self.orphaned = 0;
         self.publish();
         tracing::info!("engine stopped");

@@ -548,7 +548,8 @@ impl NodeShared {
             other @ (EngineFrame::PublishOk { .. }
             | EngineFrame::TopicDone { .. }
             | EngineFrame::SubscribeOk { .. }
-            | EngineFrame::TopicAttach { .. }) => {
+            | EngineFrame::TopicAttach { .. }
+            | EngineFrame::InspectChunk { .. }) => {
                 tracing::warn!(node = %self.name, frame = ?other, "unexpected topic frame; ignored");
             }
         }

@@ -64,6 +64,10 @@ pub(crate) struct End {
     pub(crate) pair: Option<(NodeId, NodeId)>,
     /// Its node's uid (its `sessions_per_uid` count).
     pub(crate) uid: u32,
+    /// Messages sent on this end since it opened (the inspector's counts).
+    pub(crate) sent_messages: u64,
+    /// Their payload bytes.
+    pub(crate) sent_bytes: u64,
 }
 
 /// A served name.
@@ -193,9 +197,23 @@ impl Registry {
         self.nodes.get(&id)
     }
 
-    #[cfg(test)]
     pub(crate) fn end(&self, id: EndId) -> Option<&End> {
         self.ends.get(&id)
+    }
+
+    /// Every node, in no particular order (the inspector).
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (NodeId, &NodeEntry)> {
+        self.nodes.iter().map(|(id, n)| (*id, n))
+    }
+
+    /// Every session end, in no particular order (the inspector).
+    pub(crate) fn ends(&self) -> impl Iterator<Item = (EndId, &End)> {
+        self.ends.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// Every served name, in no particular order (the inspector).
+    pub(crate) fn services(&self) -> impl Iterator<Item = (ServiceId, &Service)> {
+        self.services.iter().map(|(id, s)| (*id, s))
     }
 
     // ===== nodes =====
@@ -376,6 +394,8 @@ impl Registry {
                     in_flight_bytes: 0,
                     pair: (end == c).then_some((node, server_node)),
                     uid,
+                    sent_messages: 0,
+                    sent_bytes: 0,
                 },
             );
             self.nodes
@@ -409,13 +429,15 @@ impl Registry {
         self.owned_end(node, end).map(|_| ())
     }
 
-    /// A message of window charge `charge` sent by `node` on `end`: checked against the
-    /// end's window and charged to it. `None` when the peer is gone (the sender was told).
+    /// A message of `len` bytes and window charge `charge` sent by `node` on `end`: checked
+    /// against the end's window and charged to it. `None` when the peer is gone (the sender
+    /// was told).
     pub(crate) fn send(
         &mut self,
         node: NodeId,
         end: EndId,
         charge: u64,
+        len: u32,
     ) -> Result<Option<Route>, Violation> {
         let Limits {
             credits,
@@ -447,6 +469,8 @@ impl Registry {
         };
         state.in_flight += 1;
         state.in_flight_bytes += charge;
+        state.sent_messages += 1;
+        state.sent_bytes += u64::from(len);
         let node = self.ends[&peer].node;
         Ok(Some(Route { end: peer, node }))
     }

@@ -1,0 +1,526 @@
+//! The inspector: a versioned, serialisable snapshot of the engine's registry, and the client
+//! that asks a running engine for one.
+//!
+//! A client connects to the engine's socket and sends [`NodeFrame::Inspect`] instead of
+//! `Hello`: the engine checks its credentials exactly as a node's (the same policy, the same
+//! per-uid limits), creates no block and registers nothing. The router builds a [`Snapshot`]
+//! from its registry and links; the connection task serialises it
+//! as JSON, off the router, and sends it in [`EngineFrame::InspectChunk`]s (each under
+//! `MAX_FRAME`, at most [`MAX_INSPECT`] bytes in all), then closes the connection.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let snapshot = ipc_tokio::engine::inspect::inspect(ipc_tokio::engine::default_socket_path()).await?;
+//! for node in &snapshot.nodes {
+//!     println!("{} {} (pid {:?})", node.id, node.name, node.pid);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipc_core::control::{self, EngineFrame, MAX_INSPECT, NodeFrame};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+
+use crate::control::{FrameBuf, write_frame};
+use crate::engine::config::{EngineStats, Policy};
+use crate::engine::router::Router;
+
+/// The snapshot format's version: a client refuses a snapshot of a newer version. Fields
+/// are only ever added within one version (a client ignores fields it does not know).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The engine's state at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] of the engine that made it.
+    pub version: u32,
+    /// The engine itself.
+    pub engine: EngineInfo,
+    /// Registered nodes, by id.
+    pub nodes: Vec<NodeInfo>,
+    /// Served names, by name.
+    pub services: Vec<ServiceInfo>,
+    /// Sessions, by their first end's id.
+    pub sessions: Vec<SessionInfo>,
+    /// The engine's counters.
+    pub counters: Counters,
+}
+
+/// The engine: version, uptime, policy and configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// The engine's crate version.
+    pub version: String,
+    /// The engine's process id.
+    pub pid: u32,
+    /// Milliseconds since the engine started.
+    pub uptime_ms: u64,
+    /// Who may connect (`same-uid`, or `uids:1000,1001`).
+    pub policy: String,
+    /// The socket path.
+    pub socket: String,
+    /// A session end's window in messages.
+    pub window_messages: u32,
+    /// A session end's window in bytes.
+    pub window_bytes: u64,
+    /// Engine memory for payloads of nodes that left.
+    pub orphan_budget: u64,
+    /// Of which in use now.
+    pub orphaned_bytes: u64,
+    /// Each node's receive arena in bytes.
+    pub rx_arena_bytes: u64,
+    /// Each node's transmit arena in bytes.
+    pub tx_arena_bytes: u64,
+    /// Session ends one node may hold.
+    pub max_sessions_per_node: u64,
+    /// The admission and flood limits, by name.
+    pub limits: BTreeMap<String, u64>,
+}
+
+/// One registered node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: u32,
+    /// Its name (from its `Hello`).
+    pub name: String,
+    /// Its process id (`SO_PEERCRED`).
+    pub pid: Option<i32>,
+    /// Its user id.
+    pub uid: u32,
+    /// Bytes of its receive arena in use (the engine's own allocator).
+    pub rx_in_use: u64,
+    /// Its receive arena's size.
+    pub rx_size: u64,
+    /// The router polls it on every pass (it had work lately).
+    pub active: bool,
+    /// Session ends it holds.
+    pub sessions: u64,
+    /// Names it serves.
+    pub services: u64,
+}
+
+/// One served name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// The service's id.
+    pub id: u32,
+    /// The name.
+    pub name: String,
+    /// The serving node's id.
+    pub node: u32,
+    /// The serving node's name.
+    pub node_name: String,
+    /// The type the server end sends.
+    pub send_type: String,
+    /// The type the server end receives.
+    pub recv_type: String,
+}
+
+/// One session: its two ends (the second absent once that side closed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The end with the lower id.
+    pub a: EndInfo,
+    /// The other end, while it exists.
+    pub b: Option<EndInfo>,
+}
+
+/// One end of a session: what it sent and what is in flight from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndInfo {
+    /// The end's id.
+    pub end: u32,
+    /// Its node's id.
+    pub node: u32,
+    /// Its node's name.
+    pub node_name: String,
+    /// Messages sent on this end since the session opened.
+    pub sent_messages: u64,
+    /// Their payload bytes.
+    pub sent_bytes: u64,
+    /// Messages sent and not yet released by the receiver (the window is
+    /// [`EngineInfo::window_messages`]).
+    pub in_flight: u32,
+    /// Their window charges (the window is [`EngineInfo::window_bytes`]).
+    pub in_flight_bytes: u64,
+    /// Entries for this end waiting for room in its node's receive arena.
+    pub waiting: u64,
+    /// This end half-closed (no more data from it).
+    pub fin: bool,
+}
+
+/// The engine's counters ([`EngineStats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Registered nodes.
+    pub nodes: u64,
+    /// Live session ends.
+    pub session_ends: u64,
+    /// Served names.
+    pub services: u64,
+    /// Messages copied since start.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Bytes in use in every node's receive arena together.
+    pub rx_in_use: u64,
+    /// Nodes closed for breaking the protocol.
+    pub violations: u64,
+    /// Failed `accept` calls.
+    pub accept_failures: u64,
+    /// Connections refused by an admission limit.
+    pub refused_connections: u64,
+    /// Open control connections.
+    pub connections: u64,
+    /// Connections still in their rendezvous.
+    pub handshakes: u64,
+    /// Nodes the router polls on every pass.
+    pub active_nodes: u64,
+    /// Messages waiting for room in a receive arena.
+    pub waiting: u64,
+}
+
+impl From<&EngineStats> for Counters {
+    fn from(s: &EngineStats) -> Self {
+        let n = |v: usize| v as u64;
+        Self {
+            nodes: n(s.nodes),
+            session_ends: n(s.session_ends),
+            services: n(s.services),
+            messages: s.messages,
+            bytes: s.bytes,
+            rx_in_use: s.rx_in_use,
+            violations: s.violations,
+            accept_failures: s.accept_failures,
+            refused_connections: s.refused_connections,
+            connections: n(s.connections),
+            handshakes: n(s.handshakes),
+            active_nodes: n(s.active_nodes),
+            waiting: n(s.waiting),
+        }
+    }
+}
+
+// ===== the engine side =====
+
+impl Router {
+    /// The registry and links as a [`Snapshot`]: O(nodes + ends + services), on request only.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let config = &self.config;
+        let layout = ipc_core::Layout::compute(&config.block).ok();
+        let l = &config.limits;
+        let limits = [
+            ("connections_per_uid", l.connections_per_uid),
+            ("handshakes_per_uid", l.handshakes_per_uid),
+            ("nodes_per_uid", l.nodes_per_uid),
+            ("sessions_per_uid", l.sessions_per_uid),
+            ("sessions_per_opener", l.sessions_per_opener),
+            ("queued_sessions", l.queued_sessions),
+            ("requests_per_connection", l.requests_per_connection),
+            ("partial_frame_bytes", l.partial_frame_bytes),
+            ("queued_frames", l.queued_frames),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v as u64))
+        .collect();
+        let policy = match &config.policy {
+            Policy::SameUid => "same-uid".to_owned(),
+            Policy::AllowUids(uids) => format!(
+                "uids:{}",
+                uids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let engine = EngineInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            policy,
+            socket: config.socket.display().to_string(),
+            window_messages: config.credits,
+            window_bytes: config.window_bytes,
+            orphan_budget: config.orphan_budget,
+            orphaned_bytes: self.orphaned,
+            rx_arena_bytes: layout.as_ref().map_or(0, |l| l.rx.size),
+            tx_arena_bytes: layout.as_ref().map_or(0, |l| l.tx.size),
+            max_sessions_per_node: config.max_sessions_per_node as u64,
+            limits,
+        };
+        let name_of = |id: u32| {
+            self.registry
+                .node(id)
+                .map(|n| n.name.clone())
+                .unwrap_or_default()
+        };
+        let mut nodes: Vec<NodeInfo> = self
+            .registry
+            .nodes()
+            .map(|(id, n)| {
+                let link = self.links.get(&id);
+                NodeInfo {
+                    id,
+                    name: n.name.clone(),
+                    pid: n.pid,
+                    uid: n.uid,
+                    rx_in_use: link.map_or(0, |l| l.rx.in_use()),
+                    rx_size: link.map_or(0, |l| l.rx.size()),
+                    active: link.is_some_and(|l| l.active),
+                    sessions: n.ends.len() as u64,
+                    services: n.services.len() as u64,
+                }
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        let mut services: Vec<ServiceInfo> = self
+            .registry
+            .services()
+            .map(|(id, s)| ServiceInfo {
+                id,
+                name: s.name.clone(),
+                node: s.node,
+                node_name: name_of(s.node),
+                send_type: s.schema.send.name.clone(),
+                recv_type: s.schema.recv.name.clone(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let end_info = |id: u32| {
+            self.registry.end(id).map(|e| EndInfo {
+                end: id,
+                node: e.node,
+                node_name: name_of(e.node),
+                sent_messages: e.sent_messages,
+                sent_bytes: e.sent_bytes,
+                in_flight: e.in_flight,
+                in_flight_bytes: e.in_flight_bytes,
+                waiting: self
+                    .links
+                    .get(&e.node)
+                    .and_then(|l| l.waiting.get(&id))
+                    .map_or(0, |q| q.len() as u64),
+                fin: e.fin,
+            })
+        };
+        let mut sessions: Vec<SessionInfo> = self
+            .registry
+            .ends()
+            .filter(|(id, e)| e.peer.is_none_or(|p| *id < p))
+            .filter_map(|(id, e)| {
+                Some(SessionInfo {
+                    a: end_info(id)?,
+                    b: e.peer.and_then(end_info),
+                })
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.a.end);
+        let stats = *self.stats_tx.borrow();
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            engine,
+            nodes,
+            services,
+            sessions,
+            counters: Counters::from(&stats),
+        }
+    }
+}
+
+/// Encodes a snapshot as the engine sends it: JSON, then split into chunk frames. `None`
+/// when it exceeds [`MAX_INSPECT`].
+pub(crate) fn chunk_frames(req: u32, snapshot: &Snapshot) -> Option<Vec<Vec<u8>>> {
+    let json = serde_json::to_vec(snapshot).ok()?;
+    if json.len() > MAX_INSPECT {
+        return None;
+    }
+    let mut frames: Vec<Vec<u8>> = json
+        .chunks(control::INSPECT_CHUNK)
+        .map(|c| {
+            EngineFrame::InspectChunk {
+                req,
+                last: false,
+                bytes: c.to_vec(),
+            }
+            .encode()
+        })
+        .collect();
+    frames.push(
+        EngineFrame::InspectChunk {
+            req,
+            last: true,
+            bytes: Vec::new(),
+        }
+        .encode(),
+    );
+    Some(frames)
+}
+
+// ===== the client side =====
+
+/// Why a snapshot could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// Nothing accepts connections on the socket path (no engine, a stale socket, or no
+    /// permission on the path).
+    #[error("cannot reach an engine on {}: {source}", path.display())]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// The error of `connect`.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine refused the request (its policy, or an admission limit).
+    #[error("the engine refused the inspection: {message}")]
+    Refused {
+        /// What the engine said.
+        message: String,
+    },
+    /// The engine did not answer in time.
+    #[error("no answer from the engine within {0:?}")]
+    Timeout(Duration),
+    /// Reading or writing the socket failed.
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+    /// The engine's answer is not a valid frame sequence.
+    #[error("bad answer from the engine: {0}")]
+    Protocol(String),
+    /// The answer is larger than [`MAX_INSPECT`].
+    #[error("the snapshot exceeds {MAX_INSPECT} bytes")]
+    TooLarge,
+    /// The snapshot's bytes are not a valid snapshot.
+    #[error("cannot decode the snapshot: {0}")]
+    Decode(String),
+    /// The snapshot is of a version newer than this client reads.
+    #[error("snapshot version {found} is newer than this client's {SNAPSHOT_VERSION}")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+}
+
+/// How long [`inspect`] waits for the whole answer.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the engine on `path` for a snapshot.
+///
+/// # Errors
+///
+/// [`InspectError::Unreachable`] when no engine listens, [`InspectError::Refused`] when it
+/// refuses this user, the others when its answer is not a valid snapshot.
+pub async fn inspect(path: impl AsRef<Path>) -> Result<Snapshot, InspectError> {
+    let path = path.as_ref();
+    match tokio::time::timeout(INSPECT_TIMEOUT, inspect_inner(path)).await {
+        Ok(result) => result,
+        Err(_) => Err(InspectError::Timeout(INSPECT_TIMEOUT)),
+    }
+}
+
+async fn inspect_inner(path: &Path) -> Result<Snapshot, InspectError> {
+    let mut stream =
+        UnixStream::connect(path)
+            .await
+            .map_err(|source| InspectError::Unreachable {
+                path: path.to_owned(),
+                source,
+            })?;
+    // An engine that refuses us answers and closes before reading: read its answer anyway.
+    let sent = write_frame(&mut stream, &NodeFrame::Inspect { req: 1 }.encode()).await;
+    let mut frames = FrameBuf::default();
+    let mut json = Vec::new();
+    loop {
+        let frame = match frames.next(&mut stream, control::decode_engine_frame).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                sent?;
+                return Err(InspectError::Protocol(
+                    "the engine closed the connection before the snapshot ended".into(),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(InspectError::Protocol(e.to_string()));
+            }
+            Err(e) => return Err(sent.err().unwrap_or(e).into()),
+        };
+        match frame {
+            EngineFrame::InspectChunk {
+                req: 1,
+                last,
+                bytes,
+            } => {
+                if json.len() + bytes.len() > MAX_INSPECT {
+                    return Err(InspectError::TooLarge);
+                }
+                json.extend_from_slice(&bytes);
+                if last {
+                    return decode_snapshot(&json);
+                }
+            }
+            EngineFrame::Error { message, .. } => return Err(InspectError::Refused { message }),
+            EngineFrame::Limit { limit, max, .. } => {
+                let what = ipc_core::control::Limit::from_u16(limit)
+                    .map_or_else(|| format!("limit {limit}"), |l| l.to_string());
+                return Err(InspectError::Refused {
+                    message: format!("{what} reached (at most {max})"),
+                });
+            }
+            other => {
+                return Err(InspectError::Protocol(format!(
+                    "unexpected frame {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// Decodes a snapshot's bytes (JSON), whatever they hold: never panics.
+///
+/// # Errors
+///
+/// [`InspectError::Decode`] for bytes that are not a snapshot, [`InspectError::Version`] for
+/// a snapshot newer than this client.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, InspectError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let v: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| InspectError::Decode(e.to_string()))?;
+    if v.version > SNAPSHOT_VERSION {
+        return Err(InspectError::Version { found: v.version });
+    }
+    serde_json::from_slice(bytes).map_err(|e| InspectError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_never_decodes_as_a_snapshot() {
+        for bytes in [
+            &b""[..],
+            b"\xff\xfe",
+            b"null",
+            b"{\"version\":1}",
+            b"{\"version\":99,\"engine\":{}}",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        ] {
+            assert!(decode_snapshot(bytes).is_err(), "{bytes:?}");
+        }
+        assert!(matches!(
+            decode_snapshot(b"{\"version\":99}"),
+            Err(InspectError::Version { found: 99 })
+        ));
+    }
+}

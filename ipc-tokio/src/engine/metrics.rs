@@ -1,0 +1,106 @@
+//! The engine's metrics, through the [`metrics`] facade: whatever recorder the host installed
+//! (`shmlinkd --metrics-addr` installs a Prometheus exporter) gets them; without one they
+//! cost nothing.
+//!
+//! A task of its own follows the counts the router publishes ([`EngineStats`]) and turns
+//! their changes into counter increments and gauge values: never per message, never on the
+//! router's task, at most a few times a second, and not at all while the engine is idle
+//! (invariant 7). Every series is engine-wide, without labels: a bounded set whatever
+//! names peers choose.
+//!
+//! | series | kind | what |
+//! |---|---|---|
+//! | `shmlink_nodes` | gauge | registered nodes |
+//! | `shmlink_session_ends` | gauge | live session ends |
+//! | `shmlink_services` | gauge | served names |
+//! | `shmlink_connections` | gauge | open control connections |
+//! | `shmlink_active_nodes` | gauge | nodes the router polls on every pass |
+//! | `shmlink_waiting_messages` | gauge | messages waiting for room in a receive arena |
+//! | `shmlink_rx_arena_bytes_in_use` | gauge | bytes in use in every receive arena together |
+//! | `shmlink_messages_total` | counter | messages copied |
+//! | `shmlink_bytes_total` | counter | their payload bytes |
+//! | `shmlink_violations_total` | counter | nodes closed for breaking the protocol |
+//! | `shmlink_refused_connections_total` | counter | connections refused by a limit |
+//! | `shmlink_accept_failures_total` | counter | failed `accept` calls |
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::engine::config::EngineStats;
+
+/// The shortest time between two updates: the counts coalesce meanwhile.
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Follows `stats` until the engine stops.
+pub(crate) async fn run(mut stats: watch::Receiver<EngineStats>) {
+    describe();
+    let mut last = EngineStats::default();
+    while stats.changed().await.is_ok() {
+        let now = *stats.borrow_and_update();
+        record(&last, &now);
+        last = now;
+        // Rate-limits the updates, not a synchronisation: a change meanwhile is seen by the
+        // next `changed`.
+        tokio::time::sleep(MIN_INTERVAL).await;
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!("shmlink_nodes", "Registered nodes");
+    describe_gauge!("shmlink_session_ends", "Live session ends");
+    describe_gauge!("shmlink_services", "Served names");
+    describe_gauge!("shmlink_connections", "Open control connections");
+    describe_gauge!(
+        "shmlink_active_nodes",
+        "Nodes the router polls on every pass"
+    );
+    describe_gauge!(
+        "shmlink_waiting_messages",
+        "Messages waiting for room in a receive arena"
+    );
+    describe_gauge!(
+        "shmlink_rx_arena_bytes_in_use",
+        "Bytes in use in every node's receive arena together"
+    );
+    describe_counter!("shmlink_messages_total", "Messages copied");
+    describe_counter!("shmlink_bytes_total", "Payload bytes copied");
+    describe_counter!(
+        "shmlink_violations_total",
+        "Nodes closed for breaking the protocol"
+    );
+    describe_counter!(
+        "shmlink_refused_connections_total",
+        "Connections refused by an admission limit"
+    );
+    describe_counter!("shmlink_accept_failures_total", "Failed accept calls");
+}
+
+/// Records the change from `last` to `now`.
+fn record(last: &EngineStats, now: &EngineStats) {
+    let gauge = |name: &'static str, v: usize| metrics::gauge!(name).set(v as f64);
+    gauge("shmlink_nodes", now.nodes);
+    gauge("shmlink_session_ends", now.session_ends);
+    gauge("shmlink_services", now.services);
+    gauge("shmlink_connections", now.connections);
+    gauge("shmlink_active_nodes", now.active_nodes);
+    gauge("shmlink_waiting_messages", now.waiting);
+    metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
+    let counter = |name: &'static str, before: u64, after: u64| {
+        metrics::counter!(name).increment(after.saturating_sub(before));
+    };
+    counter("shmlink_messages_total", last.messages, now.messages);
+    counter("shmlink_bytes_total", last.bytes, now.bytes);
+    counter("shmlink_violations_total", last.violations, now.violations);
+    counter(
+        "shmlink_refused_connections_total",
+        last.refused_connections,
+        now.refused_connections,
+    );
+    counter(
+        "shmlink_accept_failures_total",
+        last.accept_failures,
+        now.accept_failures,
+    );
+}

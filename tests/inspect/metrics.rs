@@ -1,0 +1,179 @@
+//! A real HTTP scrape of `shmlinkd --metrics-addr`: Prometheus text whose counters rise by
+//! the messages sent through the daemon.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+use crate::support::{TestDir, within};
+use crate::{CTL, Receiver};
+
+/// Scrapes `addr` once: every sample, by its series name (labels included).
+async fn scrape(addr: &str) -> HashMap<String, f64> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200"),
+        "{head}"
+    );
+    let mut samples = HashMap::new();
+    for line in body.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            // `# HELP name text` or `# TYPE name counter|gauge|...`.
+            let mut words = comment.split_whitespace();
+            let kind = words.next().expect("comment kind");
+            assert!(kind == "HELP" || kind == "TYPE", "{line}");
+            assert!(
+                words.next().is_some_and(|n| n.starts_with("shmlink_")),
+                "{line}"
+            );
+            continue;
+        }
+        // `name{labels} value [timestamp]`: the name is a Prometheus identifier.
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let name = series.split('{').next().expect("name");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+/// Scrapes until `pred` holds (the exporter sees the engine's counts a moment later).
+async fn scrape_until(
+    addr: &str,
+    pred: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    within("metrics to reach the expected values", async {
+        loop {
+            let samples = scrape(addr).await;
+            if pred(&samples) {
+                return samples;
+            }
+            // A poll interval, not a synchronisation: the loop waits for a state.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_counts_the_messages_sent() {
+    let dir = TestDir::new("inspect-metrics");
+    let socket = dir.socket();
+    // A free port: bound, read and released (the daemon binds it again at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
+        .args([
+            "--socket",
+            &socket.display().to_string(),
+            "--metrics-addr",
+            &addr,
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("shmlinkd");
+    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = within("shmlinkd to listen", lines.next_line())
+            .await
+            .expect("read")
+            .expect("shmlinkd exited early");
+        if line.starts_with("shmlinkd: listening on") {
+            break;
+        }
+    }
+
+    let before = scrape(&addr).await;
+    let messages0 = value(&before, "shmlink_messages_total");
+    let bytes0 = value(&before, "shmlink_bytes_total");
+    let mut rx = Receiver::spawn(&socket, "metered");
+    scrape_until(&addr, |s| value(s, "shmlink_services") == 1.0).await;
+    let lines_sent = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff", "ggggggg"];
+    let input = lines_sent.join("\n") + "\n";
+    let send = within(
+        "send",
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '{}' | \"$CTL\" send metered",
+                input.replace('\n', "\\n")
+            ))
+            .env("CTL", CTL)
+            .env("SHMLINK_SOCKET", &socket)
+            .output(),
+    )
+    .await
+    .expect("run send");
+    assert!(send.status.success(), "{send:?}");
+    for l in lines_sent {
+        assert_eq!(rx.line().await, l);
+    }
+    let total_bytes: usize = lines_sent.iter().map(|l| l.len()).sum();
+    let after = scrape_until(&addr, |s| {
+        value(s, "shmlink_messages_total") >= messages0 + lines_sent.len() as f64
+    })
+    .await;
+    assert_eq!(
+        value(&after, "shmlink_messages_total"),
+        messages0 + lines_sent.len() as f64
+    );
+    assert_eq!(
+        value(&after, "shmlink_bytes_total"),
+        bytes0 + total_bytes as f64
+    );
+    assert!(after.contains_key("shmlink_nodes"), "{after:?}");
+    assert!(
+        after.contains_key("shmlink_rx_arena_bytes_in_use"),
+        "{after:?}"
+    );
+    drop(rx);
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
+}
+
+#[test]
+fn a_remote_metrics_address_is_refused_unless_asked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
+        .args(["--metrics-addr", "0.0.0.0:9464"])
+        .env(
+            "SHMLINK_SOCKET",
+            "/nonexistent-shmlink-test/a/b/engine.sock",
+        )
+        .output()
+        .expect("run shmlinkd");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
