@@ -125,6 +125,9 @@ pub(crate) struct Registry {
     names: HashMap<String, ServiceId>,
     next_end: EndId,
     next_service: ServiceId,
+    /// Publisher ids and their nodes: allocated from the session-end id space, so a `DATA`
+    /// entry's session field names exactly one of an end or a publisher.
+    publishers: IdMap<EndId, NodeId>,
 }
 
 // ===== impl Registry =====
@@ -139,6 +142,7 @@ impl Registry {
             names: HashMap::new(),
             next_end: 1,
             next_service: 1,
+            publishers: IdMap::default(),
         }
     }
 
@@ -252,10 +256,22 @@ impl Registry {
         loop {
             let id = self.next_end;
             self.next_end = self.next_end.wrapping_add(1).max(1);
-            if !self.ends.contains_key(&id) {
+            if !self.ends.contains_key(&id) && !self.publishers.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    /// A new publisher id for `node`, from the session-end id space.
+    pub(crate) fn add_publisher(&mut self, node: NodeId) -> EndId {
+        let id = self.alloc_end();
+        self.publishers.insert(id, node);
+        id
+    }
+
+    /// Gives a publisher id back.
+    pub(crate) fn remove_publisher(&mut self, id: EndId) {
+        self.publishers.remove(&id);
     }
 
     /// Opens a session from `node` to the server of `service`.

@@ -29,6 +29,8 @@ use crate::engine::config::{Config, EngineStats};
 use crate::engine::link::{Inbound, Link, LinkParts, Source};
 use crate::engine::registry::{Limits, OpenRefusal, Refusal, Registry};
 use crate::engine::scheduler::Scheduler;
+use crate::engine::topic::TopicsConfig;
+use crate::engine::topic_router::TopicPlane;
 use crate::engine::violation::Violation;
 
 /// Entries popped per ring per pass: bounds the work one node gets before the others.
@@ -68,6 +70,8 @@ pub(crate) struct Router {
     pub(super) orphaned: u64,
     /// Reused buffers for node ids.
     ids: Vec<NodeId>,
+    /// Topics: publish/subscribe (topic_router.rs).
+    pub(super) topics: TopicPlane,
 }
 
 impl std::fmt::Debug for Router {
@@ -107,6 +111,7 @@ impl Router {
             scratch: vec![RawDescriptor::default(); BATCH],
             orphaned: 0,
             ids: Vec::new(),
+            topics: TopicPlane::new(TopicsConfig::default()),
         }
     }
 
@@ -168,6 +173,7 @@ impl Router {
         for &id in &ids {
             moved |= self.drain_submit(id, now);
         }
+        moved |= self.topic_tick(now);
         self.flush_credits();
         moved |= self.pump_released();
         self.flush_dirty();
@@ -237,13 +243,23 @@ impl Router {
         true
     }
 
-    /// Sleeps until a demoted node rings or a command arrives.
+    /// Sleeps until a demoted node rings, a command arrives, or a topic's untether clock
+    /// runs out (a timer exists only while such a clock runs: idle stays free).
     async fn park(&mut self) -> Option<Command> {
         let commands = &mut self.commands;
         let sched = &self.sched;
+        let mut timer = self
+            .topics
+            .next_deadline()
+            .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
         poll_fn(|cx| {
             if let Poll::Ready(command) = commands.poll_recv(cx) {
                 return Poll::Ready(Some(command.unwrap_or(Command::Shutdown)));
+            }
+            if let Some(timer) = timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(None);
             }
             sched.poll_rung(cx).map(|()| None)
         })
@@ -275,6 +291,30 @@ impl Router {
                 service,
                 schema,
             } => self.open(node, req, &service, &schema),
+            Command::Publish {
+                node,
+                req,
+                topic,
+                ty,
+                history,
+            } => self.topic_publish(node, req, &topic, &ty, history),
+            Command::Unpublish {
+                node,
+                req,
+                publisher,
+            } => self.topic_unpublish(node, req, publisher),
+            Command::Subscribe {
+                node,
+                req,
+                pattern,
+                ty,
+                options,
+            } => self.topic_subscribe(node, req, &pattern, &ty, options),
+            Command::Unsubscribe {
+                node,
+                req,
+                subscription,
+            } => self.topic_unsubscribe(node, req, subscription),
             Command::Gone {
                 node,
                 reason,
@@ -335,7 +375,7 @@ impl Router {
 
     fn reply(&self, node: NodeId, frame: EngineFrame) {
         if let Some(link) = self.links.get(&node) {
-            let _ = link.frames.send(frame);
+            let _ = link.frames.send(frame.into());
         }
     }
 
@@ -432,11 +472,14 @@ impl Router {
                     v.to_string()
                 }
             };
-            let _ = link.frames.send(EngineFrame::Error {
-                req: 0,
-                code: ErrorCode::BadFrame as u16,
-                message: format!("closed by the engine: {reason}"),
-            });
+            let _ = link.frames.send(
+                EngineFrame::Error {
+                    req: 0,
+                    code: ErrorCode::BadFrame as u16,
+                    message: format!("closed by the engine: {reason}"),
+                }
+                .into(),
+            );
             if let Some(entry) = entry {
                 for &end in &entry.ends {
                     self.close_end(end, close_reason::PEER_DISCONNECTED);
@@ -452,6 +495,7 @@ impl Router {
                     self.discard(entry);
                 }
             }
+            self.topic_node_gone(id);
             self.adopt_orphans(id, &link.block);
             drop(link); // unmaps the block, closes the memfd and both doorbells
         }
@@ -533,6 +577,8 @@ impl Router {
         self.stats.session_ends = self.registry.end_count();
         self.stats.services = self.registry.service_count();
         self.stats.active_nodes = self.sched.active.len();
+        self.stats.topics = self.topics.topic_count();
+        self.stats.topic_segments = self.topics.segment_count();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.
