@@ -120,6 +120,9 @@ impl Router {
     }
 
     pub(super) fn topic_unpublish(&mut self, node: NodeId, req: u32, publisher: u32) {
+        // The node pushed its last messages before it sent this frame: they are published
+        // first (an entry naming a publisher that is gone would be a violation).
+        self.last_drain(node);
         match self.remove_publisher(node, publisher) {
             Ok(()) => self.send_frame(node, EngineFrame::TopicDone { req }.into()),
             Err(e) => self.topic_refuse(node, req, &e),

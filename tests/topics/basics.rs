@@ -1,0 +1,140 @@
+//! Topics in one process: delivery to several subscribers, prefix subscriptions, history,
+//! schema mismatch, and the counters.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use shmlink::{Node, Publisher, Subscription, TopicSetupError};
+
+use crate::support::{self, TestDir, within};
+
+#[tokio::test]
+async fn one_publisher_two_subscribers_and_a_prefix() {
+    let dir = TestDir::new("topics-basics");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let pub_node = within("connect", Node::connect(&socket, "pub"))
+        .await
+        .expect("connect");
+    let sub_node = within("connect", Node::connect(&socket, "sub"))
+        .await
+        .expect("connect");
+    let mut exact: Subscription<Bytes> = within("subscribe", sub_node.subscribe("sensors/a"))
+        .await
+        .expect("subscribe");
+    let mut prefix: Subscription<Bytes> =
+        within("subscribe", sub_node.subscribe("sensors/**"))
+            .await
+            .expect("subscribe prefix");
+    let mut other: Subscription<Bytes> = within("subscribe", sub_node.subscribe("other"))
+        .await
+        .expect("subscribe other");
+    let mut a: Publisher<Bytes> = within("publish", pub_node.publish("sensors/a"))
+        .await
+        .expect("publish");
+    let mut b: Publisher<Bytes> = within("publish", pub_node.publish("sensors/b"))
+        .await
+        .expect("publish");
+    for i in 0..100u32 {
+        let body = Bytes::from(vec![i as u8; (i as usize) * 37]);
+        within("send a", a.send(body.clone())).await.expect("send");
+        within("send b", b.send(body)).await.expect("send");
+    }
+    for i in 0..100u32 {
+        let got = within("exact", exact.next()).await.expect("open").expect("msg");
+        assert_eq!(got, Bytes::from(vec![i as u8; (i as usize) * 37]), "exact {i}");
+    }
+    // The prefix sees both topics, each in publisher order.
+    let (mut na, mut nb) = (0u32, 0u32);
+    for _ in 0..200 {
+        let got = within("prefix", prefix.next()).await.expect("open").expect("msg");
+        let n = if got.len() == (na as usize) * 37 && got.iter().all(|&x| x == na as u8) {
+            na += 1;
+            na
+        } else {
+            assert_eq!(got, Bytes::from(vec![nb as u8; (nb as usize) * 37]));
+            nb += 1;
+            nb
+        };
+        assert!(n <= 100);
+    }
+    assert_eq!((na, nb), (100, 100));
+    // Nothing was published on "other".
+    assert!(futures::FutureExt::now_or_never(other.next()).is_none());
+    let stats = engine.stats();
+    assert_eq!(stats.topic_published, 200);
+    assert_eq!(stats.topic_delivered, 400);
+    assert_eq!(stats.topic_lagged, 0);
+    drop((exact, prefix, other, a, b));
+    within(
+        "topics gone",
+        engine.wait_for_stats(|s| s.topics == 0 && s.topic_segments == 0),
+    )
+    .await;
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, shmlink::Message)]
+struct Tick {
+    n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, shmlink::Message)]
+struct Other {
+    s: String,
+}
+
+#[tokio::test]
+async fn typed_topics_check_schemas_and_keep_history() {
+    let dir = TestDir::new("topics-typed");
+    let engine = support::engine(&dir);
+    let socket = dir.socket();
+    let node = within("connect", Node::connect(&socket, "n"))
+        .await
+        .expect("connect");
+    let mut publisher = within(
+        "publish",
+        node.publish_with_history::<Tick, shmlink::Bincode>("ticks", 4),
+    )
+    .await
+    .expect("publish");
+    for n in 0..10 {
+        within("send", publisher.send(Tick { n })).await.expect("send");
+    }
+    // A late joiner asking for history gets the last four, then what follows.
+    let mut late: Subscription<Tick> = within(
+        "subscribe",
+        node.subscribe_with(
+            "ticks",
+            shmlink::SubscribeOptions {
+                history: 4,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("subscribe");
+    within("send", publisher.send(Tick { n: 10 })).await.expect("send");
+    for n in 6..=10 {
+        let got = within("late", late.next()).await.expect("open").expect("tick");
+        assert_eq!(got, Tick { n });
+    }
+    // Another type on the same topic is refused, naming both types.
+    let err = within("mismatch", node.subscribe::<Other>("ticks"))
+        .await
+        .expect_err("mismatch");
+    match &err {
+        TopicSetupError::SchemaMismatch { message, .. } => {
+            assert!(message.contains("Tick") && message.contains("Other"), "{err}");
+        }
+        other => panic!("expected a schema mismatch, got {other:?}"),
+    }
+    let err = within("mismatch", node.publish::<Other>("ticks"))
+        .await
+        .expect_err("mismatch");
+    assert!(matches!(err, TopicSetupError::SchemaMismatch { .. }), "{err}");
+    drop((publisher, late));
+    within(
+        "topics gone",
+        engine.wait_for_stats(|s| s.topics == 0 && s.topic_segments == 0),
+    )
+    .await;
+}
