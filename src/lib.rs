@@ -102,11 +102,11 @@ pub use ipc_tokio::{
     ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError, Window,
     default_socket_path,
 };
+pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
 pub use ipc_tokio::{
     Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
     TopicSetupError,
 };
-pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
 
 #[doc(hidden)]
 pub mod __private;

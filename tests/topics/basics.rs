@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use shmlink::{Node, Publisher, Subscription, TopicSetupError};
+use shmlink::{Node, Publisher, SubscribeOptions, Subscription, TopicSetupError};
 
 use crate::support::{self, TestDir, within};
 
@@ -18,11 +18,18 @@ async fn one_publisher_two_subscribers_and_a_prefix() {
     let sub_node = within("connect", Node::connect(&socket, "sub"))
         .await
         .expect("connect");
-    let mut exact: Subscription<Bytes> = within("subscribe", sub_node.subscribe("sensors/a"))
-        .await
-        .expect("subscribe");
+    // Everything is published before anything is read: queues deep enough for all of it
+    // (the default DropOldest queue of 64 would report `Lagged`, as it must).
+    let deep = SubscribeOptions {
+        queue: 256,
+        ..SubscribeOptions::default()
+    };
+    let mut exact: Subscription<Bytes> =
+        within("subscribe", sub_node.subscribe_with("sensors/a", deep))
+            .await
+            .expect("subscribe");
     let mut prefix: Subscription<Bytes> =
-        within("subscribe", sub_node.subscribe("sensors/**"))
+        within("subscribe", sub_node.subscribe_with("sensors/**", deep))
             .await
             .expect("subscribe prefix");
     let mut other: Subscription<Bytes> = within("subscribe", sub_node.subscribe("other"))
@@ -40,13 +47,23 @@ async fn one_publisher_two_subscribers_and_a_prefix() {
         within("send b", b.send(body)).await.expect("send");
     }
     for i in 0..100u32 {
-        let got = within("exact", exact.next()).await.expect("open").expect("msg");
-        assert_eq!(got, Bytes::from(vec![i as u8; (i as usize) * 37]), "exact {i}");
+        let got = within("exact", exact.next())
+            .await
+            .expect("open")
+            .expect("msg");
+        assert_eq!(
+            got,
+            Bytes::from(vec![i as u8; (i as usize) * 37]),
+            "exact {i}"
+        );
     }
     // The prefix sees both topics, each in publisher order.
     let (mut na, mut nb) = (0u32, 0u32);
     for _ in 0..200 {
-        let got = within("prefix", prefix.next()).await.expect("open").expect("msg");
+        let got = within("prefix", prefix.next())
+            .await
+            .expect("open")
+            .expect("msg");
         let n = if got.len() == (na as usize) * 37 && got.iter().all(|&x| x == na as u8) {
             na += 1;
             na
@@ -60,9 +77,17 @@ async fn one_publisher_two_subscribers_and_a_prefix() {
     assert_eq!((na, nb), (100, 100));
     // Nothing was published on "other".
     assert!(futures::FutureExt::now_or_never(other.next()).is_none());
-    let stats = engine.stats();
+    // The router publishes its counters at the end of a pass: wait for the last one.
+    let stats = within(
+        "counters",
+        engine.wait_for_stats(|s| s.topic_delivered == 300),
+    )
+    .await;
     assert_eq!(stats.topic_published, 200);
-    assert_eq!(stats.topic_delivered, 400);
+    assert_eq!(
+        stats.topic_delivered, 300,
+        "100 to the exact subscription, 200 to the prefix"
+    );
     assert_eq!(stats.topic_lagged, 0);
     drop((exact, prefix, other, a, b));
     within(
@@ -97,7 +122,9 @@ async fn typed_topics_check_schemas_and_keep_history() {
     .await
     .expect("publish");
     for n in 0..10 {
-        within("send", publisher.send(Tick { n })).await.expect("send");
+        within("send", publisher.send(Tick { n }))
+            .await
+            .expect("send");
     }
     // A late joiner asking for history gets the last four, then what follows.
     let mut late: Subscription<Tick> = within(
@@ -112,9 +139,14 @@ async fn typed_topics_check_schemas_and_keep_history() {
     )
     .await
     .expect("subscribe");
-    within("send", publisher.send(Tick { n: 10 })).await.expect("send");
+    within("send", publisher.send(Tick { n: 10 }))
+        .await
+        .expect("send");
     for n in 6..=10 {
-        let got = within("late", late.next()).await.expect("open").expect("tick");
+        let got = within("late", late.next())
+            .await
+            .expect("open")
+            .expect("tick");
         assert_eq!(got, Tick { n });
     }
     // Another type on the same topic is refused, naming both types.
@@ -123,14 +155,20 @@ async fn typed_topics_check_schemas_and_keep_history() {
         .expect_err("mismatch");
     match &err {
         TopicSetupError::SchemaMismatch { message, .. } => {
-            assert!(message.contains("Tick") && message.contains("Other"), "{err}");
+            assert!(
+                message.contains("Tick") && message.contains("Other"),
+                "{err}"
+            );
         }
         other => panic!("expected a schema mismatch, got {other:?}"),
     }
     let err = within("mismatch", node.publish::<Other>("ticks"))
         .await
         .expect_err("mismatch");
-    assert!(matches!(err, TopicSetupError::SchemaMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, TopicSetupError::SchemaMismatch { .. }),
+        "{err}"
+    );
     drop((publisher, late));
     within(
         "topics gone",

@@ -48,7 +48,12 @@ async fn one_publisher_to_32_subscriber_processes_block() {
         let ok = child.finish_ok().await;
         assert_eq!(ok_field(&ok, "count"), MESSAGES);
     }
-    let stats = engine.stats();
+    // The router publishes its counters at the end of a pass: wait for the last one.
+    let stats = within(
+        "counters",
+        engine.wait_for_stats(|s| s.topic_delivered == MESSAGES * SUBSCRIBERS as u64),
+    )
+    .await;
     assert_eq!(stats.topic_published, MESSAGES);
     assert_eq!(stats.topic_delivered, MESSAGES * SUBSCRIBERS as u64);
     assert_eq!(stats.topic_lagged, 0);
