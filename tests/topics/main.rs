@@ -10,6 +10,7 @@ mod children;
 
 mod basics;
 mod fanout;
+mod isolation;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].
