@@ -470,3 +470,20 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes check message sizes against the segment size the engine uses.
+    #[test]
+    fn the_node_side_limit_is_the_segment_size() {
+        assert_eq!(
+            crate::topic::MAX_TOPIC_MESSAGE,
+            TopicsConfig::default().segment_size
+        );
+        let plane = TopicPlane::new(TopicsConfig::default());
+        assert_eq!(plane.topic_count(), 0);
+        assert!(plane.next_deadline().is_none(), "idle: no timer");
+    }
+}
