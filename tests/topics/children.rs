@@ -34,6 +34,16 @@ pub(crate) fn run(spec: ChildSpec) {
             }
             "sub-stuck" => sub_stuck(&a[0], &a[1]).await,
             "pub-forever" => pub_forever(&a[0], &a[1]).await,
+            "sub-multi" => {
+                let publishers = a[2].parse().map_err(ctx("publishers"))?;
+                let count = a[3].parse().map_err(ctx("count"))?;
+                sub_multi(&a[0], &a[1], publishers, count, cmds).await
+            }
+            "pub-n" => {
+                let stream = a[2].parse().map_err(ctx("stream"))?;
+                let count = a[3].parse().map_err(ctx("count"))?;
+                pub_n(&a[0], &a[1], stream, count, cmds).await
+            }
             "sub-readonly" => sub_readonly(&a[0], &a[1], cmds).await,
             other => Err(format!("unknown role {other:?}")),
         }
@@ -211,4 +221,65 @@ async fn sub_readonly(socket: &str, topic: &str, cmds: Commands) -> Result<(), S
     }
     cmds.done(format!("mappings={} len={}", mapped.len(), msg.len()))
         .await
+}
+
+/// Subscribes with `Block`; reads `count` messages of each of streams 1..=`publishers`, each
+/// stream in order, every byte checked.
+async fn sub_multi(
+    socket: &str,
+    topic: &str,
+    publishers: u32,
+    count: u64,
+    cmds: Commands,
+) -> Result<(), String> {
+    let node = connect(socket, "sub-multi").await?;
+    let options = SubscribeOptions {
+        overflow: Overflow::Block {
+            untether_ms: 120_000,
+        },
+        ..SubscribeOptions::default()
+    };
+    let mut sub: Subscription<Bytes> = node
+        .subscribe_with(topic, options)
+        .await
+        .map_err(ctx("subscribe"))?;
+    say("READY");
+    let mut next = vec![0u64; publishers as usize + 1];
+    for _ in 0..u64::from(publishers) * count {
+        let msg = sub
+            .next()
+            .await
+            .ok_or("stream ended")?
+            .map_err(ctx("receive"))?;
+        let (stream, seq) = parse_seq(&msg)?;
+        let want = next
+            .get_mut(stream as usize)
+            .filter(|_| stream >= 1)
+            .ok_or_else(|| format!("unknown stream {stream}"))?;
+        if seq != *want {
+            return Err(format!("stream {stream}: seq {seq}, expected {want}"));
+        }
+        *want += 1;
+    }
+    cmds.done(format!("count={}", u64::from(publishers) * count))
+        .await
+}
+
+/// Publishes `count` messages of stream `stream` on `topic`.
+async fn pub_n(
+    socket: &str,
+    topic: &str,
+    stream: u32,
+    count: u64,
+    cmds: Commands,
+) -> Result<(), String> {
+    let node = connect(socket, "pub-n").await?;
+    let mut publisher: Publisher<Bytes> = node.publish(topic).await.map_err(ctx("publish"))?;
+    for seq in 0..count {
+        publisher
+            .send(Bytes::from(seq_message(stream, seq, fan_len(seq) / 8)))
+            .await
+            .map_err(ctx("send"))?;
+    }
+    cmds.done(format!("count={count}")).await
 }
