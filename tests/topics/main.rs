@@ -10,6 +10,7 @@ mod children;
 
 mod basics;
 mod fanout;
+mod hostile;
 mod isolation;
 
 /// The entry point of child processes: returns at once unless this process was started
