@@ -410,7 +410,8 @@ impl Router {
         }
         match action {
             Action::CreateSegment { topic, name, size } => {
-                match BroadcastSegment::create(size, &format!("shmlink-topic-{name}")) {
+                // Named by id: a topic name may be longer than a memfd name can be.
+                match BroadcastSegment::create(size, &format!("shmlink-topic-{topic}")) {
                     Ok(segment) => {
                         self.topics.segments.insert(topic, segment);
                     }
