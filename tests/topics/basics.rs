@@ -176,3 +176,53 @@ async fn typed_topics_check_schemas_and_keep_history() {
     )
     .await;
 }
+
+/// A `Block` subscriber that never reads holds the publisher back only until its untether
+/// timeout: then it is cut loose (its stream ends with `Untethered`, never a silent gap) and
+/// the publisher goes on. The router wakes for the deadline although nothing else happens.
+#[tokio::test]
+async fn a_stuck_block_subscriber_is_cut_loose_and_says_so() {
+    let dir = TestDir::new("topics-untether");
+    let engine = support::engine(&dir);
+    let node = within("connect", Node::connect(dir.socket(), "n"))
+        .await
+        .expect("connect");
+    let options = SubscribeOptions {
+        overflow: shmlink::Overflow::Block { untether_ms: 50 },
+        queue: 1,
+        ..SubscribeOptions::default()
+    };
+    let mut stuck: Subscription<Bytes> = within("subscribe", node.subscribe_with("u", options))
+        .await
+        .expect("subscribe");
+    let mut publisher: Publisher<Bytes> =
+        within("publish", node.publish("u")).await.expect("publish");
+    // Far more than its window and queue: only the untether lets these through.
+    for i in 0..500u32 {
+        within(
+            "send past the stuck subscriber",
+            publisher.send(Bytes::from(i.to_le_bytes().to_vec())),
+        )
+        .await
+        .expect("send");
+    }
+    within(
+        "all published",
+        engine.wait_for_stats(|s| s.topic_published == 500),
+    )
+    .await;
+    // What it was delivered comes in order, then the error, then the end.
+    let mut next = 0u32;
+    loop {
+        match within("stuck", stuck.next()).await {
+            Some(Ok(msg)) => {
+                assert_eq!(msg, Bytes::from(next.to_le_bytes().to_vec()));
+                next += 1;
+            }
+            Some(Err(shmlink::SubscribeError::Untethered)) => break,
+            other => panic!("expected messages then Untethered, got {other:?}"),
+        }
+    }
+    assert!(next < 500, "cut loose before it was delivered everything");
+    assert!(within("end", stuck.next()).await.is_none());
+}
