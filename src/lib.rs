@@ -105,6 +105,10 @@ pub use ipc_tokio::{
     default_socket_path,
 };
 pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
+pub use ipc_tokio::{
+    Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
+    TopicSetupError,
+};
 
 #[doc(hidden)]
 pub mod __private;

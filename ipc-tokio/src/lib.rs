@@ -13,6 +13,7 @@ pub mod node;
 pub mod service;
 pub mod session;
 mod spin;
+pub mod topic;
 
 pub use engine::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
@@ -25,3 +26,7 @@ pub use ipc_core::control::Limit;
 pub use node::{Listener, Node, NodeOptions, Window};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};
+pub use topic::{
+    Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
+    TopicSetupError,
+};

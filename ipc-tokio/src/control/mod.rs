@@ -95,11 +95,6 @@ impl FrameBuf {
             }
         }
     }
-
-    /// Bytes already read and not yet decoded (the tail of a `recvmsg`).
-    pub(crate) fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
 }
 
 /// Writes a whole frame.
@@ -108,6 +103,22 @@ pub(crate) async fn write_frame(
     frame: &[u8],
 ) -> io::Result<()> {
     sock.write_all(frame).await
+}
+
+/// Writes a whole frame through a shared reference (the node's driver reads the same socket
+/// with [`EngineFrames`] meanwhile).
+pub(crate) async fn write_shared(sock: &UnixStream, frame: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < frame.len() {
+        sock.writable().await?;
+        match sock.try_write(&frame[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends `frame` with `fds` attached (`SCM_RIGHTS`), all bytes in one `sendmsg`.
@@ -220,15 +231,12 @@ mod limit_tests {
 /// frame with its descriptors in one `sendmsg` ([`send_with_fds`]), and the kernel hands the
 /// descriptors over with the frame's first byte, so when a frame is complete its
 /// [`EngineFrame::fd_count`] descriptors are at the front of the queue.
-// Used by the node's driver once topics are wired (it reads with `FrameBuf` until then).
-#[allow(dead_code)]
 #[derive(Debug, Default)]
 pub(crate) struct EngineFrames {
     buf: BytesMut,
     fds: VecDeque<OwnedFd>,
 }
 
-#[allow(dead_code)]
 impl EngineFrames {
     /// Starts with bytes and descriptors already read (the tail of the rendezvous).
     pub(crate) fn new(bytes: &[u8], fds: Vec<OwnedFd>) -> Self {

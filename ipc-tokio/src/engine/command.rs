@@ -1,8 +1,9 @@
 //! What the engine's tasks tell the router: registrations, control requests, departures.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use ipc_core::control::{EngineFrame, Schema};
+use ipc_core::control::{EngineFrame, MessageType, Schema, SubscribeOptions};
 use ipc_core::{Block, Doorbell};
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,8 +29,22 @@ pub(crate) struct Handover {
 #[derive(Debug)]
 pub(crate) struct Registration {
     pub(crate) node: NodeId,
-    pub(crate) frames: mpsc::UnboundedSender<EngineFrame>,
+    pub(crate) frames: mpsc::UnboundedSender<Outbound>,
     pub(crate) handover: Handover,
+}
+
+/// A frame on its way to a node, with the descriptor that rides with it (a `TopicAttach`
+/// carries its topic's broadcast segment; see [`EngineFrame::fd_count`]).
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) frame: EngineFrame,
+    pub(crate) fd: Option<OwnedFd>,
+}
+
+impl From<EngineFrame> for Outbound {
+    fn from(frame: EngineFrame) -> Self {
+        Self { frame, fd: None }
+    }
 }
 
 /// Requests from connection tasks and the engine handle.
@@ -52,6 +67,30 @@ pub(crate) enum Command {
         req: u32,
         service: String,
         schema: Schema,
+    },
+    Publish {
+        node: NodeId,
+        req: u32,
+        topic: String,
+        ty: MessageType,
+        history: u32,
+    },
+    Unpublish {
+        node: NodeId,
+        req: u32,
+        publisher: u32,
+    },
+    Subscribe {
+        node: NodeId,
+        req: u32,
+        pattern: String,
+        ty: MessageType,
+        options: SubscribeOptions,
+    },
+    Unsubscribe {
+        node: NodeId,
+        req: u32,
+        subscription: u32,
     },
     Gone {
         node: NodeId,

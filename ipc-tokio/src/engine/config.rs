@@ -149,6 +149,17 @@ pub struct EngineStats {
     /// Messages accepted from senders and not yet copied to their receivers (they wait for
     /// room in a receive arena).
     pub waiting: usize,
+    /// Live topics.
+    pub topics: usize,
+    /// Topic broadcast segments alive (one per topic).
+    pub topic_segments: usize,
+    /// Messages published on topics since start (each copied once).
+    pub topic_published: u64,
+    /// Topic deliveries since start, summed over subscribers.
+    pub topic_delivered: u64,
+    /// Topic messages lost to `DropOldest` since start, summed over subscribers (each
+    /// reported to its subscriber as `Lagged`).
+    pub topic_lagged: u64,
 }
 
 /// Default window of a session end in messages ([`EngineBuilder::credits`](crate::EngineBuilder::credits)).

@@ -40,8 +40,17 @@ impl Router {
             return false;
         }
         link.last_work = now;
-        for raw in &self.scratch[..n] {
-            let offset = match validate_release(raw, &bounds) {
+        for i in 0..n {
+            let raw = self.scratch[i];
+            if kind::is_topic(raw.kind) {
+                if let Err(v) = self.topic_release(id, &raw) {
+                    self.doom(id, v);
+                    return true;
+                }
+                continue;
+            }
+            let link = self.links.get_mut(&id).expect("checked above");
+            let offset = match validate_release(&raw, &bounds) {
                 Ok(offset) => offset,
                 Err(e) => {
                     return self.violation(
@@ -64,6 +73,7 @@ impl Router {
                 due.1 += charge;
             }
         }
+        let link = self.links.get_mut(&id).expect("checked above");
         let (before, now) = link.publish_rx();
         self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
         if link.release.needs_space_wake() {
@@ -123,6 +133,11 @@ impl Router {
                 session,
                 offset,
                 len,
+            } if self.is_publisher(session) => self.topic_data(node, session, offset, len)?,
+            Submission::Data {
+                session,
+                offset,
+                len,
             } => {
                 let link = &self.links[&node];
                 let charge = window_charge(len, link.block.layout().tx.min_block);
@@ -174,7 +189,7 @@ impl Router {
     }
 
     /// Queues `entry` for `dst`'s deliver ring.
-    fn push_out(&mut self, dst: NodeId, entry: RawDescriptor) {
+    pub(super) fn push_out(&mut self, dst: NodeId, entry: RawDescriptor) {
         if let Some(link) = self.links.get_mut(&dst) {
             link.outbox.push_back(entry);
             if !link.dirty {

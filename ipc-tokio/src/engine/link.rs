@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use ipc_core::control::EngineFrame;
 use ipc_core::{
     Block, BuddyAllocator, Consumer, Doorbell, IdMap, Producer, RawDescriptor, RingError, ShmRing,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::engine::command::{EndId, NodeId};
+use crate::engine::command::{EndId, NodeId, Outbound};
 
 /// A message or control entry on its way into a session end, waiting for room in the
 /// receiver's arena (or behind entries that do).
@@ -71,7 +70,7 @@ pub(crate) struct Link {
     pub(crate) outbox: VecDeque<RawDescriptor>,
     /// The node is on the router's dirty list (its outbox has entries to push).
     pub(crate) dirty: bool,
-    pub(crate) frames: mpsc::UnboundedSender<EngineFrame>,
+    pub(crate) frames: mpsc::UnboundedSender<Outbound>,
     /// On the scheduler's active list.
     pub(crate) active: bool,
     /// When the router last found work in its rings.
@@ -99,7 +98,7 @@ pub(crate) struct LinkParts {
     pub(crate) bell_in: AsyncFd<Doorbell>,
     pub(crate) bell_waker: Waker,
     pub(crate) bell_out: Doorbell,
-    pub(crate) frames: mpsc::UnboundedSender<EngineFrame>,
+    pub(crate) frames: mpsc::UnboundedSender<Outbound>,
 }
 
 impl Link {

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{FrameBuf, PartialFrameTooLarge, send_with_fds, write_frame};
-use crate::engine::command::{Command, Handover, Registration};
+use crate::engine::command::{Command, Handover, Outbound, Registration};
 use crate::engine::config::{Config, EngineStats, Limits};
 use crate::error::SpawnError;
 
@@ -767,7 +767,8 @@ fn is_answer(frame: &EngineFrame) -> bool {
 /// bounded.
 #[derive(Debug, Default)]
 struct Outgoing {
-    frames: VecDeque<Vec<u8>>,
+    /// Encoded frames, each with the descriptor that rides with its first byte.
+    frames: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
     /// Bytes of the front frame already written.
     written: usize,
 }
@@ -775,8 +776,20 @@ struct Outgoing {
 impl Outgoing {
     /// Writes what the socket takes now. `Ok` when it would block or all is written.
     fn flush(&mut self, wr: &OwnedWriteHalf) -> io::Result<()> {
-        while let Some(front) = self.frames.front() {
-            match wr.try_write(&front[self.written..]) {
+        while let Some((front, fd)) = self.frames.front_mut() {
+            let sent = match fd.take() {
+                // The descriptor goes with the frame's first bytes, in one `sendmsg`; the
+                // kernel holds its own reference from then on.
+                Some(owned) => match send_fd(wr, &front[self.written..], owned.as_fd()) {
+                    Ok(n) => Ok(n),
+                    Err(e) => {
+                        *fd = Some(owned);
+                        Err(e)
+                    }
+                },
+                None => wr.try_write(&front[self.written..]),
+            };
+            match sent {
                 Ok(n) => {
                     self.written += n;
                     if self.written == front.len() {
@@ -792,6 +805,27 @@ impl Outgoing {
     }
 }
 
+/// Writes the start of `bytes` with `fd` attached (`SCM_RIGHTS`), without waiting.
+fn send_fd(wr: &OwnedWriteHalf, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let sock: &UnixStream = wr.as_ref();
+    sock.try_io(tokio::io::Interest::WRITABLE, || {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [fd];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for a descriptor"));
+        }
+        let iov = [std::io::IoSlice::new(bytes)];
+        Ok(rustix::net::sendmsg(
+            sock.as_fd(),
+            &iov,
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?)
+    })
+}
+
 /// Forwards the node's control frames to the router and the router's frames to the node,
 /// until either side closes. Returns why.
 ///
@@ -803,7 +837,7 @@ async fn serve(
     stream: UnixStream,
     node: u32,
     mut frames: FrameBuf,
-    mut out: mpsc::UnboundedReceiver<EngineFrame>,
+    mut out: mpsc::UnboundedReceiver<Outbound>,
     commands: &mpsc::UnboundedSender<Command>,
     limits: &Limits,
 ) -> Ended {
@@ -817,6 +851,10 @@ async fn serve(
                     Ok(Some(NodeFrame::Serve { req, service, schema })) => Command::Serve { node, req, service, schema },
                     Ok(Some(NodeFrame::Unserve { req, service })) => Command::Unserve { node, req, service },
                     Ok(Some(NodeFrame::Open { req, service, schema })) => Command::Open { node, req, service, schema },
+                    Ok(Some(NodeFrame::Publish { req, topic, ty, history })) => Command::Publish { node, req, topic, ty, history },
+                    Ok(Some(NodeFrame::Unpublish { req, publisher })) => Command::Unpublish { node, req, publisher },
+                    Ok(Some(NodeFrame::Subscribe { req, pattern, ty, options })) => Command::Subscribe { node, req, pattern, ty, options },
+                    Ok(Some(NodeFrame::Unsubscribe { req, subscription })) => Command::Unsubscribe { node, req, subscription },
                     Ok(Some(other)) => {
                         let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous"));
                         break Ended::Unexpected(match other {
@@ -838,7 +876,7 @@ async fn serve(
                 in_flight += 1;
             }
             frame = out.recv() => match frame {
-                Some(frame) => {
+                Some(Outbound { frame, fd }) => {
                     if is_answer(&frame) {
                         in_flight = in_flight.saturating_sub(1);
                     }
@@ -848,7 +886,7 @@ async fn serve(
                             max: limits.queued_frames,
                         };
                     }
-                    outgoing.frames.push_back(frame.encode());
+                    outgoing.frames.push_back((frame.encode(), fd));
                     if let Err(e) = outgoing.flush(&wr) {
                         break Ended::Io(e);
                     }

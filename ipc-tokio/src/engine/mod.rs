@@ -40,6 +40,7 @@ mod violation;
 // Topics are built as plain data first; the router wires them in a later step.
 #[allow(dead_code, unused_imports)]
 mod topic;
+mod topic_router;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{

@@ -29,6 +29,8 @@ use crate::engine::config::{Config, EngineStats};
 use crate::engine::link::{Inbound, Link, LinkParts, Source};
 use crate::engine::registry::{Limits, OpenRefusal, Refusal, Registry};
 use crate::engine::scheduler::Scheduler;
+use crate::engine::topic::TopicsConfig;
+use crate::engine::topic_router::TopicPlane;
 use crate::engine::violation::Violation;
 
 /// Entries popped per ring per pass: bounds the work one node gets before the others.
@@ -70,6 +72,8 @@ pub(crate) struct Router {
     ids: Vec<NodeId>,
     /// When the engine started (the inspector's uptime).
     pub(super) started: Instant,
+    /// Topics: publish/subscribe (topic_router.rs).
+    pub(super) topics: TopicPlane,
 }
 
 impl std::fmt::Debug for Router {
@@ -113,6 +117,7 @@ impl Router {
             orphaned: 0,
             ids: Vec::new(),
             started: Instant::now(),
+            topics: TopicPlane::new(TopicsConfig::default()),
         }
     }
 
@@ -174,6 +179,7 @@ impl Router {
         for &id in &ids {
             moved |= self.drain_submit(id, now);
         }
+        moved |= self.topic_tick(now);
         self.flush_credits();
         moved |= self.pump_released();
         self.flush_dirty();
@@ -243,13 +249,23 @@ impl Router {
         true
     }
 
-    /// Sleeps until a demoted node rings or a command arrives.
+    /// Sleeps until a demoted node rings, a command arrives, or a topic's untether clock
+    /// runs out (a timer exists only while such a clock runs: idle stays free).
     async fn park(&mut self) -> Option<Command> {
         let commands = &mut self.commands;
         let sched = &self.sched;
+        let mut timer = self
+            .topics
+            .next_deadline()
+            .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
         poll_fn(|cx| {
             if let Poll::Ready(command) = commands.poll_recv(cx) {
                 return Poll::Ready(Some(command.unwrap_or(Command::Shutdown)));
+            }
+            if let Some(timer) = timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(None);
             }
             sched.poll_rung(cx).map(|()| None)
         })
@@ -281,6 +297,30 @@ impl Router {
                 service,
                 schema,
             } => self.open(node, req, &service, &schema),
+            Command::Publish {
+                node,
+                req,
+                topic,
+                ty,
+                history,
+            } => self.topic_publish(node, req, &topic, &ty, history),
+            Command::Unpublish {
+                node,
+                req,
+                publisher,
+            } => self.topic_unpublish(node, req, publisher),
+            Command::Subscribe {
+                node,
+                req,
+                pattern,
+                ty,
+                options,
+            } => self.topic_subscribe(node, req, &pattern, &ty, options),
+            Command::Unsubscribe {
+                node,
+                req,
+                subscription,
+            } => self.topic_unsubscribe(node, req, subscription),
             Command::Gone {
                 node,
                 reason,
@@ -342,11 +382,14 @@ impl Router {
             tracing::warn!(node = r.node, name = %h.name, uid = h.uid, limit = limit.name(), max, "node refused by a limit");
             // Dropping the link closes its block and doorbells; the connection task sees
             // its frame channel close after this frame and closes the socket.
-            let _ = link.frames.send(EngineFrame::Limit {
-                req: 0,
-                limit: limit as u16,
-                max,
-            });
+            let _ = link.frames.send(
+                EngineFrame::Limit {
+                    req: 0,
+                    limit: limit as u16,
+                    max,
+                }
+                .into(),
+            );
             return;
         }
         tracing::info!(node = r.node, name = %h.name, pid = ?h.pid, uid = h.uid, "node joined");
@@ -356,7 +399,7 @@ impl Router {
 
     fn reply(&self, node: NodeId, frame: EngineFrame) {
         if let Some(link) = self.links.get(&node) {
-            let _ = link.frames.send(frame);
+            let _ = link.frames.send(frame.into());
         }
     }
 
@@ -469,11 +512,14 @@ impl Router {
                     v.to_string()
                 }
             };
-            let _ = link.frames.send(EngineFrame::Error {
-                req: 0,
-                code: ErrorCode::BadFrame as u16,
-                message: format!("closed by the engine: {reason}"),
-            });
+            let _ = link.frames.send(
+                EngineFrame::Error {
+                    req: 0,
+                    code: ErrorCode::BadFrame as u16,
+                    message: format!("closed by the engine: {reason}"),
+                }
+                .into(),
+            );
             if let Some(entry) = entry {
                 for &end in &entry.ends {
                     self.close_end(end, close_reason::PEER_DISCONNECTED);
@@ -489,6 +535,7 @@ impl Router {
                     self.discard(entry);
                 }
             }
+            self.topic_node_gone(id);
             self.adopt_orphans(id, &link.block);
             drop(link); // unmaps the block, closes the memfd and both doorbells
         }
@@ -570,6 +617,8 @@ impl Router {
         self.stats.session_ends = self.registry.end_count();
         self.stats.services = self.registry.service_count();
         self.stats.active_nodes = self.sched.active.len();
+        self.stats.topics = self.topics.topic_count();
+        self.stats.topic_segments = self.topics.segment_count();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.

@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{FrameBuf, write_frame};
+use crate::control::{EngineFrames, write_shared};
 use crate::node::shared::{Early, EndSlot, NodeShared};
 
 const BATCH: usize = 64;
@@ -49,7 +49,7 @@ impl Drop for DeathGuard {
 pub(crate) struct Driver {
     shared: Arc<NodeShared>,
     stream: UnixStream,
-    frames: FrameBuf,
+    frames: EngineFrames,
     bell: AsyncFd<Doorbell>,
     out: mpsc::UnboundedReceiver<Vec<u8>>,
     stop: oneshot::Receiver<()>,
@@ -61,7 +61,7 @@ impl Driver {
     pub(crate) fn new(
         shared: Arc<NodeShared>,
         stream: UnixStream,
-        frames: FrameBuf,
+        frames: EngineFrames,
         bell: AsyncFd<Doorbell>,
         out: mpsc::UnboundedReceiver<Vec<u8>>,
         stop: oneshot::Receiver<()>,
@@ -82,7 +82,7 @@ impl Driver {
     pub(crate) async fn run(self) {
         let Self {
             shared,
-            mut stream,
+            stream,
             mut frames,
             bell,
             mut out,
@@ -93,9 +93,10 @@ impl Driver {
         let death = DeathGuard {
             shared: Some(shared.clone()),
         };
-        // Borrowed halves: unlike owned ones, dropping them does not shut the socket down
+        // Shared references: unlike owned halves, dropping them does not shut the socket down
         // (an end of stream the engine would see before this node has let go of its block).
-        let (mut rd, mut wr) = stream.split();
+        // Frames are read with `recvmsg`, keeping the descriptors a `TopicAttach` carries.
+        let sock = &stream;
         // Control frames go out on their own future, polled beside everything else: a write
         // that waits for the engine to read never stops this node reading what the engine
         // writes (thousands of requests in flight at once filled both sockets' buffers and
@@ -104,7 +105,7 @@ impl Driver {
             loop {
                 match out.recv().await {
                     Some(bytes) => {
-                        if let Err(e) = write_frame(&mut wr, &bytes).await {
+                        if let Err(e) = write_shared(sock, &bytes).await {
                             break format!("control socket: {e}");
                         }
                     }
@@ -161,19 +162,18 @@ impl Driver {
                     }
                     Err(e) => Err(format!("doorbell: {e}")),
                 },
-                frame = frames.next(&mut rd, control::decode_engine_frame) => match frame {
-                    Ok(Some(EngineFrame::Error { req: 0, message, .. })) => Err(format!("closed by the engine: {message}")),
-                    Ok(Some(EngineFrame::Limit { req: 0, limit, max })) => Err(format!(
+                frame = frames.next(sock) => match frame {
+                    Ok(Some((EngineFrame::Error { req: 0, message, .. }, _))) => Err(format!("closed by the engine: {message}")),
+                    Ok(Some((EngineFrame::Limit { req: 0, limit, max }, _))) => Err(format!(
                         "closed by the engine: limit {} of {max} reached",
                         control::Limit::from_u16(limit).map_or("unknown", control::Limit::name)
                     )),
-                    Ok(Some(frame)) => {
+                    Ok(Some((frame, fds))) => {
                         #[cfg(feature = "fault-injection")]
                         if shared.panic_on_frame.load(std::sync::atomic::Ordering::Relaxed) {
                             panic!("fault injection: the node's driver panics");
                         }
-                        shared.on_frame(frame);
-                        Ok(())
+                        shared.on_frame(frame, fds)
                     }
                     Ok(None) => Err("the engine closed the connection".to_owned()),
                     Err(e) => Err(format!("control socket: {e}")),
@@ -197,7 +197,7 @@ impl Driver {
         death.end(&reason);
         // Unmap first (when no handle of the node is left), then close the socket: once the
         // engine sees this node gone, its block is no longer mapped here.
-        drop((deliver, bell, scratch, shared, writer));
+        drop((deliver, bell, scratch, shared, writer, frames));
         drop(stream);
     }
 }
@@ -221,6 +221,10 @@ fn drain(
     {
         let mut state = shared.state();
         for raw in &scratch[..n] {
+            if ipc_core::kind::is_topic(raw.kind) {
+                crate::topic::on_entry(shared, &mut state, *raw)?;
+                continue;
+            }
             let delivery = validate_deliver(raw, &rx, &tx)
                 .map_err(|e| format!("bad entry from the engine: {e}"))?;
             match delivery {

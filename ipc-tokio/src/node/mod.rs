@@ -17,7 +17,7 @@ use ipc_core::{Block, Doorbell, Producer};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{FrameBuf, WELCOME_FDS, recv_with_fds, write_frame};
+use crate::control::{EngineFrames, WELCOME_FDS, recv_with_fds, write_frame};
 use std::marker::PhantomData;
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::error::{ConnectError, OpenError};
 use crate::message::Bincode;
 use crate::session::{Payload, Session, SessionCore};
 
-pub(crate) use shared::{NodeShared, Reply, WaitList};
+pub(crate) use shared::{NodeShared, Reply, State, WaitList};
 
 /// A connection to an engine. Cheap to clone; the connection closes when the last `Node`,
 /// [`Session`] and [`Listener`] of it are dropped.
@@ -260,8 +260,7 @@ impl Node {
         let engine_bell = Doorbell::from_fd(engine_fd.expect("three fds"))?;
         let node_bell = Doorbell::from_fd(node_fd.expect("three fds"))?.into_async()?;
         let tx = block.take_tx_arena()?;
-        let mut frames = FrameBuf::default();
-        frames.extend(&bytes[used..]);
+        let frames = EngineFrames::new(&bytes[used..], Vec::new());
         write_frame(&mut stream, &NodeFrame::Ready.encode()).await?;
 
         let (out_tx, out_rx) = mpsc::unbounded_channel();

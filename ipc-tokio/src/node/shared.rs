@@ -31,6 +31,14 @@ pub(crate) enum Reply {
         limit: u16,
         max: u64,
     },
+    /// A `Publish` succeeded.
+    Published {
+        publisher: u32,
+    },
+    /// A `Subscribe` succeeded: its id and inbox.
+    Subscribed(u32, Arc<crate::topic::SubCore>),
+    /// An `Unpublish` or `Unsubscribe` succeeded.
+    TopicDone,
 }
 
 impl Reply {
@@ -124,6 +132,8 @@ pub(crate) struct State {
     listeners: IdMap<u32, mpsc::UnboundedSender<Arc<SessionCore>>>,
     next_req: u32,
     pub(crate) dead: bool,
+    /// Subscriptions and mapped topic segments.
+    pub(crate) topics: crate::topic::NodeTopics,
 }
 
 /// Everything a node's driver and its sessions share.
@@ -393,6 +403,24 @@ impl NodeShared {
         }
     }
 
+    /// Sends a request whose answer nobody waits for (from `Drop`).
+    pub(crate) fn send_oneway(&self, frame: impl FnOnce(u32) -> NodeFrame) {
+        let mut state = self.state();
+        if state.dead {
+            return;
+        }
+        state.next_req = state.next_req.wrapping_add(1).max(1);
+        let req = state.next_req;
+        let _ = self.out.send(frame(req).encode());
+    }
+
+    /// Pushes a release-ring entry without waiting (a topic slot's `TOPIC_RELEASE`).
+    pub(crate) fn release_entry(&self, entry: RawDescriptor) {
+        if !self.is_dead() {
+            self.push_or_queue(&self.release, entry);
+        }
+    }
+
     /// Pushes a submit entry without waiting (from `Drop`); queued if the ring is full.
     pub(crate) fn submit_now(&self, entry: RawDescriptor) {
         if !self.is_dead() {
@@ -477,6 +505,7 @@ impl NodeShared {
             state.dead = true;
             self.dead.store(true, Ordering::Release);
             state.serving.clear();
+            state.topics.disconnect();
             (
                 std::mem::take(&mut state.ends),
                 std::mem::take(&mut state.requests),
@@ -496,7 +525,11 @@ impl NodeShared {
     }
 
     /// Handles a frame from the engine (called by the driver).
-    pub(crate) fn on_frame(self: &Arc<Self>, frame: EngineFrame) {
+    pub(crate) fn on_frame(
+        self: &Arc<Self>,
+        frame: EngineFrame,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), String> {
         match frame {
             EngineFrame::ServeOk { req, service } => {
                 let _ = self.answer(req, Reply::Served(service));
@@ -544,14 +577,16 @@ impl NodeShared {
             EngineFrame::Welcome { .. } => {
                 tracing::warn!(node = %self.name, "unexpected second welcome; ignored");
             }
-            // Topics are not wired on the node yet: it never asks for them.
-            other @ (EngineFrame::PublishOk { .. }
+            topic @ (EngineFrame::PublishOk { .. }
             | EngineFrame::TopicDone { .. }
             | EngineFrame::SubscribeOk { .. }
-            | EngineFrame::TopicAttach { .. }
-            | EngineFrame::InspectChunk { .. }) => {
-                tracing::warn!(node = %self.name, frame = ?other, "unexpected topic frame; ignored");
+            | EngineFrame::TopicAttach { .. }) => {
+                return crate::topic::on_frame(self, topic, fds);
+            }
+            other @ EngineFrame::InspectChunk { .. } => {
+                tracing::warn!(node = %self.name, frame = ?other, "unexpected inspector frame; ignored");
             }
         }
+        Ok(())
     }
 }

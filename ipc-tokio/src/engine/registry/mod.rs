@@ -155,6 +155,9 @@ pub(crate) struct Registry {
     per_uid: HashMap<u32, UidCounts>,
     /// Per (opener, server) node pair: sessions.
     pairs: HashMap<(NodeId, NodeId), usize>,
+    /// Publisher ids and their nodes: allocated from the session-end id space, so a `DATA`
+    /// entry's session field names exactly one of an end or a publisher.
+    publishers: IdMap<EndId, NodeId>,
 }
 
 /// What one uid holds.
@@ -178,6 +181,7 @@ impl Registry {
             next_service: 1,
             per_uid: HashMap::new(),
             pairs: HashMap::new(),
+            publishers: IdMap::default(),
         }
     }
 
@@ -324,10 +328,22 @@ impl Registry {
         loop {
             let id = self.next_end;
             self.next_end = self.next_end.wrapping_add(1).max(1);
-            if !self.ends.contains_key(&id) {
+            if !self.ends.contains_key(&id) && !self.publishers.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    /// A new publisher id for `node`, from the session-end id space.
+    pub(crate) fn add_publisher(&mut self, node: NodeId) -> EndId {
+        let id = self.alloc_end();
+        self.publishers.insert(id, node);
+        id
+    }
+
+    /// Gives a publisher id back.
+    pub(crate) fn remove_publisher(&mut self, id: EndId) {
+        self.publishers.remove(&id);
     }
 
     /// Opens a session from `node` to the server of `service`.

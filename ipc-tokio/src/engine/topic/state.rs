@@ -1098,6 +1098,17 @@ impl Topics {
         })
     }
 
+    /// The topic publisher `key` publishes on.
+    pub(crate) fn topic_of(&self, key: PubKey) -> Option<TopicId> {
+        self.pubs.get(&key).copied()
+    }
+
+    /// A topic's name and type (none until a typed publisher or subscriber fixed it).
+    pub(crate) fn topic_info(&self, id: TopicId) -> Option<(&str, Option<&MessageType>)> {
+        let topic = self.topics.get(&id)?;
+        Some((&topic.name, topic.ty.as_ref()))
+    }
+
     /// The topic named `name`.
     pub(crate) fn topic_id(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()

@@ -1,0 +1,199 @@
+//! [`Publisher`]: a `Sink` of a topic's messages.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ipc_core::control::NodeFrame;
+use ipc_core::{AllocError, RawDescriptor, TxBuf};
+
+use super::{MAX_TOPIC_MESSAGE, PublishError};
+use crate::error::SessionError;
+use crate::message::Bincode;
+use crate::node::NodeHandle;
+use crate::session::Payload;
+
+/// Where the message being sent stands.
+enum Stage<T> {
+    /// Not yet encoded (waiting for a loan of the transmit arena).
+    Item(T),
+    /// Encoded into the transmit arena; its entry waits for room in the submit ring.
+    Entry(RawDescriptor),
+}
+
+/// A publisher of a topic: a `Sink<T>` (`send`, `feed`, `flush` from `SinkExt`).
+///
+/// A message is encoded into this node's transmit arena and named on its submit ring; the
+/// engine copies it once into the topic's broadcast segment. `poll_ready` pends while the
+/// transmit arena is full, which is how a `Block` subscriber holds publishers back: the engine
+/// keeps their messages (and so their loans) until the subscriber has room, or is cut loose.
+/// Dropping the publisher ends it, after the messages already sent.
+pub struct Publisher<T, C = Bincode> {
+    node: Arc<NodeHandle>,
+    id: u32,
+    topic: String,
+    stage: Option<Stage<T>>,
+    _codec: PhantomData<fn() -> C>,
+}
+
+// The pending item is only ever moved, never pinned.
+impl<T, C> Unpin for Publisher<T, C> {}
+
+impl<T, C> fmt::Debug for Publisher<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, C> Publisher<T, C> {
+    pub(crate) fn new(node: Arc<NodeHandle>, id: u32, topic: String) -> Self {
+        Self {
+            node,
+            id,
+            topic,
+            stage: None,
+            _codec: PhantomData,
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The largest message this publisher can send.
+    pub fn max_message(&self) -> u64 {
+        MAX_TOPIC_MESSAGE.min(self.node.shared.max_payload)
+    }
+}
+
+fn codec_error(e: SessionError) -> PublishError {
+    match e {
+        SessionError::Codec(c) => PublishError::Codec(c),
+        SessionError::TooLarge { len, max } => PublishError::TooLarge { len, max },
+        _ => PublishError::Disconnected,
+    }
+}
+
+impl<T: Payload<C>, C> Publisher<T, C> {
+    /// A loan of `len` bytes, or `Pending` (woken by a `TX_DONE`).
+    fn poll_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<TxBuf, PublishError>> {
+        let shared = &self.node.shared;
+        let max = self.max_message();
+        let len32 = match u32::try_from(len) {
+            Ok(l) if u64::from(l) <= max => l,
+            _ => {
+                return Poll::Ready(Err(PublishError::TooLarge {
+                    len: len as u64,
+                    max,
+                }));
+            }
+        };
+        let mut registered = false;
+        loop {
+            if shared.is_dead() {
+                return Poll::Ready(Err(PublishError::Disconnected));
+            }
+            match shared.tx.alloc(len32) {
+                Ok(buf) => return Poll::Ready(Ok(buf)),
+                Err(AllocError::Full { .. }) if !registered => {
+                    // Register, then retry once: a TX_DONE between the two wakes us.
+                    shared.tx_waiters.register(cx.waker());
+                    registered = true;
+                }
+                Err(AllocError::Full { .. }) => return Poll::Pending,
+                Err(_) => {
+                    return Poll::Ready(Err(PublishError::TooLarge {
+                        len: len as u64,
+                        max,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Moves the staged message through its loan onto the submit ring.
+    fn poll_stage(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        loop {
+            match self.stage.take() {
+                None => return Poll::Ready(Ok(())),
+                Some(Stage::Item(item)) => {
+                    let len = match item.encoded_len() {
+                        Ok(len) => len,
+                        Err(e) => return Poll::Ready(Err(codec_error(e))),
+                    };
+                    let mut buf = match self.poll_loan(len, cx) {
+                        Poll::Ready(Ok(buf)) => buf,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            self.stage = Some(Stage::Item(item));
+                            return Poll::Pending;
+                        }
+                    };
+                    let written = match item.encode_into(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) => return Poll::Ready(Err(codec_error(e))),
+                    };
+                    buf.truncate(written);
+                    let sent = buf.submit();
+                    self.stage = Some(Stage::Entry(RawDescriptor::data(
+                        self.id,
+                        sent.offset,
+                        sent.len,
+                    )));
+                }
+                Some(Stage::Entry(entry)) => match self.node.shared.poll_submit(entry, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(PublishError::Disconnected)),
+                    Poll::Pending => {
+                        self.stage = Some(Stage::Entry(entry));
+                        return Poll::Pending;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl<T: Payload<C>, C> futures::Sink<T> for Publisher<T, C> {
+    type Error = PublishError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), PublishError> {
+        let this = self.get_mut();
+        if this.stage.is_some() {
+            return Err(PublishError::NotReady);
+        }
+        this.stage = Some(Stage::Item(item));
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+}
+
+impl<T, C> Drop for Publisher<T, C> {
+    fn drop(&mut self) {
+        let shared = &self.node.shared;
+        if let Some(Stage::Entry(entry)) = self.stage.take() {
+            // Encoded already: goes without waiting.
+            shared.submit_now(entry);
+        }
+        // The engine publishes everything this node pushed before it ends the publisher.
+        let id = self.id;
+        shared.send_oneway(|req| NodeFrame::Unpublish { req, publisher: id });
+    }
+}
