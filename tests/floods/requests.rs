@@ -19,6 +19,7 @@ async fn a_storm_of_opens_is_throttled_and_every_open_completes() {
     let dir = TestDir::new("flood-requests");
     let engine = support::engine_builder(&dir)
         .max_requests_per_connection(MAX_REQUESTS)
+        .max_sessions_per_opener(1 << 16)
         .spawn()
         .expect("engine");
     let mut bystander = Bystander::new(&engine).await;
