@@ -98,3 +98,46 @@ async fn lines_and_raw_records_through_shell_pipelines() {
     assert!(stderr.contains("cannot open \"nobody\""), "{stderr}");
     engine.shutdown().await;
 }
+
+/// `shmlinkctl pub` and `shmlinkctl sub` on a raw topic, in real shell pipelines:
+/// `printf | shmlinkctl pub logs` into `shmlinkctl sub logs | grep`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_and_sub_through_shell_pipelines() {
+    let dir = TestDir::new("inspect-pubsub");
+    let socket = dir.socket();
+    let engine = Engine::builder()
+        .socket(&socket)
+        .block(support::small_block())
+        .spawn()
+        .expect("engine");
+    let mut sub = sh(r#""$CTL" sub logs --count 3 | grep -v skip"#, &socket)
+        .spawn()
+        .expect("sub pipeline");
+    // The subscription exists once the topic does: nothing published after it is missed.
+    within("subscribed", engine.wait_for_stats(|s| s.topics == 1)).await;
+    let publish = within(
+        "pub pipeline",
+        sh(
+            r#"printf 'ERROR one\nskip\nERROR two\n' | "$CTL" pub logs"#,
+            &socket,
+        )
+        .output(),
+    )
+    .await
+    .expect("run pub");
+    assert!(publish.status.success(), "{publish:?}");
+    let mut out = String::new();
+    let mut stdout = sub.stdout.take().expect("stdout");
+    within("sub output", stdout.read_to_string(&mut out))
+        .await
+        .expect("read");
+    assert_eq!(out, "ERROR one\nERROR two\n");
+    assert!(
+        within("sub exit", sub.wait())
+            .await
+            .expect("wait")
+            .success()
+    );
+    within("gone", engine.wait_for_stats(|s| s.nodes == 0)).await;
+    engine.shutdown().await;
+}

@@ -74,6 +74,26 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Publish stdin on raw TOPIC: one message per line (`tail -f log | shmlinkctl pub logs`).
+    Pub {
+        /// The topic.
+        topic: String,
+        /// Records of a 4-byte little-endian length and the bytes, instead of lines.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Subscribe to raw PATTERN (a topic, or `prefix/**`) and print what is published: one
+    /// message per line; losses to a slow reader are reported on stderr.
+    Sub {
+        /// The topic or prefix pattern.
+        pattern: String,
+        /// Records of a 4-byte little-endian length and the bytes, instead of lines.
+        #[arg(long)]
+        raw: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Serve SERVICE and print what its sessions send: one message per line.
     Recv {
         /// The service to serve.
@@ -158,6 +178,12 @@ fn main() -> ExitCode {
             raw,
             count,
         } => runtime.block_on(recv(&socket, &service, raw, count)),
+        Command::Pub { topic, raw } => runtime.block_on(publish(&socket, &topic, raw)),
+        Command::Sub {
+            pattern,
+            raw,
+            count,
+        } => runtime.block_on(subscribe(&socket, &pattern, raw, count)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -436,7 +462,36 @@ async fn send(socket: &Path, service: &str, raw: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| other(format!("cannot open {service:?}: {e}")))?;
     let (mut sink, _stream) = session.split();
-    // stdin is read on a blocking thread, one record at a time.
+    stdin_into(&mut sink, raw, service).await?;
+    // Half-close: the receiver sees the end of this session after every message.
+    sink.close()
+        .await
+        .map_err(|e| other(format!("closing the session: {e}")))?;
+    Ok(())
+}
+
+async fn publish(socket: &Path, topic: &str, raw: bool) -> Result<(), Failure> {
+    let node = Node::connect(socket, &node_name("pub"))
+        .await
+        .map_err(|e| other(format!("cannot connect: {e}")))?;
+    let mut publisher = node
+        .publish::<Bytes>(topic)
+        .await
+        .map_err(|e| other(format!("cannot publish on {topic:?}: {e}")))?;
+    stdin_into(&mut publisher, raw, topic).await?;
+    publisher
+        .close()
+        .await
+        .map_err(|e| other(format!("closing the publisher: {e}")))?;
+    Ok(())
+}
+
+/// Sends every record of stdin into `sink` (stdin is read on a blocking thread).
+async fn stdin_into<S>(sink: &mut S, raw: bool, to: &str) -> Result<(), Failure>
+where
+    S: futures::Sink<Bytes> + Unpin,
+    S::Error: std::fmt::Display,
+{
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(64);
     std::thread::spawn(move || {
         let stdin = io::stdin();
@@ -460,13 +515,45 @@ async fn send(socket: &Path, service: &str, raw: bool) -> Result<(), Failure> {
         let record = record.map_err(|e| other(format!("reading stdin: {e}")))?;
         sink.send(Bytes::from(record))
             .await
-            .map_err(|e| other(format!("sending to {service:?}: {e}")))?;
+            .map_err(|e| other(format!("sending to {to:?}: {e}")))?;
     }
-    // Half-close: the receiver sees the end of this session after every message.
-    sink.close()
-        .await
-        .map_err(|e| other(format!("closing the session: {e}")))?;
     Ok(())
+}
+
+async fn subscribe(
+    socket: &Path,
+    pattern: &str,
+    raw: bool,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    let node = Node::connect(socket, &node_name("sub"))
+        .await
+        .map_err(|e| other(format!("cannot connect: {e}")))?;
+    let mut subscription = node
+        .subscribe::<Bytes>(pattern)
+        .await
+        .map_err(|e| other(format!("cannot subscribe to {pattern:?}: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let forward = async move {
+        while let Some(next) = subscription.next().await {
+            match next {
+                Ok(message) => {
+                    if tx.send(message).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(shmlink::SubscribeError::Lagged(n)) => {
+                    eprintln!("shmlinkctl: {n} messages lost (this reader was too slow)");
+                }
+                Err(e) => return Err(other(format!("subscription to {pattern:?}: {e}"))),
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        result = print_records(rx, raw, count) => result,
+        result = forward => result,
+    }
 }
 
 async fn recv(socket: &Path, service: &str, raw: bool, count: Option<u64>) -> Result<(), Failure> {
@@ -477,7 +564,7 @@ async fn recv(socket: &Path, service: &str, raw: bool, count: Option<u64>) -> Re
         .listen::<Bytes>(service)
         .await
         .map_err(|e| other(format!("cannot serve {service:?}: {e}")))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let accept = async move {
         while let Some(session) = listener.accept().await {
             let tx = tx.clone();
@@ -491,33 +578,39 @@ async fn recv(socket: &Path, service: &str, raw: bool, count: Option<u64>) -> Re
             });
         }
     };
-    let print = async {
-        let mut printed = 0u64;
-        let mut stdout = io::stdout().lock();
-        while count.is_none_or(|c| printed < c) {
-            let Some(message) = rx.recv().await else {
-                break;
-            };
-            let written = if raw {
-                stdout
-                    .write_all(&(message.len() as u32).to_le_bytes())
-                    .and_then(|()| stdout.write_all(&message))
-            } else {
-                stdout
-                    .write_all(&message)
-                    .and_then(|()| stdout.write_all(b"\n"))
-            };
-            match written.and_then(|()| stdout.flush()) {
-                Ok(()) => printed += 1,
-                // The reader went away (`| head`): done, quietly.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(other(format!("writing stdout: {e}"))),
-            }
-        }
-        Ok(())
-    };
     tokio::select! {
-        result = print => result,
+        result = print_records(rx, raw, count) => result,
         () = accept => Ok(()),
     }
+}
+
+/// Prints records from `rx` on stdout (lines, or length-prefixed with `raw`) until `count`.
+async fn print_records(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    raw: bool,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    let mut printed = 0u64;
+    let mut stdout = io::stdout().lock();
+    while count.is_none_or(|c| printed < c) {
+        let Some(message) = rx.recv().await else {
+            break;
+        };
+        let written = if raw {
+            stdout
+                .write_all(&(message.len() as u32).to_le_bytes())
+                .and_then(|()| stdout.write_all(&message))
+        } else {
+            stdout
+                .write_all(&message)
+                .and_then(|()| stdout.write_all(b"\n"))
+        };
+        match written.and_then(|()| stdout.flush()) {
+            Ok(()) => printed += 1,
+            // The reader went away (`| head`): done, quietly.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(other(format!("writing stdout: {e}"))),
+        }
+    }
+    Ok(())
 }
