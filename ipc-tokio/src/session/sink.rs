@@ -315,10 +315,13 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         if !self.batch.is_empty()
             && (flush || self.batch.len() >= SUBMIT_BATCH || self.batched_bytes >= cap)
         {
+            // Read before the push: a session already over then can deliver none of them. One
+            // that ends after the push may have delivered them (its peer read them, then
+            // closed), so it is no error for these; the next send learns of the end.
+            let over = self.tx.guard.core.send_error();
             ready!(self.poll_submit_batch(cx))?;
-            // Pushed either way (the engine frees what it cannot deliver), but their sender
-            // learns that a session already over did not deliver them.
-            if let Some(error) = self.tx.guard.core.send_error() {
+            // Pushed either way (the engine frees what it cannot deliver).
+            if let Some(error) = over {
                 return Poll::Ready(Err(error));
             }
         }
