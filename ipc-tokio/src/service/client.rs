@@ -107,6 +107,11 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
         if reply.is_closed() {
             continue; // the caller gave up before we sent it
         }
+        if lock(&waiting).closed {
+            // The session is over: fail at once, without waiting on the sink for anything.
+            let _ = reply.send(Err(CallError::Disconnected));
+            break;
+        }
         next_id += 1;
         let id = next_id;
         let loan =
@@ -144,9 +149,14 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
             }
         }
     }
+    // No call may wait from here on: later ones fail at `poll_ready`, queued ones as they
+    // drop, before the sink's close (which may wait for room in the submit ring).
+    calls.close();
+    while let Ok(Call { reply, .. }) = calls.try_recv() {
+        let _ = reply.send(Err(CallError::Disconnected));
+    }
     // Every client clone dropped (or the session died): the server's request stream ends.
     let _ = sink.close().await;
-    // Calls still queued fail as the channel drops.
 }
 
 /// The next queued call; when none is queued, flushes what was fed first, then waits.
