@@ -17,6 +17,12 @@
 //! dropping both halves closes the session (the peer's stream ends, its sends fail with
 //! [`SessionError::Closed`]). If the peer's process dies, this end sees
 //! [`SessionError::Disconnected`].
+//!
+//! A send that completes has reached the engine while the session was open: the peer reads
+//! it unless the peer closes (drops) its end first, as a socket's reader may close with
+//! data unread. A send made once this end knows the session is over fails; a send whose
+//! batch was pushed just before the peer's close is not reported as failed, since the peer
+//! may well have read it, and the next send learns of the end.
 
 mod core;
 mod payload;
