@@ -45,6 +45,7 @@ pub(crate) fn run(spec: ChildSpec) {
                 pub_n(&a[0], &a[1], stream, count, cmds).await
             }
             "sub-readonly" => sub_readonly(&a[0], &a[1], cmds).await,
+            "noop" => cmds.done("noop").await,
             other => Err(format!("unknown role {other:?}")),
         }
     });
