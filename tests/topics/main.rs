@@ -12,6 +12,7 @@ mod basics;
 mod fanout;
 mod hostile;
 mod isolation;
+mod loan;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].

@@ -114,6 +114,10 @@ pub enum PublishError {
     /// `start_send` was called without `poll_ready`.
     #[error("start_send called without poll_ready")]
     NotReady,
+    /// The loan was borrowed from another node's transmit arena (a loan is sent by a
+    /// publisher or session of the node that lent it).
+    #[error("a loan of another node cannot be published here")]
+    ForeignLoan,
     /// The node lost its engine.
     #[error("the engine disconnected")]
     Disconnected,
