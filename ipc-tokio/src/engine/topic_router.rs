@@ -111,6 +111,7 @@ impl Router {
                         req,
                         publisher: wire,
                         topic: topic_id,
+                        max_message: self.topics.config.segment_size,
                     }
                     .into(),
                 );
@@ -476,11 +477,16 @@ impl Router {
 mod tests {
     use super::*;
 
-    /// Nodes check message sizes against the segment size the engine uses.
+    /// The node-side default limit is the default segment size (an engine set otherwise
+    /// tells each publisher its own in `PublishOk`).
     #[test]
     fn the_node_side_limit_is_the_segment_size() {
         assert_eq!(
             crate::topic::MAX_TOPIC_MESSAGE,
+            TopicsConfig::default().segment_size
+        );
+        assert_eq!(
+            crate::engine::config::DEFAULT_TOPIC_SEGMENT,
             TopicsConfig::default().segment_size
         );
         let plane = TopicPlane::new(TopicsConfig::default());

@@ -44,8 +44,9 @@ use crate::session::Payload;
 use subscription::Event;
 pub(crate) use subscription::SubCore;
 
-/// The largest topic message: the size of a topic's broadcast segment (the engine's
-/// `TopicsConfig` default; a test in the engine keeps the two equal).
+/// The largest topic message at the engine's default settings: the default size of a
+/// topic's broadcast segment ([`EngineBuilder::topic_segment_size`](crate::EngineBuilder::topic_segment_size)).
+/// An engine set otherwise tells each publisher its own limit ([`Publisher::max_message`]).
 pub const MAX_TOPIC_MESSAGE: u64 = 8 << 20;
 
 /// Options of a subscription ([`Node::subscribe_with`]).
@@ -295,8 +296,22 @@ pub(crate) fn on_frame(
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<(), String> {
     match frame {
-        EngineFrame::PublishOk { req, publisher, .. } => {
-            if shared.answer(req, Reply::Published { publisher }).is_err() {
+        EngineFrame::PublishOk {
+            req,
+            publisher,
+            max_message,
+            ..
+        } => {
+            if shared
+                .answer(
+                    req,
+                    Reply::Published {
+                        publisher,
+                        max_message,
+                    },
+                )
+                .is_err()
+            {
                 shared.send_oneway(|req| NodeFrame::Unpublish { req, publisher });
             }
         }
@@ -438,10 +453,14 @@ impl Node {
             .await
             .map_err(|_| TopicSetupError::Disconnected)?;
         match reply {
-            Reply::Published { publisher } => Ok(Publisher::new(
+            Reply::Published {
+                publisher,
+                max_message,
+            } => Ok(Publisher::new(
                 self.handle().clone(),
                 publisher,
                 topic.to_owned(),
+                max_message,
             )),
             other => Err(setup_error(topic, other)),
         }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ipc_core::control::NodeFrame;
 use ipc_core::{AllocError, RawDescriptor, TxBuf};
 
-use super::{MAX_TOPIC_MESSAGE, PublishError};
+use super::PublishError;
 use crate::error::SessionError;
 use crate::message::Bincode;
 use crate::node::NodeHandle;
@@ -38,6 +38,8 @@ pub struct Publisher<T, C = Bincode> {
     node: Arc<NodeHandle>,
     id: u32,
     topic: String,
+    /// The topic's largest message (its segment's size), as the engine said.
+    max_message: u64,
     stage: Option<Stage<T>>,
     _codec: PhantomData<fn() -> C>,
 }
@@ -55,11 +57,12 @@ impl<T, C> fmt::Debug for Publisher<T, C> {
 }
 
 impl<T, C> Publisher<T, C> {
-    pub(crate) fn new(node: Arc<NodeHandle>, id: u32, topic: String) -> Self {
+    pub(crate) fn new(node: Arc<NodeHandle>, id: u32, topic: String, max_message: u64) -> Self {
         Self {
             node,
             id,
             topic,
+            max_message,
             stage: None,
             _codec: PhantomData,
         }
@@ -70,9 +73,12 @@ impl<T, C> Publisher<T, C> {
         &self.topic
     }
 
-    /// The largest message this publisher can send.
+    /// The largest message this publisher can send: the lower of the topic's segment size
+    /// (the engine's setting, [`MAX_TOPIC_MESSAGE`](super::MAX_TOPIC_MESSAGE) by
+    /// default) and this node's largest
+    /// payload.
     pub fn max_message(&self) -> u64 {
-        MAX_TOPIC_MESSAGE.min(self.node.shared.max_payload)
+        self.max_message.min(self.node.shared.max_payload)
     }
 }
 
