@@ -352,9 +352,8 @@ where
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(CHILD_TIMEOUT, Duration::from_secs);
-    let result = runtime.block_on(async {
-        tokio::time::timeout(timeout, run(spec, Commands::new())).await
-    });
+    let result =
+        runtime.block_on(async { tokio::time::timeout(timeout, run(spec, Commands::new())).await });
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

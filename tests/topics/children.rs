@@ -41,7 +41,10 @@ pub(crate) fn check_fan_message(msg: &[u8], seq: u64) -> Result<(), String> {
             if msg.len() == len {
                 Ok(())
             } else {
-                Err(format!("message {seq}: {} bytes, expected {len}", msg.len()))
+                Err(format!(
+                    "message {seq}: {} bytes, expected {len}",
+                    msg.len()
+                ))
             }
         }
     }

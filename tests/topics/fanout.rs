@@ -9,8 +9,7 @@ use shmlink::{Node, Publisher};
 
 use crate::children::{fan_len, fan_message};
 use crate::support::{
-    self, CHILD_TIMEOUT_ENV, STEP, TestDir, ok_field, spawn_child,
-    spawn_child_with_env, within,
+    self, CHILD_TIMEOUT_ENV, STEP, TestDir, ok_field, spawn_child, spawn_child_with_env, within,
 };
 
 /// Subscriber processes (the issue asks 32; so many on a loaded 2-core machine is fine).
@@ -79,7 +78,10 @@ async fn one_publisher_to_32_subscriber_processes_block() {
         publisher.flush().await.expect("flush");
     };
     if tokio::time::timeout(STEP * scale, send_all).await.is_err() {
-        panic!("timed out after {:?}: publish {messages} messages", STEP * scale);
+        panic!(
+            "timed out after {:?}: publish {messages} messages",
+            STEP * scale
+        );
     }
     for child in children {
         let ok = child.finish_ok().await;

@@ -112,7 +112,13 @@ struct HandMade {
 impl HandMade {
     /// Registers as `name` (the engine then counts `nodes` nodes) and subscribes to
     /// `pattern` with the default options.
-    async fn subscribe(engine: &Engine, socket: &Path, name: &str, nodes: usize, pattern: &str) -> Self {
+    async fn subscribe(
+        engine: &Engine,
+        socket: &Path,
+        name: &str,
+        nodes: usize,
+        pattern: &str,
+    ) -> Self {
         let welcomed = within("welcome", support::hello_and_welcome(socket, name))
             .await
             .expect("hello and welcome");
@@ -124,14 +130,21 @@ impl HandMade {
             .write_all(&NodeFrame::Ready.encode())
             .await
             .expect("ready");
-        within("the hand-made node joins", engine.wait_for_stats(|s| s.nodes == nodes)).await;
+        within(
+            "the hand-made node joins",
+            engine.wait_for_stats(|s| s.nodes == nodes),
+        )
+        .await;
         let subscribe = NodeFrame::Subscribe {
             req: 1,
             pattern: pattern.to_owned(),
             ty: MessageType::bytes(),
             options: control::SubscribeOptions::default(),
         };
-        stream.write_all(&subscribe.encode()).await.expect("subscribe");
+        stream
+            .write_all(&subscribe.encode())
+            .await
+            .expect("subscribe");
         let mut bytes = welcomed.rest;
         let mut fds = Vec::new();
         let (mut subscription, mut topic) = (None, None);
@@ -141,15 +154,21 @@ impl HandMade {
                 Some((frame, used)) => {
                     bytes.drain(..used);
                     match frame {
-                        EngineFrame::SubscribeOk { req: 1, subscription: id } => subscription = Some(id),
+                        EngineFrame::SubscribeOk {
+                            req: 1,
+                            subscription: id,
+                        } => subscription = Some(id),
                         EngineFrame::TopicAttach { topic: id, .. } => topic = Some(id),
                         other => panic!("unexpected frame {other:?}"),
                     }
                 }
                 None => {
-                    let n = within("frames", support::recv_with_fds(&stream, &mut chunk, &mut fds))
-                        .await
-                        .expect("recvmsg");
+                    let n = within(
+                        "frames",
+                        support::recv_with_fds(&stream, &mut chunk, &mut fds),
+                    )
+                    .await
+                    .expect("recvmsg");
                     assert!(n > 0, "the engine closed the hand-made node");
                     bytes.extend_from_slice(&chunk[..n]);
                 }
@@ -198,9 +217,12 @@ impl HandMade {
     /// Waits until the engine closed its connection.
     async fn closed(mut self) {
         let mut rest = Vec::new();
-        within("the hand-made node's socket ends", self.stream.read_to_end(&mut rest))
-            .await
-            .expect("read to the end");
+        within(
+            "the hand-made node's socket ends",
+            self.stream.read_to_end(&mut rest),
+        )
+        .await
+        .expect("read to the end");
     }
 }
 
@@ -220,8 +242,9 @@ async fn honest(socket: &Path, topic: &str) -> (Node, Subscription<Bytes>, Publi
     let sub: Subscription<Bytes> = within("subscribe", node.subscribe_with(topic, deep))
         .await
         .expect("subscribe");
-    let publisher: Publisher<Bytes> =
-        within("publish", node.publish(topic)).await.expect("publish");
+    let publisher: Publisher<Bytes> = within("publish", node.publish(topic))
+        .await
+        .expect("publish");
     (node, sub, publisher)
 }
 
@@ -297,7 +320,10 @@ async fn a_double_release_closes_only_its_node_and_frees_nothing_early() {
     churn(&mut publisher, &mut sub, 300, 160, 64 << 10).await;
     churn(&mut publisher, &mut sub, 460, 300, 100).await;
     for (got, want) in held.iter().zip(&originals) {
-        assert_eq!(got, want, "a held message was overwritten: its slot was freed early");
+        assert_eq!(
+            got, want,
+            "a held message was overwritten: its slot was freed early"
+        );
     }
     assert_eq!(engine.stats().violations, 1);
     drop(held);
@@ -337,7 +363,10 @@ async fn releases_of_unknown_or_foreign_topics_close_only_their_node() {
     // Subscribed to another topic, it releases the live slot of "mine" the honest subscriber
     // holds, under its own subscription id.
     let mut foreign = HandMade::subscribe(&engine, &socket, "foreign", 2, "theirs").await;
-    assert_ne!(foreign.topic, live.segment, "\"theirs\" is a topic of its own");
+    assert_ne!(
+        foreign.topic, live.segment,
+        "\"theirs\" is a topic of its own"
+    );
     foreign.push_releases(&[RawDescriptor::topic_release(
         foreign.subscription,
         live.segment,
@@ -351,6 +380,9 @@ async fn releases_of_unknown_or_foreign_topics_close_only_their_node() {
     foreign.closed().await;
 
     churn(&mut publisher, &mut sub, 0, 300, 100).await;
-    assert_eq!(kept, original, "the kept message was overwritten: its slot was freed early");
+    assert_eq!(
+        kept, original,
+        "the kept message was overwritten: its slot was freed early"
+    );
     assert_eq!(engine.stats().violations, 2);
 }

@@ -58,9 +58,7 @@ async fn loans_are_published_in_order_and_intact() {
     let mut loan = within("loan", publisher.loan(5)).await.expect("loan");
     loan.copy_from_slice(b"fed!!");
     within("feed", publisher.feed(loan)).await.expect("feed");
-    within("flush", publisher.flush())
-        .await
-        .expect("flush");
+    within("flush", publisher.flush()).await.expect("flush");
     sent.push(b"fed!!".to_vec());
     for (i, want) in sent.iter().enumerate() {
         let got = within("receive", sub.next())

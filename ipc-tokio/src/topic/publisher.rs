@@ -140,7 +140,9 @@ impl<T, C> Publisher<T, C> {
         }
         let sent = buf.submit();
         self.stage = Some(Stage::Entry(RawDescriptor::data(
-            self.id, sent.offset, sent.len,
+            self.id,
+            sent.offset,
+            sent.len,
         )));
         Ok(())
     }
