@@ -28,7 +28,8 @@ use ipc_core::{IdMap, RawDescriptor, validate_topic_release};
 use crate::engine::command::{EndId, NodeId, Outbound};
 use crate::engine::router::Router;
 use crate::engine::topic::{
-    Action, PubKey, Reserve, SubOptions, TopicError, TopicId, Topics, TopicsConfig,
+    Action, PubKey, Reserve, SubOptions, SubView, TopicError, TopicId, TopicView, Topics,
+    TopicsConfig,
 };
 use crate::engine::violation::{Violation, ViolationKind};
 
@@ -74,6 +75,16 @@ impl TopicPlane {
     /// Broadcast segments alive (one per topic).
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+
+    /// Every topic and every subscription, for the inspector.
+    pub(crate) fn views(&mut self) -> (Vec<TopicView>, Vec<SubView>) {
+        (self.state.topic_views(), self.state.sub_views())
+    }
+
+    /// The size of every topic's segment.
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.config.segment_size
     }
 
     fn bounds(&self, topic: TopicId) -> Option<ArenaBounds> {
