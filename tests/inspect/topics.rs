@@ -1,8 +1,13 @@
-//! `shmlinkctl topics` and `subscriptions` (and their `--json`) match the engine's topics.
+//! `shmlinkctl topics` and `subscriptions` (and their `--json`) match the engine's topics;
+//! `shmlinkd --topic-segment` sets the segment size.
+
+use std::process::Stdio;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Engine, Node, Overflow, Publisher, SubscribeError, SubscribeOptions, Subscription};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 use crate::support::{self, TestDir, within};
 use crate::{ctl, ctl_json};
@@ -181,4 +186,66 @@ async fn topic_listings_match_the_engine() {
     .await;
     drop((a, b, all, slow));
     engine.shutdown().await;
+}
+
+/// `shmlinkd --topic-segment`: a size that is not a power of two in range is refused with
+/// the bounds, before a socket exists; a valid one is what the engine uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shmlinkd_takes_the_topic_segment_size() {
+    let dir = TestDir::new("inspect-topic-segment");
+    let socket = dir.socket();
+    let out = within(
+        "shmlinkd with a bad segment",
+        Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
+            .args([
+                "--socket",
+                &socket.display().to_string(),
+                "--topic-segment",
+                "3K",
+            ])
+            .output(),
+    )
+    .await
+    .expect("run shmlinkd");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a topic segment of 3072 bytes") && stderr.contains("power of two"),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "nothing created");
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
+        .args([
+            "--socket",
+            &socket.display().to_string(),
+            "--topic-segment",
+            "64K",
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("shmlinkd");
+    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = within("shmlinkd to listen", lines.next_line())
+            .await
+            .expect("read")
+            .expect("shmlinkd exited early");
+        if line.starts_with("shmlinkd: listening on") {
+            break;
+        }
+    }
+    let status = ctl_json(&socket, &["status"]).await;
+    assert_eq!(status["engine"]["topic_segment_bytes"], 64 << 10);
+    let node = within("connect", Node::connect(&socket, "pub"))
+        .await
+        .expect("connect");
+    let publisher: Publisher<Bytes> = within("publish", node.publish("sized"))
+        .await
+        .expect("publish");
+    assert_eq!(publisher.max_message(), 64 << 10);
+    drop((publisher, node));
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
 }
