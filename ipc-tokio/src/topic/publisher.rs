@@ -74,9 +74,8 @@ impl<T, C> Publisher<T, C> {
     }
 
     /// The largest message this publisher can send: the lower of the topic's segment size
-    /// (the engine's setting, [`MAX_TOPIC_MESSAGE`](super::MAX_TOPIC_MESSAGE) by
-    /// default) and this node's largest
-    /// payload.
+    /// (the engine's setting, [`MAX_TOPIC_MESSAGE`](super::MAX_TOPIC_MESSAGE) by default)
+    /// and this node's largest payload.
     pub fn max_message(&self) -> u64 {
         self.max_message.min(self.node.shared.max_payload)
     }
