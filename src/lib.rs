@@ -104,7 +104,10 @@ pub use ipc_tokio::{
     ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError, Window,
     default_socket_path,
 };
-pub use ipc_tokio::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, STALLED_SESSIONS_AT_DEFAULTS};
+pub use ipc_tokio::{
+    DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, MAX_TOPIC_SEGMENT,
+    MIN_TOPIC_SEGMENT, STALLED_SESSIONS_AT_DEFAULTS,
+};
 pub use ipc_tokio::{
     Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
     TopicSetupError,

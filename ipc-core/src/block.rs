@@ -503,6 +503,12 @@ impl TxBuf {
         self.offset
     }
 
+    /// Whether this loan was allocated in `arena` (a loan names an offset of its own arena
+    /// only: submitted with another, it would name someone else's bytes).
+    pub fn is_from(&self, arena: &TxArena) -> bool {
+        Arc::ptr_eq(&self.arena.inner, &arena.inner)
+    }
+
     /// Shrinks the loan's visible length (the sub-block stays as allocated).
     ///
     /// # Panics

@@ -284,6 +284,9 @@ pub enum EngineFrame {
         publisher: u32,
         /// The topic's id.
         topic: u32,
+        /// The largest message the topic takes: the size of its broadcast segment (the
+        /// engine's setting). A publisher checks its messages against it before sending.
+        max_message: u64,
     },
     /// An `Unpublish` or `Unsubscribe` succeeded.
     TopicDone {
@@ -738,10 +741,12 @@ impl EngineFrame {
                 req,
                 publisher,
                 topic,
+                max_message,
             } => Writer::new(tag::PUBLISH_OK)
                 .u32(*req)
                 .u32(*publisher)
                 .u32(*topic)
+                .u64(*max_message)
                 .finish(),
             Self::TopicDone { req } => Writer::new(tag::TOPIC_DONE).u32(*req).finish(),
             Self::SubscribeOk { req, subscription } => Writer::new(tag::SUBSCRIBE_OK)
@@ -1025,6 +1030,7 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             req: r.u32()?,
             publisher: r.u32()?,
             topic: r.u32()?,
+            max_message: r.u64()?,
         },
         tag::TOPIC_DONE => EngineFrame::TopicDone { req: r.u32()? },
         tag::SUBSCRIBE_OK => EngineFrame::SubscribeOk {
@@ -1258,6 +1264,7 @@ mod tests {
                 req: 1,
                 publisher: 2,
                 topic: 3,
+                max_message: 8 << 20,
             },
             EngineFrame::TopicDone { req: 4 },
             EngineFrame::SubscribeOk {

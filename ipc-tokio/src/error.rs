@@ -46,6 +46,16 @@ pub enum SpawnError {
         /// The longest path allowed.
         max: usize,
     },
+    /// The topic segment size is not a power of two between the bounds.
+    #[error("a topic segment of {size} bytes: it must be a power of two from {min} to {max} bytes")]
+    TopicSegment {
+        /// The size asked for.
+        size: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// `spawn` was called outside a Tokio runtime.
     #[error("Engine::spawn must be called from within a Tokio runtime")]
     NoRuntime,

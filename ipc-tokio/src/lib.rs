@@ -16,8 +16,9 @@ mod spin;
 pub mod topic;
 
 pub use engine::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
-    EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
+    Engine, EngineBuilder, EngineStats, MAX_TOPIC_SEGMENT, MIN_TOPIC_SEGMENT, Policy,
+    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
 pub use error::{
     CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,

@@ -3,7 +3,8 @@
 //! ```text
 //! shmlinkd [-h|--help] [-V|--version]
 //! shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] [--min-block BYTES]
-//!          [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER]
+//!          [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--topic-segment BYTES]
+//!          [--allow-uid UID]... [--spin-us N] [--log FILTER]
 //!          [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N]
 //!          [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N]
 //!          [--max-requests-per-connection N] [--max-partial-frame BYTES]
@@ -12,7 +13,7 @@
 //!
 //! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
 //! `SHMLINK_RX_ARENA`, `SHMLINK_MIN_BLOCK`, `SHMLINK_RING`, `SHMLINK_CREDITS`,
-//! `SHMLINK_WINDOW_BYTES`, `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`, and for the limits
+//! `SHMLINK_WINDOW_BYTES`, `SHMLINK_TOPIC_SEGMENT`, `SHMLINK_ALLOW_UIDS` (comma-separated), `SHMLINK_SPIN_US`, `RUST_LOG`, and for the limits
 //! `SHMLINK_MAX_CONNECTIONS_PER_UID`, `SHMLINK_MAX_HANDSHAKES_PER_UID`,
 //! `SHMLINK_MAX_NODES_PER_UID`, `SHMLINK_MAX_SESSIONS_PER_UID`,
 //! `SHMLINK_MAX_SESSIONS_PER_OPENER`, `SHMLINK_MAX_QUEUED_SESSIONS`,
@@ -37,7 +38,7 @@ use shmlink::{BlockConfig, Engine, EngineBuilder, Policy};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-arena BYTES] \
-[--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER] \
+[--min-block BYTES] [--ring ENTRIES] [--credits N] [--window-bytes BYTES] [--topic-segment BYTES] [--allow-uid UID]... [--spin-us N] [--log FILTER] \
 [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N] \
 [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N] \
 [--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable] \
@@ -59,6 +60,8 @@ Options:
   --ring ENTRIES      capacity of every ring: submit, deliver, release [env SHMLINK_RING]
   --credits N         messages a session end may have in flight [env SHMLINK_CREDITS] (256)
   --window-bytes BYTES  bytes a session end may have in flight [env SHMLINK_WINDOW_BYTES] (4M)
+  --topic-segment BYTES  each topic's broadcast segment, the largest topic message;
+                      a power of two from 4K to 256M [env SHMLINK_TOPIC_SEGMENT] (8M)
   --allow-uid UID     also admit nodes of this uid; repeatable
                       [env SHMLINK_ALLOW_UIDS, comma-separated]
   --spin-us N         how long the engine polls before it parks [env SHMLINK_SPIN_US] (50)
@@ -148,6 +151,7 @@ struct Options {
     block: BlockConfig,
     credits: u32,
     window_bytes: u64,
+    topic_segment: u64,
     allow: Vec<u32>,
     spin_us: Option<u64>,
     log: String,
@@ -193,6 +197,7 @@ fn options() -> Result<Parsed, String> {
         block: BlockConfig::default(),
         credits: 256,
         window_bytes: 4 << 20,
+        topic_segment: shmlink::DEFAULT_TOPIC_SEGMENT,
         allow: Vec::new(),
         spin_us: None,
         log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
@@ -231,6 +236,9 @@ fn options() -> Result<Parsed, String> {
     }
     if let Some(v) = env("SHMLINK_WINDOW_BYTES") {
         o.window_bytes = parse_size(&v)?;
+    }
+    if let Some(v) = env("SHMLINK_TOPIC_SEGMENT") {
+        o.topic_segment = parse_size(&v)?;
     }
     if let Some(v) = env("SHMLINK_ALLOW_UIDS") {
         for uid in v.split(',') {
@@ -271,6 +279,7 @@ fn options() -> Result<Parsed, String> {
             "--ring" => set_ring(&mut o.block, parse_num("--ring", &value)?),
             "--credits" => o.credits = parse_num("--credits", &value)?,
             "--window-bytes" => o.window_bytes = parse_size(&value)?,
+            "--topic-segment" => o.topic_segment = parse_size(&value)?,
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
             "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
@@ -327,7 +336,8 @@ fn main() -> ExitCode {
             .socket(&options.socket)
             .block(options.block)
             .credits(options.credits)
-            .window_bytes(options.window_bytes);
+            .window_bytes(options.window_bytes)
+            .topic_segment_size(options.topic_segment);
         if let Some(us) = options.spin_us {
             builder = builder.spin(Duration::from_micros(us));
         }

@@ -46,8 +46,21 @@ pub struct ChildProc {
     seen: Vec<String>,
 }
 
+/// Set (to a number of seconds) in a child's environment to give its role longer than the
+/// default 120 s before it counts as hung: for tests scaled up by a knob.
+pub const CHILD_TIMEOUT_ENV: &str = "SHMLINK_TEST_CHILD_TIMEOUT_S";
+
+/// The default bound on a child's whole role: catches hangs, never expected to fire.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Starts this test binary as a child in `role` with `args`.
 pub fn spawn_child(role: &str, args: &[String]) -> ChildProc {
+    spawn_child_with_env(role, args, &[])
+}
+
+/// [`spawn_child`], with `env` added to the child's environment (for example
+/// [`CHILD_TIMEOUT_ENV`]).
+pub fn spawn_child_with_env(role: &str, args: &[String], env: &[(&str, String)]) -> ChildProc {
     let exe = std::env::current_exe().expect("current_exe");
     let mut spec = role.to_owned();
     for a in args {
@@ -58,6 +71,7 @@ pub fn spawn_child(role: &str, args: &[String]) -> ChildProc {
     let mut child = tokio::process::Command::new(exe)
         .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &spec)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove(ISOLATED_ENV)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -334,9 +348,12 @@ where
         .enable_all()
         .build()
         .expect("runtime");
-    let result = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), run(spec, Commands::new())).await
-    });
+    let timeout = std::env::var(CHILD_TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(CHILD_TIMEOUT, Duration::from_secs);
+    let result =
+        runtime.block_on(async { tokio::time::timeout(timeout, run(spec, Commands::new())).await });
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -386,6 +386,7 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 req: 4,
                 publisher: 1,
                 topic: 1,
+                max_message: 8 << 20,
             },
         ),
         (

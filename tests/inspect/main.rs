@@ -16,6 +16,7 @@ mod listings;
 mod metrics;
 mod pipeline;
 mod screen;
+mod topics;
 mod uid;
 
 use std::path::Path;

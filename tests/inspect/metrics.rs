@@ -158,6 +158,41 @@ async fn scrape_counts_the_messages_sent() {
         after.contains_key("shmlink_rx_arena_bytes_in_use"),
         "{after:?}"
     );
+
+    // A topic: one subscriber process, three lines published by another.
+    let mut sub = Command::new(CTL)
+        .args(["sub", "metered/topic", "--count", "3"])
+        .env("SHMLINK_SOCKET", &socket)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shmlinkctl sub");
+    let mut sub_lines = BufReader::new(sub.stdout.take().expect("stdout")).lines();
+    scrape_until(&addr, |s| value(s, "shmlink_topics") == 1.0).await;
+    let publish = within(
+        "pub",
+        Command::new("sh")
+            .arg("-c")
+            .arg("printf 'x\\nyy\\nzzz\\n' | \"$CTL\" pub metered/topic")
+            .env("CTL", CTL)
+            .env("SHMLINK_SOCKET", &socket)
+            .output(),
+    )
+    .await
+    .expect("run pub");
+    assert!(publish.status.success(), "{publish:?}");
+    for l in ["x", "yy", "zzz"] {
+        let got = within("a line from shmlinkctl sub", sub_lines.next_line())
+            .await
+            .expect("read");
+        assert_eq!(got.as_deref(), Some(l));
+    }
+    let topics = scrape_until(&addr, |s| value(s, "shmlink_topic_delivered_total") >= 3.0).await;
+    assert_eq!(value(&topics, "shmlink_topic_published_total"), 3.0);
+    assert_eq!(value(&topics, "shmlink_topic_delivered_total"), 3.0);
+    assert_eq!(value(&topics, "shmlink_topic_lagged_total"), 0.0);
+    assert!(topics.contains_key("shmlink_topic_segments"), "{topics:?}");
+    drop(sub);
     drop(rx);
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;

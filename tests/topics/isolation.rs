@@ -5,7 +5,9 @@ use futures::{SinkExt, StreamExt};
 use shmlink::{Node, Overflow, Publisher, SubscribeOptions, Subscription};
 
 use crate::children::fan_len;
-use crate::support::{self, TestDir, ok_field, parse_seq, seq_message, spawn_child, within};
+use crate::support::{
+    self, STEP, TestDir, ok_field, open_fds, parse_seq, seq_message, spawn_child, within,
+};
 
 const DROP_MESSAGES: u64 = 600;
 
@@ -77,16 +79,30 @@ const KILL_MESSAGES: u64 = 1_000;
 /// A `Block` subscriber that stops reading holds the publishers back; SIGKILLed, it holds
 /// nothing any more. A publisher SIGKILLed mid-stream leaves the others alone: the in-process
 /// subscriber gets every message of the surviving publisher in order, and a gap-free prefix
-/// of the dead one's. Afterwards the engine's counts are back to their baseline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_subscriber_and_publisher_hold_nothing_back() {
+/// of the dead one's. Afterwards the engine's counts, this process's descriptors (the engine
+/// is embedded here) and its mappings of topic segments are back to their baseline.
+#[test]
+fn sigkilled_subscriber_and_publisher_hold_nothing_back() {
+    // Counts of this process's descriptors must not see other tests' (cargo test threads).
+    support::run_isolated(
+        "isolation::sigkilled_subscriber_and_publisher_hold_nothing_back",
+        sigkill_body,
+    );
+}
+
+async fn sigkill_body() {
     let dir = TestDir::new("topics-kill");
     let engine = support::engine(&dir);
     let socket = dir.socket().display().to_string();
     let node = within("connect", Node::connect(&socket, "local"))
         .await
         .expect("connect");
+    // Warm up what the runtime creates lazily for children (reaping, signal handling), then
+    // take the baselines.
+    spawn_child("noop", &[]).finish_ok().await;
     let base = within("baseline", engine.wait_for_stats(|s| s.nodes == 1)).await;
+    let base_fds = open_fds();
+    assert_eq!(topic_mappings(), 0, "no topic yet");
     let block = SubscribeOptions {
         overflow: Overflow::Block {
             untether_ms: 600_000,
@@ -154,6 +170,35 @@ async fn sigkilled_subscriber_and_publisher_hold_nothing_back() {
     .await;
     assert_eq!(after.session_ends, base.session_ends);
     assert_eq!(after.violations, 0);
+    // The dead nodes' sockets, blocks and doorbells, the segment's memfd in the engine and
+    // its mapping here (the local subscriber's is unmapped once its subscription closed):
+    // the descriptors return to the baseline as the engine and the node's driver finish.
+    let back = async {
+        loop {
+            let fds = open_fds();
+            if fds.len() == base_fds.len() && topic_mappings() == 0 {
+                return fds;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    match tokio::time::timeout(STEP, back).await {
+        Ok(fds) => assert_eq!(fds.len(), base_fds.len()),
+        Err(_) => panic!(
+            "not back to baseline: topic mappings {}\ndescriptors before {base_fds:?}\nafter {:?}",
+            topic_mappings(),
+            open_fds()
+        ),
+    }
+    drop(node);
+}
+
+/// Mappings of topic segments (`memfd:shmlink-topic-*`) in this process.
+fn topic_mappings() -> usize {
+    support::procfs::shared_mappings("self")
+        .iter()
+        .filter(|l| l.contains("memfd:shmlink-topic-"))
+        .count()
 }
 
 /// A subscriber's mapping of a topic segment is read-only, and writes through its

@@ -12,6 +12,8 @@ mod basics;
 mod fanout;
 mod hostile;
 mod isolation;
+mod loan;
+mod segment;
 
 /// The entry point of child processes: returns at once unless this process was started
 /// as a child by [`support::spawn_child`].

@@ -10,8 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::engine::command::Command;
 use crate::engine::config::{
-    Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats,
-    Limits, MIN_PARTIAL_FRAME_BYTES, Policy, default_socket_path,
+    Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES,
+    DEFAULT_WINDOW_MESSAGES, EngineStats, Limits, MAX_TOPIC_SEGMENT, MIN_PARTIAL_FRAME_BYTES,
+    MIN_TOPIC_SEGMENT, Policy, default_socket_path,
 };
 use crate::engine::listener::{self, Listening};
 use crate::engine::router::Router;
@@ -39,6 +40,7 @@ impl Default for EngineBuilder {
                 max_sessions_per_node: 16 * 1024,
                 limits: Limits::default(),
                 non_dumpable: false,
+                topic_segment: DEFAULT_TOPIC_SEGMENT,
             },
         }
     }
@@ -183,18 +185,39 @@ impl EngineBuilder {
         self
     }
 
+    /// Size of each topic's broadcast segment (default [`DEFAULT_TOPIC_SEGMENT`], 8 MiB): the
+    /// largest message a topic takes, and the memory its messages in flight, queued or kept
+    /// as history share. A power of two from [`MIN_TOPIC_SEGMENT`] to [`MAX_TOPIC_SEGMENT`],
+    /// checked by [`EngineBuilder::spawn`]. Each publisher learns it
+    /// ([`Publisher::max_message`](crate::Publisher::max_message)) and refuses a larger
+    /// message itself.
+    pub fn topic_segment_size(mut self, bytes: u64) -> Self {
+        self.config.topic_segment = bytes;
+        self
+    }
+
     /// Binds the socket and starts the engine on the current Tokio runtime.
     ///
     /// # Errors
     ///
     /// [`SpawnError::InUse`] when a live engine holds the socket, [`SpawnError::Config`] for a
-    /// block configuration that cannot be laid out, [`SpawnError::PathTooLong`] for a socket
+    /// block configuration that cannot be laid out, [`SpawnError::TopicSegment`] for a topic
+    /// segment size that is not a power of two in range, [`SpawnError::PathTooLong`] for a socket
     /// path longer than a Unix socket address holds (checked before anything is created),
     /// [`SpawnError::Io`] when the socket cannot be created, [`SpawnError::NoRuntime`] outside
     /// a runtime. A failed spawn removes what it created (directories, lock file, socket).
     pub fn spawn(self) -> Result<Engine, SpawnError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
         ipc_core::Layout::compute(&self.config.block)?;
+        let segment = self.config.topic_segment;
+        if !segment.is_power_of_two() || !(MIN_TOPIC_SEGMENT..=MAX_TOPIC_SEGMENT).contains(&segment)
+        {
+            return Err(SpawnError::TopicSegment {
+                size: segment,
+                min: MIN_TOPIC_SEGMENT,
+                max: MAX_TOPIC_SEGMENT,
+            });
+        }
         if self.config.non_dumpable {
             crate::node::set_non_dumpable().map_err(|source| SpawnError::Io {
                 path: self.config.socket.display().to_string(),

@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     /// Make the engine's process non-dumpable when it starts (`PR_SET_DUMPABLE` 0).
     pub(crate) non_dumpable: bool,
+    /// Size of each topic's broadcast segment: the largest topic message.
+    pub(crate) topic_segment: u64,
 }
 
 /// Admission and flood limits. Each refusal names its limit
@@ -175,6 +177,18 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 4 << 20;
 /// of 4 MiB. Beyond that, new loans and deliveries wait for room (back-pressure), nothing is
 /// lost, and everything resumes as soon as a stalled receiver reads or its session closes.
 pub const STALLED_SESSIONS_AT_DEFAULTS: usize = 6;
+
+/// Default size of a topic's broadcast segment, and so the largest topic message
+/// ([`EngineBuilder::topic_segment_size`](crate::EngineBuilder::topic_segment_size)): 8 MiB.
+pub const DEFAULT_TOPIC_SEGMENT: u64 = 8 << 20;
+
+/// The smallest topic segment: one page.
+pub const MIN_TOPIC_SEGMENT: u64 = 4 << 10;
+
+/// The largest topic segment: 256 MiB. The engine keeps each topic's allocator tree in its
+/// own memory (two bytes per 64-byte class of the segment: 8 MiB at this size), and the
+/// segment is mapped by the engine and every subscriber.
+pub const MAX_TOPIC_SEGMENT: u64 = 256 << 20;
 
 /// Default engine memory for payloads whose sender left before their receiver had room
 /// ([`EngineBuilder::orphan_budget`](crate::EngineBuilder::orphan_budget)): 64 MiB.

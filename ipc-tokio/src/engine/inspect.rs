@@ -31,6 +31,7 @@ use tokio::net::UnixStream;
 use crate::control::{FrameBuf, write_frame};
 use crate::engine::config::{EngineStats, Policy};
 use crate::engine::router::Router;
+use crate::engine::topic::Policy as TopicPolicy;
 
 /// The snapshot format's version: a client refuses a snapshot of a newer version. Fields
 /// are only ever added within one version (a client ignores fields it does not know).
@@ -49,6 +50,12 @@ pub struct Snapshot {
     pub services: Vec<ServiceInfo>,
     /// Sessions, by their first end's id.
     pub sessions: Vec<SessionInfo>,
+    /// Topics, by name.
+    #[serde(default)]
+    pub topics: Vec<TopicInfo>,
+    /// Topic subscriptions, by node and id.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionInfo>,
     /// The engine's counters.
     pub counters: Counters,
 }
@@ -82,6 +89,9 @@ pub struct EngineInfo {
     pub max_sessions_per_node: u64,
     /// The admission and flood limits, by name.
     pub limits: BTreeMap<String, u64>,
+    /// Each topic's broadcast segment in bytes (the largest topic message).
+    #[serde(default)]
+    pub topic_segment_bytes: u64,
 }
 
 /// One registered node.
@@ -157,6 +167,64 @@ pub struct EndInfo {
     pub fin: bool,
 }
 
+/// One topic: who publishes and subscribes, what was published and delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// The topic's id (the segment field of its descriptors).
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its message type, once a typed publisher or subscriber fixed it.
+    pub message_type: Option<String>,
+    /// Live publishers.
+    pub publishers: u64,
+    /// Subscriptions attached to it (exact and prefix).
+    pub subscribers: u64,
+    /// Messages published (each copied once into the segment).
+    pub published: u64,
+    /// Deliveries, summed over subscribers.
+    pub delivered: u64,
+    /// Messages lost to `DropOldest`, summed over subscribers (each reported as `Lagged`).
+    pub lagged: u64,
+    /// Deliveries not yet released, summed over subscribers.
+    pub in_flight: u64,
+    /// Live slots of its segment: queued, in flight or kept as history.
+    pub slots: u64,
+    /// Messages kept as history for late joiners.
+    pub history: u64,
+    /// Bytes of its segment in live slots (size classes).
+    pub segment_in_use: u64,
+}
+
+/// One subscription: its pattern and policy, and what it received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    /// The subscription's id.
+    pub id: u32,
+    /// Its node's id.
+    pub node: u32,
+    /// Its node's name.
+    pub node_name: String,
+    /// The topic or prefix pattern it subscribed to.
+    pub pattern: String,
+    /// `drop-oldest`, or `block` (with [`SubscriptionInfo::untether_ms`]).
+    pub policy: String,
+    /// With `block`: how long it may hold publishers back before it is cut loose.
+    pub untether_ms: Option<u64>,
+    /// Messages the engine queues for it behind its window.
+    pub queue: u32,
+    /// The ids of the topics it receives.
+    pub topics: Vec<u32>,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages lost to `DropOldest` (reported as `Lagged`).
+    pub lagged: u64,
+    /// Deliveries not yet released.
+    pub in_flight: u32,
+    /// Messages queued behind its window.
+    pub pending: u64,
+}
+
 /// The engine's counters ([`EngineStats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -186,6 +254,21 @@ pub struct Counters {
     pub active_nodes: u64,
     /// Messages waiting for room in a receive arena.
     pub waiting: u64,
+    /// Live topics.
+    #[serde(default)]
+    pub topics: u64,
+    /// Topic broadcast segments alive.
+    #[serde(default)]
+    pub topic_segments: u64,
+    /// Messages published on topics.
+    #[serde(default)]
+    pub topic_published: u64,
+    /// Topic deliveries, summed over subscribers.
+    #[serde(default)]
+    pub topic_delivered: u64,
+    /// Topic messages lost to `DropOldest`, summed over subscribers.
+    #[serde(default)]
+    pub topic_lagged: u64,
 }
 
 impl From<&EngineStats> for Counters {
@@ -205,6 +288,11 @@ impl From<&EngineStats> for Counters {
             handshakes: n(s.handshakes),
             active_nodes: n(s.active_nodes),
             waiting: n(s.waiting),
+            topics: n(s.topics),
+            topic_segments: n(s.topic_segments),
+            topic_published: s.topic_published,
+            topic_delivered: s.topic_delivered,
+            topic_lagged: s.topic_lagged,
         }
     }
 }
@@ -212,8 +300,10 @@ impl From<&EngineStats> for Counters {
 // ===== the engine side =====
 
 impl Router {
-    /// The registry and links as a [`Snapshot`]: O(nodes + ends + services), on request only.
-    pub(super) fn snapshot(&self) -> Snapshot {
+    /// The registry, links and topics as a [`Snapshot`]: O(nodes + ends + services + topics +
+    /// subscriptions), on request only.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let (topic_views, sub_views) = self.topics.views();
         let config = &self.config;
         let layout = ipc_core::Layout::compute(&config.block).ok();
         let l = &config.limits;
@@ -255,6 +345,7 @@ impl Router {
             tx_arena_bytes: layout.as_ref().map_or(0, |l| l.tx.size),
             max_sessions_per_node: config.max_sessions_per_node as u64,
             limits,
+            topic_segment_bytes: self.topics.segment_size(),
         };
         let name_of = |id: u32| {
             self.registry
@@ -323,6 +414,50 @@ impl Router {
             })
             .collect();
         sessions.sort_by_key(|s| s.a.end);
+        let mut topics: Vec<TopicInfo> = topic_views
+            .into_iter()
+            .map(|t| TopicInfo {
+                id: t.id,
+                name: t.name,
+                message_type: t.ty.map(|ty| ty.name),
+                publishers: t.publishers as u64,
+                subscribers: t.subscribers as u64,
+                published: t.stats.published,
+                delivered: t.stats.delivered,
+                lagged: t.stats.lagged,
+                in_flight: t.stats.in_flight,
+                slots: t.stats.slots as u64,
+                history: t.stats.history as u64,
+                segment_in_use: t.bytes_in_use,
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let subscriptions = sub_views
+            .into_iter()
+            .map(|s| {
+                let (policy, untether_ms) = match s.options.policy {
+                    TopicPolicy::DropOldest => ("drop-oldest", None),
+                    TopicPolicy::Block { untether } => (
+                        "block",
+                        Some(u64::try_from(untether.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                };
+                SubscriptionInfo {
+                    id: s.key.id,
+                    node: s.key.node,
+                    node_name: name_of(s.key.node),
+                    pattern: s.pattern,
+                    policy: policy.to_owned(),
+                    untether_ms,
+                    queue: s.options.queue,
+                    topics: s.topics,
+                    delivered: s.stats.delivered,
+                    lagged: s.stats.lagged,
+                    in_flight: s.stats.in_flight,
+                    pending: s.stats.pending as u64,
+                }
+            })
+            .collect();
         let stats = *self.stats_tx.borrow();
         Snapshot {
             version: SNAPSHOT_VERSION,
@@ -330,6 +465,8 @@ impl Router {
             nodes,
             services,
             sessions,
+            topics,
+            subscriptions,
             counters: Counters::from(&stats),
         }
     }

@@ -6,7 +6,9 @@
 //! their changes into counter increments and gauge values: never per message, never on the
 //! router's task, at most a few times a second, and not at all while the engine is idle
 //! (invariant 7). Every series is engine-wide, without labels: a bounded set whatever
-//! names peers choose.
+//! names peers choose (topics included: per-topic and per-subscription counters are in the
+//! inspector's snapshot, `shmlinkctl topics` and `subscriptions`, not in series whose
+//! number nodes could grow at will).
 //!
 //! | series | kind | what |
 //! |---|---|---|
@@ -22,6 +24,11 @@
 //! | `shmlink_violations_total` | counter | nodes closed for breaking the protocol |
 //! | `shmlink_refused_connections_total` | counter | connections refused by a limit |
 //! | `shmlink_accept_failures_total` | counter | failed `accept` calls |
+//! | `shmlink_topics` | gauge | live topics |
+//! | `shmlink_topic_segments` | gauge | topic broadcast segments alive |
+//! | `shmlink_topic_published_total` | counter | messages published on topics (each copied once) |
+//! | `shmlink_topic_delivered_total` | counter | topic deliveries, summed over subscribers |
+//! | `shmlink_topic_lagged_total` | counter | topic messages lost to `DropOldest` (each reported as `Lagged`) |
 
 use std::time::Duration;
 
@@ -75,6 +82,20 @@ fn describe() {
         "Connections refused by an admission limit"
     );
     describe_counter!("shmlink_accept_failures_total", "Failed accept calls");
+    describe_gauge!("shmlink_topics", "Live topics");
+    describe_gauge!("shmlink_topic_segments", "Topic broadcast segments alive");
+    describe_counter!(
+        "shmlink_topic_published_total",
+        "Messages published on topics, each copied once"
+    );
+    describe_counter!(
+        "shmlink_topic_delivered_total",
+        "Topic deliveries, summed over subscribers"
+    );
+    describe_counter!(
+        "shmlink_topic_lagged_total",
+        "Topic messages lost to DropOldest, summed over subscribers"
+    );
 }
 
 /// Records the change from `last` to `now`.
@@ -86,6 +107,8 @@ fn record(last: &EngineStats, now: &EngineStats) {
     gauge("shmlink_connections", now.connections);
     gauge("shmlink_active_nodes", now.active_nodes);
     gauge("shmlink_waiting_messages", now.waiting);
+    gauge("shmlink_topics", now.topics);
+    gauge("shmlink_topic_segments", now.topic_segments);
     metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
     let counter = |name: &'static str, before: u64, after: u64| {
         metrics::counter!(name).increment(after.saturating_sub(before));
@@ -102,5 +125,20 @@ fn record(last: &EngineStats, now: &EngineStats) {
         "shmlink_accept_failures_total",
         last.accept_failures,
         now.accept_failures,
+    );
+    counter(
+        "shmlink_topic_published_total",
+        last.topic_published,
+        now.topic_published,
+    );
+    counter(
+        "shmlink_topic_delivered_total",
+        last.topic_delivered,
+        now.topic_delivered,
+    );
+    counter(
+        "shmlink_topic_lagged_total",
+        last.topic_lagged,
+        now.topic_lagged,
     );
 }

@@ -44,6 +44,7 @@ mod topic_router;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
-    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
+    EngineStats, MAX_TOPIC_SEGMENT, MIN_TOPIC_SEGMENT, Policy, STALLED_SESSIONS_AT_DEFAULTS,
+    default_socket_path,
 };

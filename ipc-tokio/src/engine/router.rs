@@ -101,6 +101,10 @@ impl Router {
             sessions_per_uid: config.limits.sessions_per_uid,
             sessions_per_opener: config.limits.sessions_per_opener,
         });
+        let topics = TopicPlane::new(TopicsConfig {
+            segment_size: config.topic_segment,
+            ..TopicsConfig::default()
+        });
         Self {
             config,
             commands,
@@ -117,7 +121,7 @@ impl Router {
             orphaned: 0,
             ids: Vec::new(),
             started: Instant::now(),
-            topics: TopicPlane::new(TopicsConfig::default()),
+            topics,
         }
     }
 

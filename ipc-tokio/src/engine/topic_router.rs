@@ -28,7 +28,8 @@ use ipc_core::{IdMap, RawDescriptor, validate_topic_release};
 use crate::engine::command::{EndId, NodeId, Outbound};
 use crate::engine::router::Router;
 use crate::engine::topic::{
-    Action, PubKey, Reserve, SubOptions, TopicError, TopicId, Topics, TopicsConfig,
+    Action, PubKey, Reserve, SubOptions, SubView, TopicError, TopicId, TopicView, Topics,
+    TopicsConfig,
 };
 use crate::engine::violation::{Violation, ViolationKind};
 
@@ -76,6 +77,16 @@ impl TopicPlane {
         self.segments.len()
     }
 
+    /// Every topic and every subscription, for the inspector.
+    pub(crate) fn views(&mut self) -> (Vec<TopicView>, Vec<SubView>) {
+        (self.state.topic_views(), self.state.sub_views())
+    }
+
+    /// The size of every topic's segment.
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.config.segment_size
+    }
+
     fn bounds(&self, topic: TopicId) -> Option<ArenaBounds> {
         self.segments.get(&topic).map(|_| ArenaBounds {
             size: self.config.segment_size,
@@ -111,6 +122,7 @@ impl Router {
                         req,
                         publisher: wire,
                         topic: topic_id,
+                        max_message: self.topics.config.segment_size,
                     }
                     .into(),
                 );
@@ -476,11 +488,16 @@ impl Router {
 mod tests {
     use super::*;
 
-    /// Nodes check message sizes against the segment size the engine uses.
+    /// The node-side default limit is the default segment size (an engine set otherwise
+    /// tells each publisher its own in `PublishOk`).
     #[test]
     fn the_node_side_limit_is_the_segment_size() {
         assert_eq!(
             crate::topic::MAX_TOPIC_MESSAGE,
+            TopicsConfig::default().segment_size
+        );
+        assert_eq!(
+            crate::engine::config::DEFAULT_TOPIC_SEGMENT,
             TopicsConfig::default().segment_size
         );
         let plane = TopicPlane::new(TopicsConfig::default());

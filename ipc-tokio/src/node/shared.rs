@@ -34,6 +34,7 @@ pub(crate) enum Reply {
     /// A `Publish` succeeded.
     Published {
         publisher: u32,
+        max_message: u64,
     },
     /// A `Subscribe` succeeded: its id and inbox.
     Subscribed(u32, Arc<crate::topic::SubCore>),

@@ -31,7 +31,8 @@ use crate::message::Bincode;
 use crate::session::{Payload, Permit, TxHandle};
 
 /// A payload being written in place in this node's transmit arena. Send it with the sink of
-/// a byte session (`Sink<Loan>`); dropping it unsent returns the memory.
+/// a byte session (`Sink<Loan>`) or a byte topic's publisher (`Sink<Loan>` of
+/// [`Publisher`](crate::Publisher)); dropping it unsent returns the memory.
 #[derive(Debug)]
 pub struct Loan {
     buf: TxBuf,
@@ -51,6 +52,14 @@ impl DerefMut for Loan {
 }
 
 impl Loan {
+    pub(crate) fn new(buf: TxBuf) -> Self {
+        Self { buf }
+    }
+
+    pub(crate) fn into_buf(self) -> TxBuf {
+        self.buf
+    }
+
     /// Shortens the payload to `len` bytes (the memory stays allocated until sent).
     ///
     /// # Panics

@@ -44,8 +44,9 @@ use crate::session::Payload;
 use subscription::Event;
 pub(crate) use subscription::SubCore;
 
-/// The largest topic message: the size of a topic's broadcast segment (the engine's
-/// `TopicsConfig` default; a test in the engine keeps the two equal).
+/// The largest topic message at the engine's default settings: the default size of a
+/// topic's broadcast segment ([`EngineBuilder::topic_segment_size`](crate::EngineBuilder::topic_segment_size)).
+/// An engine set otherwise tells each publisher its own limit ([`Publisher::max_message`]).
 pub const MAX_TOPIC_MESSAGE: u64 = 8 << 20;
 
 /// Options of a subscription ([`Node::subscribe_with`]).
@@ -114,6 +115,10 @@ pub enum PublishError {
     /// `start_send` was called without `poll_ready`.
     #[error("start_send called without poll_ready")]
     NotReady,
+    /// The loan was borrowed from another node's transmit arena (a loan is sent by a
+    /// publisher or session of the node that lent it).
+    #[error("a loan of another node cannot be published here")]
+    ForeignLoan,
     /// The node lost its engine.
     #[error("the engine disconnected")]
     Disconnected,
@@ -291,8 +296,22 @@ pub(crate) fn on_frame(
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<(), String> {
     match frame {
-        EngineFrame::PublishOk { req, publisher, .. } => {
-            if shared.answer(req, Reply::Published { publisher }).is_err() {
+        EngineFrame::PublishOk {
+            req,
+            publisher,
+            max_message,
+            ..
+        } => {
+            if shared
+                .answer(
+                    req,
+                    Reply::Published {
+                        publisher,
+                        max_message,
+                    },
+                )
+                .is_err()
+            {
                 shared.send_oneway(|req| NodeFrame::Unpublish { req, publisher });
             }
         }
@@ -434,10 +453,14 @@ impl Node {
             .await
             .map_err(|_| TopicSetupError::Disconnected)?;
         match reply {
-            Reply::Published { publisher } => Ok(Publisher::new(
+            Reply::Published {
+                publisher,
+                max_message,
+            } => Ok(Publisher::new(
                 self.handle().clone(),
                 publisher,
                 topic.to_owned(),
+                max_message,
             )),
             other => Err(setup_error(topic, other)),
         }

@@ -1,19 +1,21 @@
 //! [`Publisher`]: a `Sink` of a topic's messages.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use ipc_core::control::NodeFrame;
 use ipc_core::{AllocError, RawDescriptor, TxBuf};
 
-use super::{MAX_TOPIC_MESSAGE, PublishError};
+use super::PublishError;
 use crate::error::SessionError;
 use crate::message::Bincode;
 use crate::node::NodeHandle;
-use crate::session::Payload;
+use crate::session::{Loan, Payload};
 
 /// Where the message being sent stands.
 enum Stage<T> {
@@ -23,7 +25,9 @@ enum Stage<T> {
     Entry(RawDescriptor),
 }
 
-/// A publisher of a topic: a `Sink<T>` (`send`, `feed`, `flush` from `SinkExt`).
+/// A publisher of a topic: a `Sink<T>` (`send`, `feed`, `flush` from `SinkExt`); a publisher
+/// of raw bytes is also a `Sink<Loan>` ([`Publisher::loan`]: write the message in place,
+/// no copy on the publishing side).
 ///
 /// A message is encoded into this node's transmit arena and named on its submit ring; the
 /// engine copies it once into the topic's broadcast segment. `poll_ready` pends while the
@@ -34,6 +38,8 @@ pub struct Publisher<T, C = Bincode> {
     node: Arc<NodeHandle>,
     id: u32,
     topic: String,
+    /// The topic's largest message (its segment's size), as the engine said.
+    max_message: u64,
     stage: Option<Stage<T>>,
     _codec: PhantomData<fn() -> C>,
 }
@@ -51,11 +57,12 @@ impl<T, C> fmt::Debug for Publisher<T, C> {
 }
 
 impl<T, C> Publisher<T, C> {
-    pub(crate) fn new(node: Arc<NodeHandle>, id: u32, topic: String) -> Self {
+    pub(crate) fn new(node: Arc<NodeHandle>, id: u32, topic: String, max_message: u64) -> Self {
         Self {
             node,
             id,
             topic,
+            max_message,
             stage: None,
             _codec: PhantomData,
         }
@@ -66,9 +73,11 @@ impl<T, C> Publisher<T, C> {
         &self.topic
     }
 
-    /// The largest message this publisher can send.
+    /// The largest message this publisher can send: the lower of the topic's segment size
+    /// (the engine's setting, [`MAX_TOPIC_MESSAGE`](super::MAX_TOPIC_MESSAGE) by default)
+    /// and this node's largest payload.
     pub fn max_message(&self) -> u64 {
-        MAX_TOPIC_MESSAGE.min(self.node.shared.max_payload)
+        self.max_message.min(self.node.shared.max_payload)
     }
 }
 
@@ -80,7 +89,7 @@ fn codec_error(e: SessionError) -> PublishError {
     }
 }
 
-impl<T: Payload<C>, C> Publisher<T, C> {
+impl<T, C> Publisher<T, C> {
     /// A loan of `len` bytes, or `Pending` (woken by a `TX_DONE`).
     fn poll_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<TxBuf, PublishError>> {
         let shared = &self.node.shared;
@@ -115,6 +124,47 @@ impl<T: Payload<C>, C> Publisher<T, C> {
                 }
             }
         }
+    }
+
+    /// Stages a loan written in place: its entry goes on the submit ring like an encoded
+    /// message's.
+    fn stage_loan(&mut self, loan: Loan) -> Result<(), PublishError> {
+        if self.stage.is_some() {
+            return Err(PublishError::NotReady);
+        }
+        let buf = loan.into_buf();
+        if !buf.is_from(&self.node.shared.tx) {
+            // Dropping it frees it in its own node's arena.
+            return Err(PublishError::ForeignLoan);
+        }
+        let sent = buf.submit();
+        self.stage = Some(Stage::Entry(RawDescriptor::data(
+            self.id,
+            sent.offset,
+            sent.len,
+        )));
+        Ok(())
+    }
+}
+
+impl<T: Payload<C>, C> Publisher<T, C> {
+    /// Pushes the message sent last to the engine (what `SinkExt::flush` does; an inherent
+    /// method because a byte publisher accepts several item types).
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] if the message could not be sent.
+    pub async fn flush(&mut self) -> Result<(), PublishError> {
+        poll_fn(|cx| self.poll_stage(cx)).await
+    }
+
+    /// Flushes (what `SinkExt::close` does); the publisher ends when dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] if the message could not be sent.
+    pub async fn close(&mut self) -> Result<(), PublishError> {
+        self.flush().await
     }
 
     /// Moves the staged message through its loan onto the submit ring.
@@ -174,6 +224,47 @@ impl<T: Payload<C>, C> futures::Sink<T> for Publisher<T, C> {
         }
         this.stage = Some(Stage::Item(item));
         Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+}
+
+impl<C> Publisher<Bytes, C> {
+    /// Borrows `len` bytes of this node's transmit arena to write a message in place, then
+    /// send it with this publisher (`SinkExt::send(loan)`): the engine's copy into the topic's
+    /// segment is then the only copy. A message sent earlier and still waiting goes first;
+    /// this then waits while the arena is full (the engine holds messages back for a `Block`
+    /// subscriber that has no room). Dropping the loan unsent returns the memory.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::TooLarge`] at once if `len` exceeds [`Publisher::max_message`];
+    /// [`PublishError::Disconnected`] if the engine is gone.
+    pub async fn loan(&mut self, len: usize) -> Result<Loan, PublishError> {
+        poll_fn(|cx| {
+            ready!(self.poll_stage(cx))?;
+            self.poll_loan(len, cx).map_ok(Loan::new)
+        })
+        .await
+    }
+}
+
+/// Byte publishers also take [`Loan`]s from [`Publisher::loan`] (written in place).
+impl<C> futures::Sink<Loan> for Publisher<Bytes, C> {
+    type Error = PublishError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.get_mut().poll_stage(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, loan: Loan) -> Result<(), PublishError> {
+        self.get_mut().stage_loan(loan)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {

@@ -1,7 +1,7 @@
 //! `shmlinkctl`: look into a running shmlink engine, and pipe data through it.
 //!
 //! ```text
-//! shmlinkctl [--socket PATH] status|nodes|services|sessions [--json]
+//! shmlinkctl [--socket PATH] status|nodes|services|sessions|topics|subscriptions [--json]
 //! shmlinkctl [--socket PATH] top
 //! shmlinkctl [--socket PATH] send SERVICE [--raw]      # stdin -> a session to SERVICE
 //! shmlinkctl [--socket PATH] recv SERVICE [--raw] [--count N]  # serve SERVICE, print what comes
@@ -60,6 +60,18 @@ enum Command {
     },
     /// Sessions: both ends, messages and bytes each way, in flight against the window.
     Sessions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Topics: publishers, subscribers, messages published, delivered, lagged, in flight.
+    Topics {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Topic subscriptions: node, pattern, policy, delivered, lagged, in flight, queued.
+    Subscriptions {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -171,6 +183,14 @@ fn main() -> ExitCode {
             .block_on(inspect(&socket))
             .map_err(Into::into)
             .and_then(|s| sessions(&s, json)),
+        Command::Topics { json } => runtime
+            .block_on(inspect(&socket))
+            .map_err(Into::into)
+            .and_then(|s| topics(&s, json)),
+        Command::Subscriptions { json } => runtime
+            .block_on(inspect(&socket))
+            .map_err(Into::into)
+            .and_then(|s| subscriptions(&s, json)),
         Command::Top => live_top(&runtime, &socket),
         Command::Send { service, raw } => runtime.block_on(send(&socket, &service, raw)),
         Command::Recv {
@@ -261,6 +281,18 @@ fn status(s: &Snapshot, json: bool) -> Result<(), Failure> {
         vec!["messages".into(), c.messages.to_string()],
         vec!["bytes".into(), c.bytes.to_string()],
         vec!["violations".into(), c.violations.to_string()],
+        vec!["topics".into(), c.topics.to_string()],
+        vec![
+            "topic segment".into(),
+            format!("{} bytes", e.topic_segment_bytes),
+        ],
+        vec![
+            "topic messages".into(),
+            format!(
+                "{} published, {} delivered, {} lagged",
+                c.topic_published, c.topic_delivered, c.topic_lagged
+            ),
+        ],
         vec!["waiting".into(), c.waiting.to_string()],
         vec!["connections".into(), c.connections.to_string()],
     ];
@@ -356,6 +388,85 @@ fn sessions(s: &Snapshot, json: bool) -> Result<(), Failure> {
         .collect();
     table(
         &["ENDS", "A", "B", "A->B", "B->A", "IN FLIGHT", "WAITING"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn topics(s: &Snapshot, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&serde_json::to_value(&s.topics).map_err(other)?);
+    }
+    let rows: Vec<Vec<String>> = s
+        .topics
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.message_type.clone().unwrap_or_else(|| "-".into()),
+                t.publishers.to_string(),
+                t.subscribers.to_string(),
+                t.published.to_string(),
+                t.delivered.to_string(),
+                t.lagged.to_string(),
+                t.in_flight.to_string(),
+                top::bar(t.segment_in_use, s.engine.topic_segment_bytes, 10),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TOPIC",
+            "TYPE",
+            "PUBLISHERS",
+            "SUBSCRIBERS",
+            "PUBLISHED",
+            "DELIVERED",
+            "LAGGED",
+            "IN FLIGHT",
+            "SEGMENT",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn subscriptions(s: &Snapshot, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&serde_json::to_value(&s.subscriptions).map_err(other)?);
+    }
+    let rows: Vec<Vec<String>> = s
+        .subscriptions
+        .iter()
+        .map(|v| {
+            vec![
+                v.id.to_string(),
+                format!("{} ({})", v.node_name, v.node),
+                v.pattern.clone(),
+                match v.untether_ms {
+                    Some(ms) => format!("{} {ms}ms", v.policy),
+                    None => v.policy.clone(),
+                },
+                v.topics.len().to_string(),
+                v.delivered.to_string(),
+                v.lagged.to_string(),
+                v.in_flight.to_string(),
+                v.pending.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NODE",
+            "PATTERN",
+            "POLICY",
+            "TOPICS",
+            "DELIVERED",
+            "LAGGED",
+            "IN FLIGHT",
+            "QUEUED",
+        ],
         &rows,
     );
     Ok(())

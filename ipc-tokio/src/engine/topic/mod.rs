@@ -32,6 +32,6 @@ mod tests;
 
 pub(crate) use pattern::Pattern;
 pub(crate) use state::{
-    Action, CloseReason, Policy, PubKey, Reserve, SubKey, SubOptions, SubStats, TopicError,
-    TopicId, TopicStats, Topics, TopicsConfig,
+    Action, CloseReason, Policy, PubKey, Reserve, SubKey, SubOptions, SubStats, SubView,
+    TopicError, TopicId, TopicStats, TopicView, Topics, TopicsConfig,
 };

@@ -49,6 +49,15 @@ impl Pattern {
         }
     }
 
+    /// The pattern as a subscriber wrote it.
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Self::Exact(name) => name.clone(),
+            Self::Below(prefix) => format!("{prefix}{WILDCARD}"),
+            Self::All => WILDCARD.to_owned(),
+        }
+    }
+
     /// The one topic an exact pattern names.
     pub(crate) fn exact(&self) -> Option<&str> {
         match self {

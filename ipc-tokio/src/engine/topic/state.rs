@@ -342,6 +342,40 @@ pub(crate) struct SubStats {
     pub(crate) pending: usize,
 }
 
+/// One topic as the inspector shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TopicView {
+    /// The topic's id.
+    pub(crate) id: TopicId,
+    /// Its name.
+    pub(crate) name: String,
+    /// Its type, once a typed publisher or subscriber fixed it.
+    pub(crate) ty: Option<MessageType>,
+    /// Live publishers.
+    pub(crate) publishers: usize,
+    /// Subscriptions attached to it.
+    pub(crate) subscribers: usize,
+    /// Its counters (`slots` and `history` as of now).
+    pub(crate) stats: TopicStats,
+    /// Bytes of its segment in live slots (size classes).
+    pub(crate) bytes_in_use: u64,
+}
+
+/// One subscription as the inspector shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SubView {
+    /// The subscription.
+    pub(crate) key: SubKey,
+    /// Its pattern, as written.
+    pub(crate) pattern: String,
+    /// Its options.
+    pub(crate) options: SubOptions,
+    /// The topics it is attached to.
+    pub(crate) topics: Vec<TopicId>,
+    /// Its counters.
+    pub(crate) stats: SubStats,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Msg {
     topic: TopicId,

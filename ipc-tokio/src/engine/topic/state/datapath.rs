@@ -333,6 +333,47 @@ impl Topics {
         })
     }
 
+    /// Every topic, by id (for the inspector: O(topics), on request only).
+    pub(crate) fn topic_views(&mut self) -> Vec<TopicView> {
+        self.topics
+            .iter_mut()
+            .map(|(&id, topic)| {
+                let slots = topic.slots.stats();
+                TopicView {
+                    id,
+                    name: topic.name.clone(),
+                    ty: topic.ty.clone(),
+                    publishers: topic.publishers.len(),
+                    subscribers: topic.subscribers.len(),
+                    stats: TopicStats {
+                        slots: slots.live,
+                        history: topic.history.len(),
+                        ..topic.stats
+                    },
+                    bytes_in_use: slots.arena.in_use,
+                }
+            })
+            .collect()
+    }
+
+    /// Every live subscription, by node and id (for the inspector).
+    pub(crate) fn sub_views(&self) -> Vec<SubView> {
+        self.subs
+            .iter()
+            .map(|(&key, sub)| SubView {
+                key,
+                pattern: sub.pattern.text(),
+                options: sub.options,
+                topics: sub.topics.iter().copied().collect(),
+                stats: SubStats {
+                    in_flight: sub.in_flight,
+                    pending: sub.pending.len(),
+                    ..sub.stats
+                },
+            })
+            .collect()
+    }
+
     /// The topic publisher `key` publishes on.
     pub(crate) fn topic_of(&self, key: PubKey) -> Option<TopicId> {
         self.pubs.get(&key).copied()
