@@ -200,6 +200,11 @@ pub enum SessionError {
     /// `start_send` was called without a successful `poll_ready`.
     #[error("start_send called without poll_ready")]
     NotReady,
+    /// The [`Loan`](crate::Loan) was lent by another node's transmit arena: it can only be
+    /// sent by a session (or publisher) of the node that lent it. Nothing was sent, and the
+    /// loan went back to its own arena.
+    #[error("a loan of another node cannot be sent on this session")]
+    ForeignLoan,
     /// A typed message could not be encoded or decoded; the session goes on.
     #[error(transparent)]
     Codec(#[from] CodecError),

@@ -266,6 +266,44 @@ async fn a_loan_waiting_for_room_first_pushes_the_loan_fed_before_it() {
     support::all_gone(engine).await;
 }
 
+/// A loan lent by one node's arena and sent on another node's session is refused with a
+/// typed error before anything is submitted; both sessions go on, and the loan's memory
+/// goes back to its own arena.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_of_another_node_is_refused_and_both_sessions_go_on() {
+    let dir = TestDir::new("foreign-loan");
+    let engine = support::engine(&dir);
+    let support::Pair {
+        server,
+        listener,
+        client,
+        opened: mut session,
+        accepted: mut served,
+    } = support::pair(&engine, "foreign").await;
+    for round in 0..3u8 {
+        let mut loan = within("loan", session.loan(1000)).await.expect("loan");
+        loan.fill(round);
+        // Lent by the client's node, sent on the server's end of the session.
+        let refused = within("send elsewhere", served.send(loan)).await;
+        assert_eq!(refused, Err(shmlink::SessionError::ForeignLoan));
+        // Both ways still flow.
+        within("send", served.send(Bytes::from(vec![round; 10])))
+            .await
+            .expect("send");
+        let got = within("receive", session.next()).await.unwrap().unwrap();
+        assert_eq!(&got[..], &[round; 10]);
+        let mut own = within("own loan", session.loan(1000)).await.expect("loan");
+        own.fill(round);
+        within("send own", session.send(own)).await.expect("send");
+        let got = within("receive own", served.next()).await.unwrap().unwrap();
+        assert!(got.len() == 1000 && got.iter().all(|&b| b == round));
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.violations, 0, "nothing reached the engine");
+    drop((session, served, listener, server, client));
+    support::all_gone(engine).await;
+}
+
 /// Loans fed and never flushed are not lost: dropping the sink pushes its batch and the loan
 /// it holds, and the peer's stream ends after the last of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

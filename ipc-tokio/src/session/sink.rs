@@ -359,6 +359,13 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     }
 
     fn start_send_inner(&mut self, item: Pending<T>) -> Result<(), SessionError> {
+        if let Pending::Loan(loan) = &item
+            && !loan.buf.is_from(&self.tx.guard.node.shared.tx)
+        {
+            // Its offset names bytes of another arena: submitted here, it would send this
+            // node's bytes and free them twice. Dropped, it goes back to its own arena.
+            return Err(SessionError::ForeignLoan);
+        }
         let permit = self.reserved.take().ok_or(SessionError::NotReady)?;
         self.pending = Some((item, permit));
         Ok(())
