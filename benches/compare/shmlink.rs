@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -260,7 +260,9 @@ async fn publish_fanout(spec: &Spec, addr: &str, engine: u32) -> Res<Measured> {
     let mut subs = Subscribers::spawn(spec, addr)?;
     subs.ready().await?;
     let n = spec.size;
-    let mut buf = BytesMut::new();
+    // The publisher holds one message (staged until the next `poll_ready` copies it into the
+    // transmit arena) while the next is written.
+    let mut payloads = Payloads::new(3);
     let m = fanout_loop(spec, &mut subs, Some(engine), async |d| {
         let t0 = Instant::now();
         let mut i = 0u64;
@@ -268,8 +270,7 @@ async fn publish_fanout(spec: &Spec, addr: &str, engine: u32) -> Res<Measured> {
             for _ in 0..BATCH {
                 // Every byte written here; the publisher copies the message into its
                 // transmit arena, the engine once into the topic's segment.
-                buf.put_bytes(seed_byte(i), n);
-                publisher.feed(buf.split().freeze()).await?;
+                publisher.feed(payloads.fill(n, seed_byte(i))).await?;
                 i += 1;
             }
             publisher.flush().await?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::SinkExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -56,7 +56,8 @@ pub(crate) async fn measure_fanout(spec: &Spec, dir: &Path) -> Res<Measured> {
     }
     subs.ready().await?;
     let n = spec.size;
-    let mut buf = BytesMut::new();
+    // Every frame of a batch is held until all sockets took it.
+    let mut payloads = Payloads::new(BATCH as usize);
     let mut frames = Vec::with_capacity(BATCH as usize);
     let m = fanout_loop(spec, &mut subs, None, async |d| {
         let t0 = Instant::now();
@@ -65,8 +66,7 @@ pub(crate) async fn measure_fanout(spec: &Spec, dir: &Path) -> Res<Measured> {
             frames.clear();
             for _ in 0..BATCH {
                 // Every byte written once; each socket's codec and kernel buffer copy it.
-                buf.put_bytes(seed_byte(i), n);
-                frames.push(buf.split().freeze());
+                frames.push(payloads.fill(n, seed_byte(i)));
                 i += 1;
             }
             send_all(&mut conns, &frames).await?;
