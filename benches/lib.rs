@@ -72,15 +72,18 @@ pub enum Pattern {
     /// An active pair's round trip and the engine's CPU per message beside N idle nodes.
     #[serde(rename = "idle-nodes")]
     IdleNodes,
+    /// One publisher, N subscriber processes: messages per second per subscriber.
+    Fanout,
 }
 
 /// Every pattern, in the order of `--patterns`' names.
-pub const PATTERNS: [Pattern; 5] = [
+pub const PATTERNS: [Pattern; 6] = [
     Pattern::Rtt,
     Pattern::Stream,
     Pattern::Concurrent,
     Pattern::Idle,
     Pattern::IdleNodes,
+    Pattern::Fanout,
 ];
 
 impl Pattern {
@@ -92,6 +95,7 @@ impl Pattern {
             Self::Concurrent => "concurrent",
             Self::Idle => "idle",
             Self::IdleNodes => "idle-nodes",
+            Self::Fanout => "fanout",
         }
     }
 
@@ -142,16 +146,25 @@ pub struct Record {
     /// `idle-nodes`: how many idle nodes were connected.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub idle_nodes: Option<u64>,
+    /// `fanout`: how many subscriber processes received every message.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subscribers: Option<u64>,
     /// Round trip, median, nanoseconds.
     pub p50_ns: Option<f64>,
     /// Round trip, 99th percentile, nanoseconds.
     pub p99_ns: Option<f64>,
-    /// Messages (or requests) per second.
+    /// Messages (or requests) per second; `fanout`: per subscriber.
     pub msgs_per_s: Option<f64>,
-    /// Payload bytes per second.
+    /// Payload bytes per second; `fanout`: per subscriber.
     pub bytes_per_s: Option<f64>,
-    /// CPU seconds of every process of the transport per million one-way messages.
+    /// CPU seconds of every process of the transport per million one-way messages;
+    /// `fanout`: per million published messages (the publisher, every subscriber and, for
+    /// shmlink, the engine).
     pub cpu_s_per_million: Option<f64>,
+    /// `fanout`, shmlink: the engine's CPU seconds (a process of its own) per million
+    /// published messages.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_cpu_s_per_million: Option<f64>,
     /// `idle`: the engine's CPU seconds over the window.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_s: Option<f64>,

@@ -38,6 +38,34 @@ pub(crate) fn reply_byte(sum: u64) -> u8 {
     (sum % 251) as u8 + 1
 }
 
+/// Buffers payloads are written into, each reused once the transport has let go of the
+/// message written in it: a fresh 64 KiB allocation per message would measure the allocator
+/// and its page faults, not the transport.
+pub(crate) struct Payloads {
+    bufs: Vec<BytesMut>,
+    next: usize,
+}
+
+impl Payloads {
+    /// A ring of `count` buffers: at least as many as the sender may hold at once.
+    pub(crate) fn new(count: usize) -> Self {
+        Self {
+            bufs: (0..count.max(1)).map(|_| BytesMut::new()).collect(),
+            next: 0,
+        }
+    }
+
+    /// `n` bytes of `b`, every byte written, in the next buffer of the ring (a new one only if
+    /// its last message is still held).
+    pub(crate) fn fill(&mut self, n: usize, b: u8) -> Bytes {
+        let at = self.next;
+        self.next = (at + 1) % self.bufs.len();
+        let buf = &mut self.bufs[at];
+        buf.put_bytes(b, n);
+        buf.split().freeze()
+    }
+}
+
 /// Wrapping sum of the little-endian 64-bit words, then of the trailing bytes: reads every byte.
 pub(crate) fn checksum(buf: &[u8]) -> u64 {
     let words = buf.chunks_exact(8);
@@ -487,7 +515,9 @@ pub(crate) async fn drive_conn<C: Conn>(spec: &Spec, conn: &mut C, server: u32) 
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes => Err("idle patterns are measured apart".into()),
+        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout => {
+            Err("idle and fanout patterns are measured apart".into())
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! iceoryx2: request/response for requests, publish/subscribe for streams, `[u8]` slice
-//! payloads; waiting on an event listener (`iceoryx2-event`) or busy-polling
+//! iceoryx2: request/response for requests, publish/subscribe for streams and fan-out,
+//! `[u8]` slice payloads; waiting on an event listener (`iceoryx2-event`) or busy-polling
 //! (`iceoryx2-poll`).
 
 use std::collections::VecDeque;
@@ -9,7 +9,8 @@ use crate::common::{
     BATCH, CpuProbe, MARKER_LEN, MIN_SIZE, QUIT_LEN, check_ack, check_reply, check_streamed,
     checksum, current_thread, phase_loop, reply_byte, rtt_loop, seed_byte, server_spec, spawn_role,
 };
-use crate::{Measured, Pattern, Res, Spec, Transport};
+use crate::fanout::{Subscribers, Tally, fanout_loop};
+use crate::{BoxError, Measured, Pattern, Res, Spec, Transport};
 use iceoryx2::port::listener::Listener;
 use iceoryx2::port::notifier::Notifier;
 use iceoryx2::prelude::*;
@@ -214,6 +215,9 @@ pub(crate) fn client(spec: &Spec) -> Res<Measured> {
 /// The server: opens the services, says "ready", serves until the quit message.
 pub(crate) fn serve(spec: &Spec) -> Res<()> {
     quiet();
+    if spec.pattern == Pattern::Fanout {
+        return fanout_subscriber(spec);
+    }
     let event = spec.transport == Transport::Iceoryx2Event;
     let base = &spec.addr;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
@@ -276,5 +280,124 @@ pub(crate) fn serve(spec: &Spec) -> Res<()> {
             waiter.notify()?;
         }
         waiter.wait()?;
+    }
+}
+
+// ===== iceoryx2 fan-out =====
+
+/// Samples each `fanout` subscriber may have unread (the publisher then waits:
+/// `RetryUntilDelivered`): two batches, so that a subscriber woken once per batch never
+/// holds the publisher back while it is awake.
+const FANOUT_BUFFER: usize = 2 * BATCH as usize;
+
+/// `fanout`: this process publishes `[u8]` slices to `spec.subscribers` subscriber processes
+/// (publish/subscribe, one sample read by all of them), notifying them once per batch on an
+/// event service (`iceoryx2-event`) or letting them spin (`iceoryx2-poll`).
+pub(crate) fn fanout_client(spec: &Spec) -> Res<Measured> {
+    quiet();
+    let event = spec.transport == Transport::Iceoryx2Event;
+    let base = format!("shmlink-compare/{}", std::process::id());
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let n = spec.size;
+    let subscribers = spec.subscribers.max(1);
+    let data = node
+        .service_builder(&ServiceName::new(&format!("{base}/fanout"))?)
+        .publish_subscribe::<[u8]>()
+        .subscriber_max_buffer_size(FANOUT_BUFFER)
+        .history_size(0)
+        .enable_safe_overflow(false)
+        .max_publishers(1)
+        .max_subscribers(subscribers)
+        .max_nodes(subscribers + 1)
+        .create()?;
+    let wake = node
+        .service_builder(&ServiceName::new(&format!("{base}/wake"))?)
+        .event()
+        .max_notifiers(1)
+        .max_listeners(subscribers)
+        .max_nodes(subscribers + 1)
+        .create()?;
+    let publisher = data
+        .publisher_builder()
+        .initial_max_slice_len(n.max(MIN_SIZE))
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+        .create()?;
+    let notifier = wake.notifier_builder().create()?;
+    let notify = || -> Res<()> {
+        if event {
+            notifier.notify()?;
+        }
+        Ok(())
+    };
+    let rt = current_thread()?;
+    rt.block_on(async {
+        let mut subs = Subscribers::spawn(spec, &base)?;
+        subs.ready().await?;
+        let m = fanout_loop(spec, &mut subs, None, async |d| {
+            let t0 = Instant::now();
+            let mut i = 0u64;
+            loop {
+                for _ in 0..BATCH {
+                    let b = seed_byte(i);
+                    publisher
+                        .loan_slice_uninit(n)?
+                        .write_from_fn(|_| b)
+                        .send()?;
+                    i += 1;
+                }
+                notify()?;
+                if t0.elapsed() >= d {
+                    break;
+                }
+            }
+            publisher
+                .loan_slice_uninit(MARKER_LEN)?
+                .write_from_fn(|_| 0xFF)
+                .send()?;
+            notify()?;
+            Ok(i)
+        })
+        .await;
+        let quit = publisher
+            .loan_slice_uninit(QUIT_LEN)
+            .map_err(BoxError::from)
+            .and_then(|s| Ok(s.write_from_fn(|_| 0xFE).send()?))
+            .and_then(|_| notify());
+        let m = m?;
+        quit?;
+        subs.finish().await?;
+        Ok::<_, BoxError>(m)
+    })
+}
+
+/// A `fanout` subscriber: reads every sample, checks it, waits on the event service between
+/// batches (or spins); ends at the quit message.
+fn fanout_subscriber(spec: &Spec) -> Res<()> {
+    let event = spec.transport == Transport::Iceoryx2Event;
+    let base = &spec.addr;
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let data = node
+        .service_builder(&ServiceName::new(&format!("{base}/fanout"))?)
+        .publish_subscribe::<[u8]>()
+        .open()?;
+    let wake = node
+        .service_builder(&ServiceName::new(&format!("{base}/wake"))?)
+        .event()
+        .open()?;
+    let subscriber = data.subscriber_builder().create()?;
+    let listener = wake.listener_builder().create()?;
+    println!("ready");
+    let mut tally = Tally::default();
+    loop {
+        while let Some(sample) = subscriber.receive()? {
+            if !tally.take(sample.payload())? {
+                return Ok(());
+            }
+        }
+        if event {
+            listener.blocking_wait(|_| {})?;
+        } else {
+            core::hint::spin_loop();
+        }
     }
 }

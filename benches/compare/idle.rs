@@ -1,5 +1,5 @@
-//! The engine in a process of its own (the `engine-host` role), measured beside nodes that
-//! send nothing.
+//! The engine in a process of its own (the `engine-host` role, also that of `fanout`),
+//! measured beside nodes that send nothing.
 //!
 //! - `idle`: two connected nodes holding open sessions; the engine's CPU time over a window
 //!   in which nothing is sent.
@@ -77,7 +77,10 @@ pub(crate) fn check_reply_echo(data: &[u8]) -> Res<()> {
 
 /// The engine host of `idle`: runs an engine until its stdin closes.
 pub(crate) fn engine_host(spec: &Spec) -> Res<()> {
-    pin(spec.cpus.map(|c| c.1))?;
+    // `fanout`: beside its publisher, as the engine embedded in a client is in the other
+    // patterns (the subscribers have the other CPU).
+    let fanout = spec.pattern == Pattern::Fanout;
+    pin(spec.cpus.map(|c| if fanout { c.0 } else { c.1 }))?;
     let mut builder = Engine::builder().socket(&spec.addr);
     if spec.pattern == Pattern::IdleNodes {
         raise_nofile()?;

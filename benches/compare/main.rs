@@ -9,8 +9,11 @@
 //! ```
 //!
 //! `cargo bench -p shmlink-benches --bench compare -- [--quick] [--json FILE] [--runs N]`
-//! `[--transports a,b] [--patterns rtt,stream,concurrent,idle,idle-nodes] [--sizes 64,1K,16M]`
-//! `[--idle-nodes 0,100,1000] [--placements split,free] [--window-ms MS] [--warmup-ms MS]`
+//! `[--transports a,b] [--patterns rtt,stream,concurrent,idle,idle-nodes,fanout]`
+//! `[--sizes 64,1K,16M] [--idle-nodes 0,100,1000] [--subscribers 1,4,16]`
+//! `[--placements split,free] [--window-ms MS] [--warmup-ms MS]`
+//!
+//! `--sizes` sets the sizes of `rtt` and of `fanout`.
 //!
 //! (Plain `cargo bench --bench compare` from the workspace root does not find the target: the
 //! root package has `autobenches = false` and `benches/` is not a default member. Pass
@@ -47,10 +50,27 @@
 //!   a server) exchanging 64 B round trips: p50, p99 and the engine's CPU seconds per million
 //!   messages, each with its ratio to N = 0. An engine whose cost follows work keeps them
 //!   near 1.
+//! - `fanout` (`shmlink`, `uds`, `iceoryx2-event`, `iceoryx2-poll`; not in the default set:
+//!   it starts up to 16 processes per measurement): one publisher (the measuring process)
+//!   and N subscriber processes (`--subscribers`, 1, 4 and 16 by default), 64 B and 64 KiB
+//!   payloads by default. Every subscriber receives every message: shmlink publishes raw
+//!   `Bytes` on a topic to subscriptions with `Overflow::Block` (the engine in a process of
+//!   its own, pinned with the publisher under `split`, so that its CPU time is measured
+//!   alone); iceoryx2 publishes to N subscribers with `RetryUntilDelivered`, notifying once
+//!   per 256 messages (event) or not (poll); UDS writes each message to N sockets, one per
+//!   subscriber, feeding 256 frames to every socket before flushing them all at once. The
+//!   publisher writes every byte of each message once; each subscriber checks every byte.
+//!   After each phase every subscriber acknowledges the count on its stdout pipe (the same
+//!   for every transport). Reports messages/s per subscriber (messages published over the
+//!   time until the last subscriber had them all), the CPU of every process per million
+//!   published messages (also split into publisher, subscribers and, for shmlink, engine:
+//!   `engine_cpu_s_per_million` in the JSON), and the issue's targets at 64 KiB: the
+//!   engine's CPU per published message with N subscribers over that with 1 (at most 2),
+//!   shmlink's per-subscriber rate over iceoryx2's (at least 1) and over UDS's (at least 3).
 //!
 //! `cpu_s_per_million` is the CPU time of every process of the transport (client, server and,
 //! for shmlink, the engine) during the measured window, per million one-way messages: a round
-//! trip or a request counts two messages. The client reads its own CPU time
+//! trip or a request counts two messages; a message published to N subscribers counts one. The client reads its own CPU time
 //! (`CLOCK_PROCESS_CPUTIME_ID`) and the server's (`/proc/PID/task/*/schedstat`, nanoseconds)
 //! at both ends of the window.
 //!
@@ -77,6 +97,7 @@ use serde::{Deserialize, Serialize};
 use shmlink_benches::{Pattern, Placement, Record, TRANSPORTS, Transport, resolve};
 
 mod common;
+mod fanout;
 mod idle;
 #[path = "iceoryx2.rs"]
 mod iox;
@@ -105,6 +126,9 @@ struct Spec {
     window_ms: u64,
     /// Requests in flight (`concurrent`).
     inflight: usize,
+    /// Subscriber processes (`fanout`).
+    #[serde(default)]
+    subscribers: usize,
     /// Where the server finds the client: a socket path, a port, a service name.
     addr: String,
 }
@@ -130,6 +154,12 @@ struct Measured {
     cpu_s: Option<f64>,
     /// `idle`: the two nodes' CPU seconds over the window (printed, not in the JSON).
     nodes_cpu_s: Option<f64>,
+    /// `fanout`, shmlink: the engine's CPU seconds per million published messages.
+    engine_cpu_s_per_million: Option<f64>,
+    /// `fanout`: the publisher's CPU seconds per million published messages (printed).
+    sender_cpu_s_per_million: Option<f64>,
+    /// `fanout`: all subscribers' CPU seconds per million published messages (printed).
+    receivers_cpu_s_per_million: Option<f64>,
 }
 
 fn main() {
@@ -165,6 +195,16 @@ fn measure(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.0))?;
     let dir = scratch_dir()?;
     let result = match spec.transport {
+        Transport::Shmlink if spec.pattern == Pattern::Fanout => shm::measure_fanout(spec, &dir),
+        Transport::Uds if spec.pattern == Pattern::Fanout => {
+            current_thread()?.block_on(uds::measure_fanout(spec, &dir))
+        }
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll if spec.pattern == Pattern::Fanout => {
+            iox::fanout_client(spec)
+        }
+        _ if spec.pattern == Pattern::Fanout => {
+            Err(format!("no fanout for {}", spec.transport.name()).into())
+        }
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::client(spec),
         _ if spec.pattern == Pattern::Idle => idle::measure_idle(spec, &dir),
         _ if spec.pattern == Pattern::IdleNodes => idle::measure_idle_nodes(spec, &dir),
@@ -189,6 +229,9 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
 
 fn serve(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.1))?;
+    if spec.pattern == Pattern::Fanout {
+        fanout::exit_with_parent();
+    }
     match spec.transport {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::serve(spec),
         _ => current_thread()?.block_on(serve_async(spec)),
@@ -215,6 +258,9 @@ struct Options {
     patterns: Vec<Pattern>,
     rtt_sizes: Vec<usize>,
     stream_sizes: Vec<usize>,
+    fanout_sizes: Vec<usize>,
+    /// Subscriber processes (`fanout`).
+    subscribers: Vec<usize>,
     /// Idle nodes beside the active pair (`idle-nodes`).
     idle_nodes: Vec<usize>,
     placements: Vec<Placement>,
@@ -246,6 +292,8 @@ fn options(args: &[String]) -> Res<Options> {
         ],
         rtt_sizes: vec![64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16 << 20],
         stream_sizes: vec![64, 4 << 10],
+        fanout_sizes: vec![64, 64 << 10],
+        subscribers: vec![1, 4, 16],
         idle_nodes: vec![0, 100, 1000],
         placements: vec![Placement::Split, Placement::Free],
         warmup_ms: 200,
@@ -285,6 +333,21 @@ fn options(args: &[String]) -> Res<Options> {
                             .ok_or_else(|| format!("bad size {s} (at least {MIN_SIZE} B)"))
                     })
                     .collect::<Result<_, _>>()?;
+                o.fanout_sizes.clone_from(&o.rtt_sizes);
+            }
+            "--subscribers" => {
+                o.subscribers = value()?
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=MAX_SUBSCRIBERS).contains(n))
+                            .ok_or_else(|| {
+                                format!("bad subscriber count {n} (1 to {MAX_SUBSCRIBERS})")
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--placements" => {
                 o.placements = value()?
@@ -320,7 +383,22 @@ fn options(args: &[String]) -> Res<Options> {
     Ok(o)
 }
 
-type Key = (Pattern, usize, Placement, Transport);
+/// The most subscriber processes of `fanout`.
+const MAX_SUBSCRIBERS: usize = 64;
+
+/// A case: its pattern, payload size (or, `idle-nodes`, the number of idle nodes) and
+/// subscribers (`fanout`; 0 otherwise).
+type Case = (Pattern, usize, usize);
+
+type Key = (Pattern, usize, usize, Placement, Transport);
+
+/// The transports that have a `fanout`.
+const FANOUT_TRANSPORTS: [Transport; 4] = [
+    Transport::Shmlink,
+    Transport::Uds,
+    Transport::Iceoryx2Event,
+    Transport::Iceoryx2Poll,
+];
 
 /// Runs one measuring process, with a time limit.
 fn run_one(spec: &Spec) -> Res<Measured> {
@@ -386,6 +464,9 @@ fn median_of(runs: &[Measured]) -> Measured {
         cpu_s_per_million: m(|r| r.cpu_s_per_million),
         cpu_s: m(|r| r.cpu_s),
         nodes_cpu_s: m(|r| r.nodes_cpu_s),
+        engine_cpu_s_per_million: m(|r| r.engine_cpu_s_per_million),
+        sender_cpu_s_per_million: m(|r| r.sender_cpu_s_per_million),
+        receivers_cpu_s_per_million: m(|r| r.receivers_cpu_s_per_million),
     }
 }
 
@@ -402,25 +483,33 @@ fn coordinate(args: &[String]) -> Res<()> {
     if pair.is_none() && o.placements.contains(&Placement::Split) {
         eprintln!("fewer than two CPUs allowed: placement split skipped");
     }
-    let mut cases = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for &p in &o.patterns {
         match p {
-            Pattern::Rtt => cases.extend(o.rtt_sizes.iter().map(|&s| (p, s))),
-            Pattern::Stream => cases.extend(o.stream_sizes.iter().map(|&s| (p, s))),
-            Pattern::Concurrent => cases.push((p, 64)),
+            Pattern::Rtt => cases.extend(o.rtt_sizes.iter().map(|&s| (p, s, 0))),
+            Pattern::Stream => cases.extend(o.stream_sizes.iter().map(|&s| (p, s, 0))),
+            Pattern::Concurrent => cases.push((p, 64, 0)),
             // Only shmlink has an engine to idle; the case's number is N, not a size.
             Pattern::IdleNodes if o.transports.contains(&Transport::Shmlink) => {
-                cases.extend(o.idle_nodes.iter().map(|&n| (p, n)));
+                cases.extend(o.idle_nodes.iter().map(|&n| (p, n, 0)));
+            }
+            Pattern::Fanout => {
+                for &size in &o.fanout_sizes {
+                    cases.extend(o.subscribers.iter().map(|&n| (p, size, n)));
+                }
             }
             Pattern::Idle | Pattern::IdleNodes => {}
         }
     }
-    let transports_for = |pattern| {
-        if pattern == Pattern::IdleNodes {
-            vec![Transport::Shmlink]
-        } else {
-            o.transports.clone()
-        }
+    let transports_for = |pattern| match pattern {
+        Pattern::IdleNodes => vec![Transport::Shmlink],
+        Pattern::Fanout => o
+            .transports
+            .iter()
+            .copied()
+            .filter(|t| FANOUT_TRANSPORTS.contains(t))
+            .collect(),
+        _ => o.transports.clone(),
     };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
     let idle_runs = if o.quick { 1 } else { o.runs };
@@ -428,7 +517,7 @@ fn coordinate(args: &[String]) -> Res<()> {
         * placements.len()
         * cases
             .iter()
-            .map(|&(p, _)| transports_for(p).len())
+            .map(|&(p, _, _)| transports_for(p).len())
             .sum::<usize>()
         + if idle {
             idle_runs * placements.len()
@@ -450,7 +539,13 @@ fn coordinate(args: &[String]) -> Res<()> {
     let mut failures: BTreeMap<Key, Vec<String>> = BTreeMap::new();
     let mut done = 0;
     let mut one = |spec: Spec| {
-        let key = (spec.pattern, spec.size, spec.placement, spec.transport);
+        let key = (
+            spec.pattern,
+            spec.size,
+            spec.subscribers,
+            spec.placement,
+            spec.transport,
+        );
         done += 1;
         match run_one(&spec) {
             Ok(m) => {
@@ -459,7 +554,7 @@ fn coordinate(args: &[String]) -> Res<()> {
                     started.elapsed().as_secs_f64(),
                     spec.transport.name(),
                     spec.pattern.name(),
-                    case_label(spec.pattern, spec.size),
+                    case_label(spec.pattern, spec.size, spec.subscribers),
                     spec.placement.name(),
                     brief(&m)
                 );
@@ -470,18 +565,19 @@ fn coordinate(args: &[String]) -> Res<()> {
                     "[{done}/{total}] {} {} {} {}: FAILED: {e}",
                     spec.transport.name(),
                     spec.pattern.name(),
-                    case_label(spec.pattern, spec.size),
+                    case_label(spec.pattern, spec.size, spec.subscribers),
                     spec.placement.name()
                 );
                 failures.entry(key).or_default().push(e.to_string());
             }
         }
     };
-    let spec_for = |transport, pattern, size, placement| Spec {
+    let spec_for = |transport, (pattern, size, subscribers): Case, placement| Spec {
         transport,
         pattern,
         placement,
         size,
+        subscribers,
         cpus: if placement == Placement::Split {
             pair
         } else {
@@ -501,16 +597,20 @@ fn coordinate(args: &[String]) -> Res<()> {
         addr: String::new(),
     };
     for run in 0..o.runs {
-        for &(pattern, size) in &cases {
+        for &case in &cases {
             for &placement in &placements {
-                for transport in transports_for(pattern) {
-                    one(spec_for(transport, pattern, size, placement));
+                for transport in transports_for(case.0) {
+                    one(spec_for(transport, case, placement));
                 }
             }
         }
         if idle && run < idle_runs {
             for &placement in &placements {
-                one(spec_for(Transport::Shmlink, Pattern::Idle, 0, placement));
+                one(spec_for(
+                    Transport::Shmlink,
+                    (Pattern::Idle, 0, 0),
+                    placement,
+                ));
             }
         }
     }
@@ -521,12 +621,12 @@ fn coordinate(args: &[String]) -> Res<()> {
     print!("{}", table(&o, &medians, &placements, elapsed, pair));
     if !failures.is_empty() {
         println!("\nFailures:");
-        for ((pattern, size, placement, transport), errors) in &failures {
+        for ((pattern, size, subscribers, placement, transport), errors) in &failures {
             println!(
                 "  {} {} {} {}: {} of {} runs: {}",
                 transport.name(),
                 pattern.name(),
-                case_label(*pattern, *size),
+                case_label(*pattern, *size, *subscribers),
                 placement.name(),
                 errors.len(),
                 if *pattern == Pattern::Idle {
@@ -541,23 +641,27 @@ fn coordinate(args: &[String]) -> Res<()> {
     if let Some(path) = &o.json {
         let records: Vec<Record> = medians
             .iter()
-            .map(|(&(pattern, size, placement, transport), m)| Record {
-                transport,
-                pattern,
-                placement,
-                size: match pattern {
-                    Pattern::Idle => None,
-                    Pattern::IdleNodes => Some(idle::ACTIVE_SIZE as u64),
-                    _ => Some(size as u64),
+            .map(
+                |(&(pattern, size, subscribers, placement, transport), m)| Record {
+                    transport,
+                    pattern,
+                    placement,
+                    size: match pattern {
+                        Pattern::Idle => None,
+                        Pattern::IdleNodes => Some(idle::ACTIVE_SIZE as u64),
+                        _ => Some(size as u64),
+                    },
+                    idle_nodes: (pattern == Pattern::IdleNodes).then_some(size as u64),
+                    subscribers: (pattern == Pattern::Fanout).then_some(subscribers as u64),
+                    p50_ns: m.p50_ns,
+                    p99_ns: m.p99_ns,
+                    msgs_per_s: m.msgs_per_s,
+                    bytes_per_s: m.bytes_per_s,
+                    cpu_s_per_million: m.cpu_s_per_million,
+                    engine_cpu_s_per_million: m.engine_cpu_s_per_million,
+                    cpu_s: m.cpu_s,
                 },
-                idle_nodes: (pattern == Pattern::IdleNodes).then_some(size as u64),
-                p50_ns: m.p50_ns,
-                p99_ns: m.p99_ns,
-                msgs_per_s: m.msgs_per_s,
-                bytes_per_s: m.bytes_per_s,
-                cpu_s_per_million: m.cpu_s_per_million,
-                cpu_s: m.cpu_s,
-            })
+            )
             .collect();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -568,12 +672,13 @@ fn coordinate(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// What tells a case apart in the progress lines: its size, or `N=…` idle nodes.
-fn case_label(pattern: Pattern, size: usize) -> String {
-    if pattern == Pattern::IdleNodes {
-        format!("N={size}")
-    } else {
-        size_label(size)
+/// What tells a case apart in the progress lines: its size, `N=…` idle nodes, or a size
+/// and `x…` subscribers.
+fn case_label(pattern: Pattern, size: usize, subscribers: usize) -> String {
+    match pattern {
+        Pattern::IdleNodes => format!("N={size}"),
+        Pattern::Fanout => format!("{} x{subscribers}", size_label(size)),
+        _ => size_label(size),
     }
 }
 
@@ -599,6 +704,9 @@ fn brief(m: &Measured) -> String {
     }
     if let Some(v) = m.cpu_s_per_million {
         let _ = write!(s, "cpu {v:.2} s/M ");
+    }
+    if let Some(v) = m.engine_cpu_s_per_million {
+        let _ = write!(s, "engine {v:.2} s/M ");
     }
     if let Some(v) = m.cpu_s {
         let _ = write!(s, "engine {:.3} ms ", v * 1e3);
@@ -737,10 +845,10 @@ fn table(
                     format!("{} {}", size_label(size), placement.name())
                 );
                 let base = medians
-                    .get(&(pattern, size, placement, Transport::Shmlink))
+                    .get(&(pattern, size, 0, placement, Transport::Shmlink))
                     .and_then(get);
                 for &t in &o.transports {
-                    let v = medians.get(&(pattern, size, placement, t)).and_then(get);
+                    let v = medians.get(&(pattern, size, 0, placement, t)).and_then(get);
                     let cell = match (v, base) {
                         (Some(v), _) if t == Transport::Shmlink => fmt(v),
                         (Some(v), Some(b)) if v > 0.0 => format!("{} ({:.2})", fmt(v), b / v),
@@ -753,6 +861,7 @@ fn table(
             }
         }
     }
+    fanout::table(&mut out, medians, &o.transports, placements);
     idle_nodes_table(&mut out, medians, placements);
     let idle: Vec<_> = medians
         .iter()
@@ -763,7 +872,7 @@ fn table(
             out,
             "\nidle engine, 5 s window (two nodes connected, sessions open)"
         );
-        for ((_, _, placement, _), m) in idle {
+        for ((_, _, _, placement, _), m) in idle {
             let _ = writeln!(
                 out,
                 "{:<18}engine CPU {:.3} ms, nodes CPU {:.3} ms",
@@ -804,11 +913,11 @@ fn idle_nodes_table(out: &mut String, medians: &BTreeMap<Key, Measured>, placeme
     );
     for &n in &counts {
         for &placement in placements {
-            let Some(m) = medians.get(&(Pattern::IdleNodes, n, placement, Transport::Shmlink))
+            let Some(m) = medians.get(&(Pattern::IdleNodes, n, 0, placement, Transport::Shmlink))
             else {
                 continue;
             };
-            let base = medians.get(&(Pattern::IdleNodes, 0, placement, Transport::Shmlink));
+            let base = medians.get(&(Pattern::IdleNodes, 0, 0, placement, Transport::Shmlink));
             let cell = |get: fn(&Measured) -> Option<f64>, fmt: fn(f64) -> String| match (
                 get(m),
                 base.and_then(get),

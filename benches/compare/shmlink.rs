@@ -1,6 +1,7 @@
 //! shmlink: raw `Bytes` sessions through the engine (loans on the send side), typed sessions
 //! of `Blob`s, and typed request/response through the tower client and `Node::serve`. The
-//! engine is embedded in the measuring process.
+//! engine is embedded in the measuring process, except in `fanout` (a raw `Bytes` topic, the
+//! engine in a process of its own so that its CPU time is measured alone).
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,10 +10,13 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use shmlink::{BlockConfig, Engine, Node, Session};
+use shmlink::{
+    BlockConfig, Engine, Node, Overflow, Publisher, Session, SubscribeOptions, Subscription,
+};
 use tower::{Service as _, ServiceExt as _};
 
 use crate::common::*;
+use crate::fanout::{Subscribers, Tally, fanout_loop};
 use crate::{Measured, Pattern, Res, Spec, Transport};
 
 pub(crate) fn block_config() -> BlockConfig {
@@ -191,6 +195,9 @@ pub(crate) async fn typed_client(
 
 /// The server of `shmlink` and `shmlink-typed`: a node on the engine at `spec.addr`.
 pub(crate) async fn serve(spec: &Spec) -> Res<()> {
+    if spec.pattern == Pattern::Fanout {
+        return subscribe_fanout(spec).await;
+    }
     match spec.transport {
         Transport::ShmlinkTyped if spec.pattern == Pattern::Stream => {
             let node = Node::connect(&spec.addr, "server").await?;
@@ -223,4 +230,87 @@ pub(crate) async fn serve(spec: &Spec) -> Res<()> {
             serve_conn(&mut ShmConn(session), spec.pattern).await
         }
     }
+}
+
+// ===== shmlink fan-out: a raw topic, the engine in a process of its own =====
+
+/// The topic of `fanout`.
+const FANOUT_TOPIC: &str = "bench/fanout";
+
+/// `fanout`: the engine host (pinned with this process under `split`), this process's node
+/// publishing raw `Bytes` on a topic, and `spec.subscribers` subscriber processes, each
+/// subscribed with `Overflow::Block` so that every message reaches every subscriber.
+pub(crate) fn measure_fanout(spec: &Spec, dir: &Path) -> Res<Measured> {
+    let addr = path_str(&dir.join("engine.sock"))?;
+    let mut host = spawn_role("engine-host", &server_spec(spec, addr.clone()), true)?;
+    host.ready()?;
+    let rt = current_thread()?;
+    let measured = rt.block_on(publish_fanout(spec, &addr, host.pid()));
+    // The node leaves (its runtime with it) before the engine stops: a node whose engine
+    // goes away while its runtime still runs can busy-loop on the closed doorbell.
+    drop(rt);
+    drop(host.0.stdin.take()); // tells the engine host to stop
+    host.finish(std::time::Duration::from_secs(10))?;
+    measured
+}
+
+async fn publish_fanout(spec: &Spec, addr: &str, engine: u32) -> Res<Measured> {
+    let node = Node::connect(addr, "publisher").await?;
+    let mut publisher: Publisher<Bytes> = node.publish(FANOUT_TOPIC).await?;
+    let mut subs = Subscribers::spawn(spec, addr)?;
+    subs.ready().await?;
+    let n = spec.size;
+    // The publisher holds one message (staged until the next `poll_ready` copies it into the
+    // transmit arena) while the next is written.
+    let mut payloads = Payloads::new(3);
+    let m = fanout_loop(spec, &mut subs, Some(engine), async |d| {
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        loop {
+            for _ in 0..BATCH {
+                // Every byte written here; the publisher copies the message into its
+                // transmit arena, the engine once into the topic's segment.
+                publisher.feed(payloads.fill(n, seed_byte(i))).await?;
+                i += 1;
+            }
+            publisher.flush().await?;
+            if t0.elapsed() >= d {
+                break;
+            }
+        }
+        publisher
+            .send(Bytes::from_static(&[0xFF; MARKER_LEN]))
+            .await?;
+        Ok(i)
+    })
+    .await;
+    let quit = publisher.send(Bytes::from_static(&[0xFE; QUIT_LEN])).await;
+    let m = m?;
+    quit?;
+    subs.finish().await?;
+    drop(publisher);
+    drop(node);
+    Ok(m)
+}
+
+/// A `fanout` subscriber: a node on the engine at `spec.addr`, a `Block` subscription to the
+/// topic, every message checked; ends at the quit message.
+pub(crate) async fn subscribe_fanout(spec: &Spec) -> Res<()> {
+    let node = Node::connect(&spec.addr, &format!("sub-{}", std::process::id())).await?;
+    let options = SubscribeOptions {
+        // Never cut loose on a loaded machine: the run's time limit catches a hang.
+        overflow: Overflow::Block {
+            untether_ms: 600_000,
+        },
+        ..SubscribeOptions::default()
+    };
+    let mut sub: Subscription<Bytes> = node.subscribe_with(FANOUT_TOPIC, options).await?;
+    println!("ready");
+    let mut tally = Tally::default();
+    while let Some(msg) = sub.next().await {
+        if !tally.take(&msg?)? {
+            return Ok(());
+        }
+    }
+    Err("the subscription ended before the quit message".into())
 }

@@ -16,13 +16,13 @@
 //! that leaves every count unchanged, and so affects no other holder.
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash};
 
 use thiserror::Error;
 
 use crate::arena::{ArenaStats, BuddyAllocator};
 use crate::error::{AllocError, BlockError};
-use crate::idhash::{IdMap, IdSet};
+use crate::idhash::{IdHasher, IdMap, IdSet};
 
 /// A slot handed out by [`Slots::alloc`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,7 +90,10 @@ struct SlotState {
 pub struct Slots<H> {
     allocator: BuddyAllocator<Vec<u8>>,
     live: IdMap<u64, SlotState>,
-    held: std::collections::HashMap<H, IdSet<u64>>,
+    /// Each holder's slots. Holders are ids the engine assigned (its subscription keys), never
+    /// a peer's choice: the integer hash is right (see [`crate::idhash`]); SipHash here cost
+    /// a hash per subscriber per message, twice.
+    held: std::collections::HashMap<H, IdSet<u64>, BuildHasherDefault<IdHasher>>,
 }
 
 impl<H: fmt::Debug> fmt::Debug for Slots<H> {
