@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `cargo bench -p shmlink-benches --bench compare -- [--quick] [--json FILE] [--runs N]`
-//! `[--transports a,b] [--patterns rtt,stream,concurrent,idle,idle-nodes] [--sizes 64,1K,16M]`
+//! `[--transports a,b] [--patterns rtt,stream,stream-flush,concurrent,idle,idle-nodes]`
+//! `[--sizes 64,1K,16M]`
 //! `[--idle-nodes 0,100,1000] [--placements split,free] [--window-ms MS] [--warmup-ms MS]`
 //!
 //! (Plain `cargo bench --bench compare` from the workspace root does not find the target: the
@@ -25,7 +26,11 @@
 //! `TCP_NODELAY`, same codec), `tarpc` (tarpc over a Unix socket, `serde_transport` with
 //! tokio-serde's Bincode), `iceoryx2-event` and `iceoryx2-poll` (iceoryx2 request/response for
 //! requests, publish/subscribe for streams, `[u8]` slice payloads, waiting on an event
-//! listener or busy-polling).
+//! listener or busy-polling), `raw-ring` (the floor: an ipc-core block's deliver and release
+//! rings between two processes, no engine, batched on both sides, spinning; see
+//! `raw_ring.rs`), `shmipc` (CloudWeGo's shared-memory streams, V4 with eventfd wake-ups,
+//! length-prefixed frames written in place). `raw-ring` measures `stream` only, `shmipc` both
+//! stream patterns, tarpc every pattern but `stream-flush`.
 //!
 //! Every payload is written by its sender (every byte) and read by its receiver (a checksum of
 //! every byte, checked against the expected value: a wrong byte fails the run). The server of
@@ -38,6 +43,9 @@
 //!   receiver acknowledges; messages/s and bytes/s. Socket senders `feed` and `flush` every 256
 //!   messages, shmlink `feed`s too; tarpc (which has no one-way call) keeps 256 calls in flight;
 //!   iceoryx2 publishes (and, event mode, notifies once per 256 messages).
+//! - `stream-flush` (64 B): the same stream, but every message is sent and flushed on its own
+//!   (iceoryx2 notifies after each): one wake-up per message, the cost a producer that cannot
+//!   batch pays.
 //! - `concurrent`: 64 requests of 64 B in flight, requests/s.
 //! - `idle`: the engine, in a process of its own with two connected nodes holding open
 //!   sessions (raw and request/response), over a 5 s window: its CPU seconds.
@@ -80,10 +88,13 @@ mod common;
 mod idle;
 #[path = "iceoryx2.rs"]
 mod iox;
+mod raw_ring;
 #[path = "tarpc.rs"]
 mod rpc;
 #[path = "shmlink.rs"]
 mod shm;
+#[path = "shmipc.rs"]
+mod shmipc_peer;
 mod tcp;
 mod uds;
 
@@ -166,6 +177,7 @@ fn measure(spec: &Spec) -> Res<()> {
     let dir = scratch_dir()?;
     let result = match spec.transport {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::client(spec),
+        Transport::RawRing => raw_ring::client(spec),
         _ if spec.pattern == Pattern::Idle => idle::measure_idle(spec, &dir),
         _ if spec.pattern == Pattern::IdleNodes => idle::measure_idle_nodes(spec, &dir),
         _ => current_thread()?.block_on(measure_async(spec, &dir)),
@@ -181,7 +193,10 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
         Transport::Uds => uds::measure(spec, dir).await,
         Transport::Tcp => tcp::measure(spec).await,
         Transport::Tarpc => rpc::measure(spec, dir).await,
-        Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("measured in iox"),
+        Transport::Shmipc => shmipc_peer::measure(spec, dir).await,
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
+            unreachable!("measured without a runtime")
+        }
     }
 }
 
@@ -191,6 +206,7 @@ fn serve(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.1))?;
     match spec.transport {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::serve(spec),
+        Transport::RawRing => raw_ring::serve(spec),
         _ => current_thread()?.block_on(serve_async(spec)),
     }
 }
@@ -201,7 +217,10 @@ async fn serve_async(spec: &Spec) -> Res<()> {
         Transport::Tcp => tcp::serve(spec).await,
         Transport::Tarpc => rpc::serve(spec).await,
         Transport::Shmlink | Transport::ShmlinkTyped => shm::serve(spec).await,
-        Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("served in iox"),
+        Transport::Shmipc => shmipc_peer::serve(spec).await,
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
+            unreachable!("served without a runtime")
+        }
     }
 }
 
@@ -215,6 +234,8 @@ struct Options {
     patterns: Vec<Pattern>,
     rtt_sizes: Vec<usize>,
     stream_sizes: Vec<usize>,
+    /// `stream-flush`: 64 B only.
+    stream_flush_sizes: Vec<usize>,
     /// Idle nodes beside the active pair (`idle-nodes`).
     idle_nodes: Vec<usize>,
     placements: Vec<Placement>,
@@ -246,6 +267,7 @@ fn options(args: &[String]) -> Res<Options> {
         ],
         rtt_sizes: vec![64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16 << 20],
         stream_sizes: vec![64, 4 << 10],
+        stream_flush_sizes: vec![64],
         idle_nodes: vec![0, 100, 1000],
         placements: vec![Placement::Split, Placement::Free],
         warmup_ms: 200,
@@ -407,6 +429,7 @@ fn coordinate(args: &[String]) -> Res<()> {
         match p {
             Pattern::Rtt => cases.extend(o.rtt_sizes.iter().map(|&s| (p, s))),
             Pattern::Stream => cases.extend(o.stream_sizes.iter().map(|&s| (p, s))),
+            Pattern::StreamFlush => cases.extend(o.stream_flush_sizes.iter().map(|&s| (p, s))),
             Pattern::Concurrent => cases.push((p, 64)),
             // Only shmlink has an engine to idle; the case's number is N, not a size.
             Pattern::IdleNodes if o.transports.contains(&Transport::Shmlink) => {
@@ -419,7 +442,11 @@ fn coordinate(args: &[String]) -> Res<()> {
         if pattern == Pattern::IdleNodes {
             vec![Transport::Shmlink]
         } else {
-            o.transports.clone()
+            o.transports
+                .iter()
+                .copied()
+                .filter(|t| t.measures(pattern))
+                .collect()
         }
     };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
@@ -670,7 +697,7 @@ fn table(
         fn(&Measured) -> Option<f64>,
         fn(f64) -> String,
     );
-    let figures: [Figure; 8] = [
+    let figures: [Figure; 10] = [
         ("round trip p50", Pattern::Rtt, |m| m.p50_ns, fmt_ns),
         ("round trip p99", Pattern::Rtt, |m| m.p99_ns, fmt_ns),
         (
@@ -694,6 +721,18 @@ fn table(
         (
             "stream CPU s per million messages",
             Pattern::Stream,
+            |m| m.cpu_s_per_million,
+            |v| format!("{v:.2}"),
+        ),
+        (
+            "stream, a flush per message: messages/s",
+            Pattern::StreamFlush,
+            |m| m.msgs_per_s,
+            fmt_si,
+        ),
+        (
+            "stream, a flush per message: CPU s per million messages",
+            Pattern::StreamFlush,
             |m| m.cpu_s_per_million,
             |v| format!("{v:.2}"),
         ),
