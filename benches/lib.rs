@@ -24,10 +24,14 @@ pub enum Transport {
     Iceoryx2Event,
     /// iceoryx2, busy-polling.
     Iceoryx2Poll,
+    /// The floor: an ipc-core block's rings between two processes, no engine, spinning.
+    RawRing,
+    /// CloudWeGo's shmipc (shared-memory streams), length-prefixed frames.
+    Shmipc,
 }
 
 /// Every transport, in the order of the report's columns.
-pub const TRANSPORTS: [Transport; 7] = [
+pub const TRANSPORTS: [Transport; 9] = [
     Transport::Shmlink,
     Transport::ShmlinkTyped,
     Transport::Uds,
@@ -35,6 +39,8 @@ pub const TRANSPORTS: [Transport; 7] = [
     Transport::Tarpc,
     Transport::Iceoryx2Event,
     Transport::Iceoryx2Poll,
+    Transport::RawRing,
+    Transport::Shmipc,
 ];
 
 impl Transport {
@@ -48,6 +54,20 @@ impl Transport {
             Self::Tarpc => "tarpc",
             Self::Iceoryx2Event => "iceoryx2-event",
             Self::Iceoryx2Poll => "iceoryx2-poll",
+            Self::RawRing => "raw-ring",
+            Self::Shmipc => "shmipc",
+        }
+    }
+
+    /// Whether this transport measures `pattern` (the others are left out of its column).
+    pub fn measures(self, pattern: Pattern) -> bool {
+        match self {
+            // Spinning, it has no wake-up to pay per message, and no requests.
+            Self::RawRing => pattern == Pattern::Stream,
+            // tarpc has no one-way call to flush one at a time.
+            Self::Tarpc => pattern != Pattern::StreamFlush,
+            Self::Shmipc => matches!(pattern, Pattern::Stream | Pattern::StreamFlush),
+            _ => true,
         }
     }
 
@@ -65,6 +85,9 @@ pub enum Pattern {
     Rtt,
     /// One-way messages as fast as the sender can push them.
     Stream,
+    /// One-way messages, each sent and flushed on its own (one wake-up per message).
+    #[serde(rename = "stream-flush")]
+    StreamFlush,
     /// 64 requests in flight.
     Concurrent,
     /// The engine's CPU time with two connected nodes and no traffic.
@@ -77,9 +100,10 @@ pub enum Pattern {
 }
 
 /// Every pattern, in the order of `--patterns`' names.
-pub const PATTERNS: [Pattern; 6] = [
+pub const PATTERNS: [Pattern; 7] = [
     Pattern::Rtt,
     Pattern::Stream,
+    Pattern::StreamFlush,
     Pattern::Concurrent,
     Pattern::Idle,
     Pattern::IdleNodes,
@@ -92,6 +116,7 @@ impl Pattern {
         match self {
             Self::Rtt => "rtt",
             Self::Stream => "stream",
+            Self::StreamFlush => "stream-flush",
             Self::Concurrent => "concurrent",
             Self::Idle => "idle",
             Self::IdleNodes => "idle-nodes",
@@ -102,6 +127,11 @@ impl Pattern {
     /// The pattern named `s`.
     pub fn parse(s: &str) -> Option<Self> {
         PATTERNS.into_iter().find(|p| p.name() == s)
+    }
+
+    /// One-way messages, checked and counted by the receiver.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Self::Stream | Self::StreamFlush)
     }
 }
 

@@ -476,6 +476,28 @@ pub(crate) async fn drive_conn<C: Conn>(spec: &Spec, conn: &mut C, server: u32) 
             })
             .await
         }
+        Pattern::StreamFlush => {
+            phase_loop(spec, &cpu, async |d| {
+                let t0 = Instant::now();
+                let mut i = 0u64;
+                loop {
+                    for _ in 0..BATCH {
+                        conn.feed_fill(n, seed_byte(i)).await?;
+                        conn.flush().await?;
+                        i += 1;
+                    }
+                    if t0.elapsed() >= d {
+                        break;
+                    }
+                }
+                conn.feed_copy(&[0xFF; MARKER_LEN]).await?;
+                conn.flush().await?;
+                let ack = conn.recv().await?.ok_or("server gone")?;
+                check_ack(ack.as_ref(), i)?;
+                Ok(i)
+            })
+            .await
+        }
         Pattern::Concurrent => {
             let inflight = spec.inflight;
             phase_loop(spec, &cpu, async |d| {
@@ -554,7 +576,7 @@ pub(crate) async fn serve_one<C: Conn>(
     if msg.len() == MARKER_LEN {
         conn.feed_copy(&count.to_le_bytes()).await?;
         *count = 0;
-    } else if pattern == Pattern::Stream {
+    } else if pattern.is_stream() {
         check_streamed(msg, *count)?;
         *count += 1;
     } else {

@@ -71,7 +71,13 @@ pub(crate) fn client(spec: &Spec) -> Res<Measured> {
     let n = spec.size;
     let slice = n.max(MIN_SIZE);
     let rt = current_thread()?;
-    if spec.pattern == Pattern::Stream {
+    if spec.pattern.is_stream() {
+        // `stream-flush`: a notification per message (event mode), as a flush per message.
+        let per_notify = if spec.pattern == Pattern::StreamFlush {
+            1
+        } else {
+            BATCH
+        };
         let data = node
             .service_builder(&ServiceName::new(&format!("{base}/data"))?)
             .publish_subscribe::<[u8]>()
@@ -100,15 +106,17 @@ pub(crate) fn client(spec: &Spec) -> Res<Measured> {
             let t0 = Instant::now();
             let mut i = 0u64;
             loop {
-                for _ in 0..BATCH {
-                    let b = seed_byte(i);
-                    publisher
-                        .loan_slice_uninit(n)?
-                        .write_from_fn(|_| b)
-                        .send()?;
-                    i += 1;
+                for _ in 0..BATCH / per_notify {
+                    for _ in 0..per_notify {
+                        let b = seed_byte(i);
+                        publisher
+                            .loan_slice_uninit(n)?
+                            .write_from_fn(|_| b)
+                            .send()?;
+                        i += 1;
+                    }
+                    waiter.notify()?;
                 }
-                waiter.notify()?;
                 if t0.elapsed() >= d {
                     break;
                 }
@@ -222,7 +230,7 @@ pub(crate) fn serve(spec: &Spec) -> Res<()> {
     let base = &spec.addr;
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let slice = spec.size.max(MIN_SIZE);
-    if spec.pattern == Pattern::Stream {
+    if spec.pattern.is_stream() {
         let data = node
             .service_builder(&ServiceName::new(&format!("{base}/data"))?)
             .publish_subscribe::<[u8]>()

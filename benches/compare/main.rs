@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `cargo bench -p shmlink-benches --bench compare -- [--quick] [--json FILE] [--runs N]`
-//! `[--transports a,b] [--patterns rtt,stream,concurrent,idle,idle-nodes,fanout]`
+//! `[--transports a,b] [--patterns rtt,stream,stream-flush,concurrent,idle,idle-nodes,fanout]`
 //! `[--sizes 64,1K,16M] [--idle-nodes 0,100,1000] [--subscribers 1,4,16]`
 //! `[--placements split,free] [--window-ms MS] [--warmup-ms MS]`
 //!
@@ -28,7 +28,11 @@
 //! `TCP_NODELAY`, same codec), `tarpc` (tarpc over a Unix socket, `serde_transport` with
 //! tokio-serde's Bincode), `iceoryx2-event` and `iceoryx2-poll` (iceoryx2 request/response for
 //! requests, publish/subscribe for streams, `[u8]` slice payloads, waiting on an event
-//! listener or busy-polling).
+//! listener or busy-polling), `raw-ring` (the floor: an ipc-core block's deliver and release
+//! rings between two processes, no engine, batched on both sides, spinning; see
+//! `raw_ring.rs`), `shmipc` (CloudWeGo's shared-memory streams, V4 with eventfd wake-ups,
+//! length-prefixed frames written in place). `raw-ring` measures `stream` only, `shmipc` both
+//! stream patterns, tarpc every pattern but `stream-flush`.
 //!
 //! Every payload is written by its sender (every byte) and read by its receiver (a checksum of
 //! every byte, checked against the expected value: a wrong byte fails the run). The server of
@@ -41,6 +45,9 @@
 //!   receiver acknowledges; messages/s and bytes/s. Socket senders `feed` and `flush` every 256
 //!   messages, shmlink `feed`s too; tarpc (which has no one-way call) keeps 256 calls in flight;
 //!   iceoryx2 publishes (and, event mode, notifies once per 256 messages).
+//! - `stream-flush` (64 B): the same stream, but every message is sent and flushed on its own
+//!   (iceoryx2 notifies after each): one wake-up per message, the cost a producer that cannot
+//!   batch pays.
 //! - `concurrent`: 64 requests of 64 B in flight, requests/s.
 //! - `idle`: the engine, in a process of its own with two connected nodes holding open
 //!   sessions (raw and request/response), over a 5 s window: its CPU seconds.
@@ -101,10 +108,13 @@ mod fanout;
 mod idle;
 #[path = "iceoryx2.rs"]
 mod iox;
+mod raw_ring;
 #[path = "tarpc.rs"]
 mod rpc;
 #[path = "shmlink.rs"]
 mod shm;
+#[path = "shmipc.rs"]
+mod shmipc_peer;
 mod tcp;
 mod uds;
 
@@ -206,6 +216,7 @@ fn measure(spec: &Spec) -> Res<()> {
             Err(format!("no fanout for {}", spec.transport.name()).into())
         }
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::client(spec),
+        Transport::RawRing => raw_ring::client(spec),
         _ if spec.pattern == Pattern::Idle => idle::measure_idle(spec, &dir),
         _ if spec.pattern == Pattern::IdleNodes => idle::measure_idle_nodes(spec, &dir),
         _ => current_thread()?.block_on(measure_async(spec, &dir)),
@@ -221,7 +232,10 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
         Transport::Uds => uds::measure(spec, dir).await,
         Transport::Tcp => tcp::measure(spec).await,
         Transport::Tarpc => rpc::measure(spec, dir).await,
-        Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("measured in iox"),
+        Transport::Shmipc => shmipc_peer::measure(spec, dir).await,
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
+            unreachable!("measured without a runtime")
+        }
     }
 }
 
@@ -234,6 +248,7 @@ fn serve(spec: &Spec) -> Res<()> {
     }
     match spec.transport {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::serve(spec),
+        Transport::RawRing => raw_ring::serve(spec),
         _ => current_thread()?.block_on(serve_async(spec)),
     }
 }
@@ -244,7 +259,10 @@ async fn serve_async(spec: &Spec) -> Res<()> {
         Transport::Tcp => tcp::serve(spec).await,
         Transport::Tarpc => rpc::serve(spec).await,
         Transport::Shmlink | Transport::ShmlinkTyped => shm::serve(spec).await,
-        Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("served in iox"),
+        Transport::Shmipc => shmipc_peer::serve(spec).await,
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
+            unreachable!("served without a runtime")
+        }
     }
 }
 
@@ -261,6 +279,8 @@ struct Options {
     fanout_sizes: Vec<usize>,
     /// Subscriber processes (`fanout`).
     subscribers: Vec<usize>,
+    /// `stream-flush`: 64 B only.
+    stream_flush_sizes: Vec<usize>,
     /// Idle nodes beside the active pair (`idle-nodes`).
     idle_nodes: Vec<usize>,
     placements: Vec<Placement>,
@@ -294,6 +314,7 @@ fn options(args: &[String]) -> Res<Options> {
         stream_sizes: vec![64, 4 << 10],
         fanout_sizes: vec![64, 64 << 10],
         subscribers: vec![1, 4, 16],
+        stream_flush_sizes: vec![64],
         idle_nodes: vec![0, 100, 1000],
         placements: vec![Placement::Split, Placement::Free],
         warmup_ms: 200,
@@ -488,6 +509,9 @@ fn coordinate(args: &[String]) -> Res<()> {
         match p {
             Pattern::Rtt => cases.extend(o.rtt_sizes.iter().map(|&s| (p, s, 0))),
             Pattern::Stream => cases.extend(o.stream_sizes.iter().map(|&s| (p, s, 0))),
+            Pattern::StreamFlush => {
+                cases.extend(o.stream_flush_sizes.iter().map(|&s| (p, s, 0)));
+            }
             Pattern::Concurrent => cases.push((p, 64, 0)),
             // Only shmlink has an engine to idle; the case's number is N, not a size.
             Pattern::IdleNodes if o.transports.contains(&Transport::Shmlink) => {
@@ -509,7 +533,12 @@ fn coordinate(args: &[String]) -> Res<()> {
             .copied()
             .filter(|t| FANOUT_TRANSPORTS.contains(t))
             .collect(),
-        _ => o.transports.clone(),
+        _ => o
+            .transports
+            .iter()
+            .copied()
+            .filter(|t| t.measures(pattern))
+            .collect(),
     };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
     let idle_runs = if o.quick { 1 } else { o.runs };
@@ -778,7 +807,7 @@ fn table(
         fn(&Measured) -> Option<f64>,
         fn(f64) -> String,
     );
-    let figures: [Figure; 8] = [
+    let figures: [Figure; 10] = [
         ("round trip p50", Pattern::Rtt, |m| m.p50_ns, fmt_ns),
         ("round trip p99", Pattern::Rtt, |m| m.p99_ns, fmt_ns),
         (
@@ -802,6 +831,18 @@ fn table(
         (
             "stream CPU s per million messages",
             Pattern::Stream,
+            |m| m.cpu_s_per_million,
+            |v| format!("{v:.2}"),
+        ),
+        (
+            "stream, a flush per message: messages/s",
+            Pattern::StreamFlush,
+            |m| m.msgs_per_s,
+            fmt_si,
+        ),
+        (
+            "stream, a flush per message: CPU s per million messages",
+            Pattern::StreamFlush,
             |m| m.cpu_s_per_million,
             |v| format!("{v:.2}"),
         ),

@@ -38,7 +38,7 @@ pub(crate) async fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
         &server_spec(spec, path_str(engine.socket_path())?),
         false,
     )?;
-    let typed_rpc = spec.transport == Transport::ShmlinkTyped && spec.pattern != Pattern::Stream;
+    let typed_rpc = spec.transport == Transport::ShmlinkTyped && !spec.pattern.is_stream();
     engine
         .wait_for_stats(|s| s.services == if typed_rpc { 2 } else { 1 })
         .await;
@@ -48,7 +48,7 @@ pub(crate) async fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
             let mut conn = ShmConn(node.open::<Bytes>("bench").await?);
             drive_conn(spec, &mut conn, server.pid()).await?
         }
-        _ if spec.pattern == Pattern::Stream => {
+        _ if spec.pattern.is_stream() => {
             let mut conn = TypedConn(node.open::<Blob>("bench").await?);
             drive_conn(spec, &mut conn, server.pid()).await?
         }
@@ -199,7 +199,7 @@ pub(crate) async fn serve(spec: &Spec) -> Res<()> {
         return subscribe_fanout(spec).await;
     }
     match spec.transport {
-        Transport::ShmlinkTyped if spec.pattern == Pattern::Stream => {
+        Transport::ShmlinkTyped if spec.pattern.is_stream() => {
             let node = Node::connect(&spec.addr, "server").await?;
             let mut listener = node.listen::<Blob>("bench").await?;
             let session = listener.accept().await.ok_or("engine gone")?;

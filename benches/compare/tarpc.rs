@@ -134,8 +134,8 @@ async fn client(spec: &Spec, stream: UnixStream, server: u32) -> Res<Measured> {
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout => {
-            Err("idle and fanout patterns are measured apart".into())
+        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout | Pattern::StreamFlush => {
+            Err("not a tarpc pattern (idle and fanout are measured apart)".into())
         }
     }
 }

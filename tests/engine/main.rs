@@ -22,6 +22,7 @@ mod kill;
 mod mesh;
 mod names;
 mod payloads;
+mod pressure;
 mod rendezvous;
 mod restart;
 mod spawn;

@@ -26,7 +26,9 @@ use crate::error::{ConnectError, OpenError};
 use crate::message::Bincode;
 use crate::session::{Payload, Session, SessionCore};
 
-pub(crate) use shared::{NodeShared, Reply, State, WaitList};
+pub(crate) use shared::{
+    Batch, LoanError, NodeShared, Reply, SharedBatch, State, WaitList, lock_batch,
+};
 
 /// A connection to an engine. Cheap to clone; the connection closes when the last `Node`,
 /// [`Session`] and [`Listener`] of it are dropped.

@@ -1,13 +1,16 @@
 //! State a node's driver shares with its sessions.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ipc_core::control::{EngineFrame, ErrorCode, Limit, NodeFrame, Schema};
-use ipc_core::{Block, Doorbell, IdMap, Producer, RawDescriptor, RxView, ShmRing, TxArena, kind};
+use ipc_core::{
+    AllocError, Block, Doorbell, IdMap, Producer, RawDescriptor, RxView, ShmRing, TxArena, TxBuf,
+    kind,
+};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -115,6 +118,41 @@ impl WaitList {
     }
 }
 
+/// A sink's batch: the descriptors of loans handed to the sink (fed) and not yet pushed on
+/// the submit ring. Shared with the node so that an allocation that finds the transmit arena
+/// full can push it ([`NodeShared::poll_loan`]): a task that fed one sink and then waits for
+/// arena room on another would otherwise wait for memory that only its own unflushed batch
+/// holds, and that no `TX_DONE` ever frees.
+///
+/// Lock order: a batch before the submit ring's side; the node's list of unflushed batches
+/// only ever `try_lock`s a batch (a batch whose owner is at work is left to it).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// Descriptors in the order the sink produced them.
+    pub(crate) entries: Vec<RawDescriptor>,
+    /// Payload bytes in `entries`.
+    pub(crate) bytes: u64,
+    /// In the node's list of batches that may hold entries (`NodeShared::unflushed`).
+    pub(crate) listed: bool,
+}
+
+/// A sink's [`Batch`], as the sink and its node share it.
+pub(crate) type SharedBatch = Arc<Mutex<Batch>>;
+
+/// Locks a batch (a poisoned one is still consistent: every change is one push or drain).
+pub(crate) fn lock_batch(batch: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
+    batch.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a loan of the transmit arena failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoanError {
+    /// The node is disconnected from its engine.
+    Disconnected,
+    /// The arena can never hold that many bytes.
+    TooLarge,
+}
+
 #[derive(Debug)]
 struct RingSide {
     producer: Producer<ShmRing>,
@@ -154,6 +192,9 @@ pub(crate) struct NodeShared {
     state: Mutex<State>,
     /// Senders waiting for room in the transmit arena (woken on `TX_DONE`).
     pub(crate) tx_waiters: WaitList,
+    /// Sinks' batches that gained entries since the node last looked (by session end): what a
+    /// full transmit arena pushes for them ([`NodeShared::poll_loan`]).
+    unflushed: Mutex<HashMap<u32, SharedBatch>>,
     /// Senders waiting for room in the submit ring (woken on the node's doorbell).
     pub(crate) ring_waiters: WaitList,
     /// How long the driver polls after activity before it parks.
@@ -202,6 +243,7 @@ impl NodeShared {
             out,
             state: Mutex::new(State::default()),
             tx_waiters: WaitList::default(),
+            unflushed: Mutex::new(HashMap::new()),
             ring_waiters: WaitList::default(),
             spin,
             kick: Notify::new(),
@@ -353,6 +395,97 @@ impl NodeShared {
                 Ok(false) => continue,
                 Err(_) => return Poll::Ready(Err(SessionError::Disconnected)),
             }
+        }
+    }
+
+    /// A loan of `len` bytes of the transmit arena, or `Pending` (woken by a `TX_DONE`).
+    ///
+    /// No trap on unflushed data: when the arena is full, the batches other sinks of this node
+    /// were fed and not told to flush are pushed to the engine first (their `TX_DONE`s free
+    /// the room this loan waits for). The fast path, an allocation that succeeds, costs nothing
+    /// more.
+    pub(crate) fn poll_loan(
+        &self,
+        len: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<TxBuf, LoanError>> {
+        let mut registered = false;
+        loop {
+            if self.is_dead() {
+                return Poll::Ready(Err(LoanError::Disconnected));
+            }
+            match self.tx.alloc(len) {
+                Ok(buf) => return Poll::Ready(Ok(buf)),
+                Err(AllocError::Full { .. }) if !registered => {
+                    // Register, then retry once: a TX_DONE between the two wakes us.
+                    self.tx_waiters.register(cx.waker());
+                    registered = true;
+                    self.push_unflushed();
+                }
+                Err(AllocError::Full { .. }) => return Poll::Pending,
+                Err(_) => return Poll::Ready(Err(LoanError::TooLarge)),
+            }
+        }
+    }
+
+    /// Lists `batch` (the sink of session end `end`) as holding entries, once until the node
+    /// next pushes or sweeps it. The caller has set its `listed` flag and released its lock.
+    pub(crate) fn list_unflushed(&self, end: u32, batch: &SharedBatch) {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(end, batch.clone());
+    }
+
+    /// Forgets the batch of session end `end` (its sink is gone).
+    pub(crate) fn unlist(&self, end: u32) {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&end);
+    }
+
+    /// The transmit arena is full: pushes every listed batch whose owner is not at work on it
+    /// right now (one that is pushes it itself before it waits), in its own order and after
+    /// everything queued before it, and empties the list of what it pushed or found empty.
+    fn push_unflushed(&self) {
+        let mut list = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+        if list.is_empty() {
+            return;
+        }
+        let mut pushed = false;
+        list.retain(|_, batch| {
+            let mut batch = match batch.try_lock() {
+                Ok(batch) => batch,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                // Its sink is being polled: it pushes its batch before it waits.
+                Err(TryLockError::WouldBlock) => return true,
+            };
+            if !batch.entries.is_empty() {
+                let mut side = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+                let n = if side.overflow.is_empty() {
+                    side.producer.push_batch(&batch.entries).unwrap_or(0)
+                } else {
+                    0
+                };
+                // What the ring has no room for waits in the overflow queue, which goes
+                // before anything pushed later: the session's order holds.
+                side.overflow.extend(batch.entries.drain(n..));
+                batch.entries.clear();
+                batch.bytes = 0;
+                if !side.overflow.is_empty() {
+                    self.push_overflow(&mut side);
+                } else if side.producer.needs_wake() {
+                    self.ring_engine();
+                }
+                pushed = true;
+            }
+            batch.listed = false;
+            false
+        });
+        drop(list);
+        if pushed && !self.spin.is_zero() {
+            self.kick.notify_one();
         }
     }
 

@@ -13,6 +13,12 @@
 //! `send` flushes every message, while a producer that `feed`s many and flushes once pays the
 //! ring's costs once per batch. A sink never waits for its window or for arena room with a batch unsent.
 //!
+//! No trap on unflushed data: the batch is shared with the node (a [`Batch`] behind a lock the
+//! sink alone takes while it works), and a loan fed to a byte sink joins it at once when its
+//! window allows. An allocation of any sink or publisher of the node that finds the transmit
+//! arena full pushes the batches of the others (`NodeShared::poll_loan`): a task that fed sink
+//! A and then waits for room on sink B, without flushing A, gets A's memory back.
+//!
 //! Dropping the sink half-closes the session (the peer's stream ends), as dropping Tokio's
 //! `OwnedWriteHalf` shuts down writing.
 
@@ -24,10 +30,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use ipc_core::{AllocError, RawDescriptor, TxBuf, kind, window_charge};
+use ipc_core::{RawDescriptor, TxBuf, kind, window_charge};
 
 use crate::error::SessionError;
 use crate::message::Bincode;
+use crate::node::{Batch, LoanError, SharedBatch, lock_batch};
 use crate::session::{Payload, Permit, TxHandle};
 
 /// A payload being written in place in this node's transmit arena. Send it with the sink of
@@ -89,11 +96,12 @@ enum Pending<T> {
 pub struct SessionSink<T = Bytes, C = Bincode> {
     pub(crate) tx: TxHandle,
     pending: Option<(Pending<T>, Permit)>,
-    /// Loans handed over (their descriptors), not yet on the submit ring. Always pushed, even
-    /// once the session is over: the engine frees each (`TX_DONE`) instead of delivering it.
-    batch: Vec<RawDescriptor>,
-    /// Payload bytes in `batch`.
-    batched_bytes: u64,
+    /// Loans handed over (their descriptors), not yet on the submit ring; shared with the node,
+    /// which pushes it when its transmit arena is full. Always pushed, even once the session
+    /// is over: the engine frees each (`TX_DONE`) instead of delivering it.
+    batch: SharedBatch,
+    /// The batch reached its size when last added to: the next push sends it.
+    batch_full: bool,
     /// The window share `poll_ready` reserved for the next `start_send`.
     reserved: Option<Permit>,
     _codec: PhantomData<fn() -> C>,
@@ -107,7 +115,7 @@ impl<T, C> fmt::Debug for SessionSink<T, C> {
         f.debug_struct("SessionSink")
             .field("session", &self.tx.guard.core.end)
             .field("pending", &self.pending.is_some())
-            .field("batched", &self.batch.len())
+            .field("batched", &lock_batch(&self.batch).entries.len())
             .field("reserved", &self.reserved.is_some())
             .field("finished", &self.tx.finished)
             .finish()
@@ -119,8 +127,11 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         Self {
             tx,
             pending: None,
-            batch: Vec::with_capacity(SUBMIT_BATCH),
-            batched_bytes: 0,
+            batch: SharedBatch::new(std::sync::Mutex::new(Batch {
+                entries: Vec::with_capacity(SUBMIT_BATCH),
+                ..Batch::default()
+            })),
+            batch_full: false,
             reserved: None,
             _codec: PhantomData,
         }
@@ -214,20 +225,24 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         loan
     }
 
-    /// Pushes the batch onto the submit ring (all of it, or `Pending` until there is room).
-    fn poll_submit_batch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
-        if self.batch.is_empty() {
-            return Poll::Ready(Ok(()));
+    /// Pushes the batch onto the submit ring (all of it, or `Pending` until there is room);
+    /// whether it held anything (the node may have pushed it already).
+    fn poll_submit_batch(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
+        let mut batch = lock_batch(&self.batch);
+        if batch.entries.is_empty() {
+            self.batch_full = false;
+            return Poll::Ready(Ok(false));
         }
         ready!(
             self.tx
                 .guard
                 .node
                 .shared
-                .poll_submit_batch(&mut self.batch, cx)
+                .poll_submit_batch(&mut batch.entries, cx)
         )?;
-        self.batched_bytes = 0;
-        Poll::Ready(Ok(()))
+        batch.bytes = 0;
+        self.batch_full = false;
+        Poll::Ready(Ok(true))
     }
 
     /// `len` as a payload length, or `TooLarge` if no session of this node can carry it.
@@ -239,27 +254,14 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     }
 
     fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
-        let shared = &self.tx.guard.node.shared;
-        let too_large = || Poll::Ready(Err(self.too_large(len as u64)));
         let len32 = match self.check_len(len) {
             Ok(len32) => len32,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let mut registered = false;
-        loop {
-            if shared.is_dead() {
-                return Poll::Ready(Err(SessionError::Disconnected));
-            }
-            match shared.tx.alloc(len32) {
-                Ok(buf) => return Poll::Ready(Ok(Loan { buf })),
-                Err(AllocError::Full { .. }) if !registered => {
-                    // Register, then retry once: a TX_DONE between the two wakes us.
-                    shared.tx_waiters.register(cx.waker());
-                    registered = true;
-                }
-                Err(AllocError::Full { .. }) => return Poll::Pending,
-                Err(_) => return too_large(),
-            }
+        match ready!(self.tx.guard.node.shared.poll_loan(len32, cx)) {
+            Ok(buf) => Poll::Ready(Ok(Loan { buf })),
+            Err(LoanError::Disconnected) => Poll::Ready(Err(SessionError::Disconnected)),
+            Err(LoanError::TooLarge) => Poll::Ready(Err(self.too_large(len as u64))),
         }
     }
 
@@ -320,17 +322,15 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                 Pending::Loan(loan) => self.add_to_batch(loan, permit),
             }
         }
-        let cap = BATCH_BYTES.min(self.tx.guard.node.shared.tx.capacity() / 64);
-        if !self.batch.is_empty()
-            && (flush || self.batch.len() >= SUBMIT_BATCH || self.batched_bytes >= cap)
-        {
+        if flush || self.batch_full {
             // Read before the push: a session already over then can deliver none of them. One
             // that ends after the push may have delivered them (its peer read them, then
             // closed), so it is no error for these; the next send learns of the end.
             let over = self.tx.guard.core.send_error();
-            ready!(self.poll_submit_batch(cx))?;
             // Pushed either way (the engine frees what it cannot deliver).
-            if let Some(error) = over {
+            if ready!(self.poll_submit_batch(cx))?
+                && let Some(error) = over
+            {
                 return Poll::Ready(Err(error));
             }
         }
@@ -366,8 +366,17 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             // node's bytes and free them twice. Dropped, it goes back to its own arena.
             return Err(SessionError::ForeignLoan);
         }
-        let permit = self.reserved.take().ok_or(SessionError::NotReady)?;
-        self.pending = Some((item, permit));
+        let mut permit = self.reserved.take().ok_or(SessionError::NotReady)?;
+        match item {
+            // A loan holds arena memory: it joins the batch (which the node pushes if the
+            // arena runs out) now, if its window allows without waiting.
+            Pending::Loan(loan)
+                if matches!(permit.try_bytes(self.charge(loan.len())), Ok(true)) =>
+            {
+                self.add_to_batch(loan, permit);
+            }
+            item => self.pending = Some((item, permit)),
+        }
         Ok(())
     }
 
@@ -462,14 +471,24 @@ impl<T, C> SessionSink<T, C> {
 
     /// Hands `loan` over: its descriptor joins the batch, and its permit the bytes in flight.
     fn add_to_batch(&mut self, loan: Loan, permit: Permit) {
+        let shared = &self.tx.guard.node.shared;
+        let end = self.tx.guard.core.end;
         let sent = loan.buf.submit();
         permit.consume(window_charge(sent.len, self.min_block()));
-        self.batched_bytes += u64::from(sent.len);
-        self.batch.push(RawDescriptor::data(
-            self.tx.guard.core.end,
-            sent.offset,
-            sent.len,
-        ));
+        let cap = BATCH_BYTES.min(shared.tx.capacity() / 64);
+        let first = {
+            let mut batch = lock_batch(&self.batch);
+            batch
+                .entries
+                .push(RawDescriptor::data(end, sent.offset, sent.len));
+            batch.bytes += u64::from(sent.len);
+            self.batch_full = batch.entries.len() >= SUBMIT_BATCH || batch.bytes >= cap;
+            !std::mem::replace(&mut batch.listed, true)
+        };
+        if first {
+            // Listed before this poll returns: from now on a full arena pushes it.
+            shared.list_unflushed(end, &self.batch);
+        }
     }
 }
 
@@ -505,8 +524,19 @@ impl<T, C> Drop for SessionSink<T, C> {
         }
         // Loans handed over go to the engine whatever happened, to be delivered or freed.
         let shared = &self.tx.guard.node.shared;
-        for entry in self.batch.drain(..) {
+        let (entries, listed) = {
+            let mut batch = lock_batch(&self.batch);
+            batch.bytes = 0;
+            (
+                std::mem::take(&mut batch.entries),
+                std::mem::take(&mut batch.listed),
+            )
+        };
+        for entry in entries {
             shared.submit_now(entry);
+        }
+        if listed {
+            shared.unlist(end);
         }
         // Then `self.tx` drops: a FIN or the end's CLOSE follows the batch (see `TxHandle`).
     }

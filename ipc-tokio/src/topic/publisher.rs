@@ -9,12 +9,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use ipc_core::control::NodeFrame;
-use ipc_core::{AllocError, RawDescriptor, TxBuf};
+use ipc_core::{RawDescriptor, TxBuf};
 
 use super::PublishError;
 use crate::error::SessionError;
 use crate::message::Bincode;
-use crate::node::NodeHandle;
+use crate::node::{LoanError, NodeHandle};
 use crate::session::{Loan, Payload};
 
 /// Where the message being sent stands.
@@ -103,26 +103,13 @@ impl<T, C> Publisher<T, C> {
                 }));
             }
         };
-        let mut registered = false;
-        loop {
-            if shared.is_dead() {
-                return Poll::Ready(Err(PublishError::Disconnected));
-            }
-            match shared.tx.alloc(len32) {
-                Ok(buf) => return Poll::Ready(Ok(buf)),
-                Err(AllocError::Full { .. }) if !registered => {
-                    // Register, then retry once: a TX_DONE between the two wakes us.
-                    shared.tx_waiters.register(cx.waker());
-                    registered = true;
-                }
-                Err(AllocError::Full { .. }) => return Poll::Pending,
-                Err(_) => {
-                    return Poll::Ready(Err(PublishError::TooLarge {
-                        len: len as u64,
-                        max,
-                    }));
-                }
-            }
+        match ready!(shared.poll_loan(len32, cx)) {
+            Ok(buf) => Poll::Ready(Ok(buf)),
+            Err(LoanError::Disconnected) => Poll::Ready(Err(PublishError::Disconnected)),
+            Err(LoanError::TooLarge) => Poll::Ready(Err(PublishError::TooLarge {
+                len: len as u64,
+                max,
+            })),
         }
     }
 
