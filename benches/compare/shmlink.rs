@@ -260,17 +260,17 @@ async fn publish_fanout(spec: &Spec, addr: &str, engine: u32) -> Res<Measured> {
     let mut subs = Subscribers::spawn(spec, addr)?;
     subs.ready().await?;
     let n = spec.size;
-    // The publisher holds one message (staged until the next `poll_ready` copies it into the
-    // transmit arena) while the next is written.
-    let mut payloads = Payloads::new(3);
     let m = fanout_loop(spec, &mut subs, Some(engine), async |d| {
         let t0 = Instant::now();
         let mut i = 0u64;
         loop {
             for _ in 0..BATCH {
-                // Every byte written here; the publisher copies the message into its
-                // transmit arena, the engine once into the topic's segment.
-                publisher.feed(payloads.fill(n, seed_byte(i))).await?;
+                // Every byte written here, in place in the publisher's transmit arena (a
+                // loan, as iceoryx2 loans its sample); the engine copies it once into the
+                // topic's segment.
+                let mut loan = publisher.loan(n).await?;
+                loan.fill(seed_byte(i));
+                publisher.feed(loan).await?;
                 i += 1;
             }
             publisher.flush().await?;
