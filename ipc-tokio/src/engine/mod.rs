@@ -38,12 +38,14 @@ mod router;
 mod scheduler;
 mod violation;
 // Topics are built as plain data first; the router wires them in a later step.
+mod queue;
+mod queue_router;
 #[allow(dead_code, unused_imports)]
 mod topic;
 mod topic_router;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
-    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
+    EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
