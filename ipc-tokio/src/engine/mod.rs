@@ -33,6 +33,9 @@ pub mod inspect;
 mod link;
 mod listener;
 mod metrics;
+// The durable store comes first; the queue pattern that uses it is wired in a later step.
+#[allow(dead_code)]
+mod queue;
 mod registry;
 mod router;
 mod scheduler;
@@ -47,3 +50,4 @@ pub use config::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
     STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
+pub use queue::store::StoreError;
