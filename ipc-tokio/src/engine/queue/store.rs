@@ -231,7 +231,11 @@ impl Store {
             source: Arc::new(e),
         })?;
         let path = dir.join(FILE_NAME);
-        let (db, recovered) = open_database(&path)?;
+        let (db, recovered) = open_database(
+            &path,
+            #[cfg(test)]
+            hooks.faults.as_ref(),
+        )?;
         let queues = recovered.queues.iter().map(|q| q.name.clone()).collect();
         let (requests, inbox) = mpsc::channel();
         #[cfg(test)]
@@ -309,6 +313,8 @@ impl Drop for Store {
 pub(crate) struct Hooks {
     /// Before each commit: tell the test (first), then wait for its go-ahead (second).
     pub(crate) before_commit: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    /// I/O errors to inject, on every open of the file.
+    pub(crate) faults: Option<Arc<fault::Faults>>,
 }
 
 #[cfg(test)]
@@ -326,7 +332,10 @@ impl Store {
 // ===== open and recover =====
 
 /// Opens or creates the database at `path` and reads every queue.
-fn open_database(path: &Path) -> Result<(Database, Recovered), StoreError> {
+fn open_database(
+    path: &Path,
+    #[cfg(test)] faults: Option<&Arc<fault::Faults>>,
+) -> Result<(Database, Recovered), StoreError> {
     let existed = match std::fs::metadata(path) {
         Ok(meta) => meta.len() > 0,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -340,10 +349,16 @@ fn open_database(path: &Path) -> Result<(Database, Recovered), StoreError> {
     // redb may panic on a file damaged outside it (its debug assertions); that is a corrupt
     // store too, never a crash of the engine.
     let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_, StoreError> {
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| open_error(path, e))?;
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(true);
+        #[cfg(test)]
+        let db = match faults {
+            Some(faults) => fault::create(&builder, path, faults),
+            None => builder.create(path),
+        };
+        #[cfg(not(test))]
+        let db = builder.create(path);
+        let db = db.map_err(|e| open_error(path, e))?;
         if !existed {
             initialise(&db).map_err(|e| corrupted(path, e))?;
         }
@@ -598,7 +613,11 @@ impl Writer {
     /// unusable from now on.
     fn reopen(&mut self, failure: String) {
         self.db = None;
-        match open_database(&self.path) {
+        match open_database(
+            &self.path,
+            #[cfg(test)]
+            self.hooks.faults.as_ref(),
+        ) {
             Ok((db, recovered)) => {
                 self.queues = recovered.queues.into_iter().map(|q| q.name).collect();
                 self.db = Some(db);
@@ -721,5 +740,7 @@ fn apply(
     Ok(())
 }
 
+#[cfg(test)]
+mod fault;
 #[cfg(test)]
 mod tests;

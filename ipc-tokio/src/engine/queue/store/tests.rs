@@ -242,6 +242,7 @@ fn submits_during_a_commit_share_the_next_transaction() {
     let (go, go_rx) = mpsc::channel();
     let hooks = Hooks {
         before_commit: Some((told_tx, go_rx)),
+        faults: None,
     };
     let (tx, mut done) = Done::new();
     let (store, _) = Store::open_with_hooks(dir.path(), tx, hooks).expect("open");
@@ -340,6 +341,91 @@ fn a_ticket_naming_an_undeclared_queue_is_refused_alone() {
     assert_eq!(names, ["a", "d"]);
     assert_eq!(contents(&recovered, "a"), Some(vec![(1, 0), (3, 0)]));
     assert_eq!(contents(&recovered, "d"), Some(vec![(1, 0)]));
+}
+
+fn open_faulty(dir: &Path) -> (Store, Done, Arc<fault::Faults>) {
+    let faults = Arc::new(fault::Faults::default());
+    let hooks = Hooks {
+        before_commit: None,
+        faults: Some(faults.clone()),
+    };
+    let (tx, done) = Done::new();
+    let (store, _) = Store::open_with_hooks(dir, tx, hooks).expect("open");
+    (store, done, faults)
+}
+
+#[test]
+fn a_failed_commit_is_reported_and_later_tickets_commit() {
+    let dir = TestDir::new("store-failed-commit");
+    {
+        let (store, mut done, faults) = open_faulty(dir.path());
+        store.submit(1, vec![declare("q"), put("q", 1)]);
+        done.ok_upto(1);
+        faults
+            .failing_syncs
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        store.submit(2, vec![put("q", 2)]);
+        let failed = done.next();
+        assert_eq!(failed.upto, 2);
+        assert!(
+            matches!(&failed.result, Err(StoreError::Write { detail, .. }) if detail.contains("injected")),
+            "{:?}",
+            failed.result
+        );
+        // The thread reopened the file and goes on.
+        store.submit(3, vec![put("q", 3)]);
+        done.ok_upto(3);
+    }
+    let ids: Vec<u64> = contents(&reopen(dir.path()), "q")
+        .expect("queue")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    // Message 2's commit failed at its fsync: it may or may not have reached the file (redb
+    // says as much), but it was never reported committed.
+    assert!(ids == [1, 3] || ids == [1, 2, 3], "{ids:?}");
+}
+
+#[test]
+fn a_store_that_cannot_be_reopened_fails_every_later_ticket() {
+    let dir = TestDir::new("store-unusable");
+    {
+        let (store, mut done, faults) = open_faulty(dir.path());
+        store.submit(1, vec![declare("q"), put("q", 1)]);
+        done.ok_upto(1);
+        faults
+            .broken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store.submit(2, vec![put("q", 2)]);
+        let failed = done.next();
+        assert_eq!(failed.upto, 2);
+        assert!(
+            matches!(failed.result, Err(StoreError::Write { .. })),
+            "{:?}",
+            failed.result
+        );
+        for ticket in 3..=5 {
+            store.submit(ticket, vec![put("q", ticket)]);
+            let c = done.next();
+            assert_eq!(c.upto, ticket);
+            assert!(
+                matches!(&c.result, Err(StoreError::Unusable { detail, .. }) if detail.contains("injected")),
+                "ticket {ticket}: {:?}",
+                c.result
+            );
+        }
+        faults
+            .broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    // What was committed before the failure is still there.
+    let recovered = reopen(dir.path());
+    let ids: Vec<u64> = contents(&recovered, "q")
+        .expect("queue")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(ids == [1] || ids == [1, 2], "{ids:?}");
 }
 
 /// Writes a store holding a few hundred messages; returns the file's path.
