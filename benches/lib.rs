@@ -24,6 +24,10 @@ pub enum Transport {
     Iceoryx2Event,
     /// iceoryx2, busy-polling.
     Iceoryx2Poll,
+    /// NATS JetStream, file storage, `sync_interval: always` (queue pattern only).
+    Jetstream,
+    /// redb, one durable transaction per enqueue and per ack (queue pattern only).
+    RedbNaive,
 }
 
 /// Every transport, in the order of the report's columns.
@@ -37,6 +41,13 @@ pub const TRANSPORTS: [Transport; 7] = [
     Transport::Iceoryx2Poll,
 ];
 
+/// The transports of the `queue` pattern, in the order of its report's columns.
+pub const QUEUE_TRANSPORTS: [Transport; 3] = [
+    Transport::Shmlink,
+    Transport::Jetstream,
+    Transport::RedbNaive,
+];
+
 impl Transport {
     /// The name on the command line, in the report and in the JSON.
     pub fn name(self) -> &'static str {
@@ -48,12 +59,17 @@ impl Transport {
             Self::Tarpc => "tarpc",
             Self::Iceoryx2Event => "iceoryx2-event",
             Self::Iceoryx2Poll => "iceoryx2-poll",
+            Self::Jetstream => "jetstream",
+            Self::RedbNaive => "redb-naive",
         }
     }
 
     /// The transport named `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        TRANSPORTS.into_iter().find(|t| t.name() == s)
+        TRANSPORTS
+            .into_iter()
+            .chain(QUEUE_TRANSPORTS)
+            .find(|t| t.name() == s)
     }
 }
 
@@ -72,15 +88,18 @@ pub enum Pattern {
     /// An active pair's round trip and the engine's CPU per message beside N idle nodes.
     #[serde(rename = "idle-nodes")]
     IdleNodes,
+    /// Durable enqueue → consume → ack, 1 or 4 producers, one consumer (not in the default set).
+    Queue,
 }
 
 /// Every pattern, in the order of `--patterns`' names.
-pub const PATTERNS: [Pattern; 5] = [
+pub const PATTERNS: [Pattern; 6] = [
     Pattern::Rtt,
     Pattern::Stream,
     Pattern::Concurrent,
     Pattern::Idle,
     Pattern::IdleNodes,
+    Pattern::Queue,
 ];
 
 impl Pattern {
@@ -92,6 +111,7 @@ impl Pattern {
             Self::Concurrent => "concurrent",
             Self::Idle => "idle",
             Self::IdleNodes => "idle-nodes",
+            Self::Queue => "queue",
         }
     }
 
@@ -142,6 +162,9 @@ pub struct Record {
     /// `idle-nodes`: how many idle nodes were connected.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub idle_nodes: Option<u64>,
+    /// `queue`: how many producer processes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub producers: Option<u64>,
     /// Round trip, median, nanoseconds.
     pub p50_ns: Option<f64>,
     /// Round trip, 99th percentile, nanoseconds.
@@ -155,6 +178,9 @@ pub struct Record {
     /// `idle`: the engine's CPU seconds over the window.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_s: Option<f64>,
+    /// `queue`: publisher confirms per second, all producers together.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirms_per_s: Option<f64>,
 }
 
 /// The workspace's root directory.

@@ -487,7 +487,9 @@ pub(crate) async fn drive_conn<C: Conn>(spec: &Spec, conn: &mut C, server: u32) 
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes => Err("idle patterns are measured apart".into()),
+        Pattern::Idle | Pattern::IdleNodes | Pattern::Queue => {
+            Err("idle and queue patterns are measured apart".into())
+        }
     }
 }
 

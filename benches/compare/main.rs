@@ -12,6 +12,10 @@
 //! `[--transports a,b] [--patterns rtt,stream,concurrent,idle,idle-nodes] [--sizes 64,1K,16M]`
 //! `[--idle-nodes 0,100,1000] [--placements split,free] [--window-ms MS] [--warmup-ms MS]`
 //!
+//! `--patterns queue` (not in the default set): durable queues, shmlink against NATS
+//! JetStream and a naive redb queue; its own setup (nats-server) and figures are described
+//! in `queue.rs`.
+//!
 //! (Plain `cargo bench --bench compare` from the workspace root does not find the target: the
 //! root package has `autobenches = false` and `benches/` is not a default member. Pass
 //! `-p shmlink-benches`, or `--workspace`: `cargo bench --workspace --bench compare -- --quick`.)
@@ -80,6 +84,7 @@ mod common;
 mod idle;
 #[path = "iceoryx2.rs"]
 mod iox;
+mod queue;
 #[path = "tarpc.rs"]
 mod rpc;
 #[path = "shmlink.rs"]
@@ -107,6 +112,12 @@ struct Spec {
     inflight: usize,
     /// Where the server finds the client: a socket path, a port, a service name.
     addr: String,
+    /// `queue`: producer processes.
+    #[serde(default)]
+    producers: usize,
+    /// `queue`: which producer this is.
+    #[serde(default)]
+    index: usize,
 }
 
 impl Spec {
@@ -130,12 +141,18 @@ struct Measured {
     cpu_s: Option<f64>,
     /// `idle`: the two nodes' CPU seconds over the window (printed, not in the JSON).
     nodes_cpu_s: Option<f64>,
+    /// `queue`: publisher confirms per second.
+    #[serde(default)]
+    confirms_per_s: Option<f64>,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
-        Some(role @ ("measure" | "serve" | "engine-host" | "idle-host")) => {
+        Some(
+            role @ ("measure" | "serve" | "engine-host" | "idle-host" | "queue-produce"
+            | "queue-consume"),
+        ) => {
             let spec = args
                 .get(2)
                 .ok_or_else(|| BoxError::from("missing spec"))
@@ -144,6 +161,8 @@ fn main() {
                 "measure" => measure(&spec),
                 "serve" => serve(&spec),
                 "idle-host" => idle::idle_host(&spec),
+                "queue-produce" => queue::produce(&spec),
+                "queue-consume" => queue::consume(&spec),
                 _ => idle::engine_host(&spec),
             })
         }
@@ -165,6 +184,7 @@ fn measure(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.0))?;
     let dir = scratch_dir()?;
     let result = match spec.transport {
+        _ if spec.pattern == Pattern::Queue => queue::measure(spec, &dir),
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => iox::client(spec),
         _ if spec.pattern == Pattern::Idle => idle::measure_idle(spec, &dir),
         _ if spec.pattern == Pattern::IdleNodes => idle::measure_idle_nodes(spec, &dir),
@@ -182,6 +202,7 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
         Transport::Tcp => tcp::measure(spec).await,
         Transport::Tarpc => rpc::measure(spec, dir).await,
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("measured in iox"),
+        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
     }
 }
 
@@ -202,6 +223,7 @@ async fn serve_async(spec: &Spec) -> Res<()> {
         Transport::Tarpc => rpc::serve(spec).await,
         Transport::Shmlink | Transport::ShmlinkTyped => shm::serve(spec).await,
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll => unreachable!("served in iox"),
+        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
     }
 }
 
@@ -212,6 +234,8 @@ struct Options {
     runs: usize,
     json: Option<PathBuf>,
     transports: Vec<Transport>,
+    /// Whether `--transports` was given (the queue pattern has transports of its own).
+    transports_given: bool,
     patterns: Vec<Pattern>,
     rtt_sizes: Vec<usize>,
     stream_sizes: Vec<usize>,
@@ -238,6 +262,7 @@ fn options(args: &[String]) -> Res<Options> {
         runs: 5,
         json: None,
         transports: TRANSPORTS.to_vec(),
+        transports_given: false,
         patterns: vec![
             Pattern::Rtt,
             Pattern::Stream,
@@ -269,6 +294,7 @@ fn options(args: &[String]) -> Res<Options> {
                     .split(',')
                     .map(|t| Transport::parse(t).ok_or_else(|| format!("unknown transport {t}")))
                     .collect::<Result<_, _>>()?;
+                o.transports_given = true;
             }
             "--patterns" => {
                 o.patterns = value()?
@@ -386,6 +412,7 @@ fn median_of(runs: &[Measured]) -> Measured {
         cpu_s_per_million: m(|r| r.cpu_s_per_million),
         cpu_s: m(|r| r.cpu_s),
         nodes_cpu_s: m(|r| r.nodes_cpu_s),
+        confirms_per_s: m(|r| r.confirms_per_s),
     }
 }
 
@@ -412,14 +439,19 @@ fn coordinate(args: &[String]) -> Res<()> {
             Pattern::IdleNodes if o.transports.contains(&Transport::Shmlink) => {
                 cases.extend(o.idle_nodes.iter().map(|&n| (p, n)));
             }
-            Pattern::Idle | Pattern::IdleNodes => {}
+            // Run apart, with transports and cases of its own (queue.rs).
+            Pattern::Idle | Pattern::IdleNodes | Pattern::Queue => {}
         }
     }
     let transports_for = |pattern| {
         if pattern == Pattern::IdleNodes {
             vec![Transport::Shmlink]
         } else {
-            o.transports.clone()
+            o.transports
+                .iter()
+                .copied()
+                .filter(|t| TRANSPORTS.contains(t))
+                .collect()
         }
     };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
@@ -499,6 +531,8 @@ fn coordinate(args: &[String]) -> Res<()> {
             1
         },
         addr: String::new(),
+        producers: 0,
+        index: 0,
     };
     for run in 0..o.runs {
         for &(pattern, size) in &cases {
@@ -518,7 +552,18 @@ fn coordinate(args: &[String]) -> Res<()> {
 
     let medians: BTreeMap<Key, Measured> =
         results.iter().map(|(k, v)| (*k, median_of(v))).collect();
-    print!("{}", table(&o, &medians, &placements, elapsed, pair));
+    if !medians.is_empty() {
+        print!("{}", table(&o, &medians, &placements, elapsed, pair));
+    }
+    let mut queue_records = Vec::new();
+    if o.patterns.contains(&Pattern::Queue) {
+        let transports = queue::transports(o.transports_given.then_some(&o.transports[..]));
+        // An fsync-bound rate needs a window longer than --quick's.
+        let window_ms = o.window_ms.max(500);
+        let (report, records) = queue::run(&transports, o.runs, o.warmup_ms, window_ms);
+        print!("{report}");
+        queue_records = records;
+    }
     if !failures.is_empty() {
         println!("\nFailures:");
         for ((pattern, size, placement, transport), errors) in &failures {
@@ -551,13 +596,16 @@ fn coordinate(args: &[String]) -> Res<()> {
                     _ => Some(size as u64),
                 },
                 idle_nodes: (pattern == Pattern::IdleNodes).then_some(size as u64),
+                producers: None,
                 p50_ns: m.p50_ns,
                 p99_ns: m.p99_ns,
                 msgs_per_s: m.msgs_per_s,
                 bytes_per_s: m.bytes_per_s,
                 cpu_s_per_million: m.cpu_s_per_million,
                 cpu_s: m.cpu_s,
+                confirms_per_s: None,
             })
+            .chain(queue_records)
             .collect();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

@@ -134,6 +134,8 @@ async fn client(spec: &Spec, stream: UnixStream, server: u32) -> Res<Measured> {
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes => Err("idle patterns are measured apart".into()),
+        Pattern::Idle | Pattern::IdleNodes | Pattern::Queue => {
+            Err("idle and queue patterns are measured apart".into())
+        }
     }
 }

@@ -18,7 +18,8 @@ pub mod topic;
 
 pub use engine::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
-    Engine, EngineBuilder, EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    Engine, EngineBuilder, EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, StoreError,
+    default_socket_path,
 };
 pub use error::{
     CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,

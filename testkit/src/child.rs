@@ -48,6 +48,13 @@ pub struct ChildProc {
 
 /// Starts this test binary as a child in `role` with `args`.
 pub fn spawn_child(role: &str, args: &[String]) -> ChildProc {
+    spawn_child_test(CHILD_TEST, role, args)
+}
+
+/// [`spawn_child`] for a binary whose child entry test has another path than [`CHILD_TEST`]
+/// (a unit-test binary, where tests are named by module path:
+/// `engine::queue::store::tests::child_entry`).
+pub fn spawn_child_test(test: &str, role: &str, args: &[String]) -> ChildProc {
     let exe = std::env::current_exe().expect("current_exe");
     let mut spec = role.to_owned();
     for a in args {
@@ -56,7 +63,7 @@ pub fn spawn_child(role: &str, args: &[String]) -> ChildProc {
         spec.push_str(a);
     }
     let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &spec)
         .env_remove(ISOLATED_ENV)
         .stdin(Stdio::piped())

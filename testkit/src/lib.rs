@@ -24,6 +24,7 @@ pub mod setup;
 pub use child::{
     CHILD_ENV, CHILD_TEST, ChildProc, ChildSpec, Commands, ISOLATED_ENV, MARK, REPORT, child_spec,
     connect, ctx, isolate, ok_field, report, run_child, run_isolated, say, spawn_child,
+    spawn_child_test,
 };
 pub use payload::{
     SEQ_HEADER, check_pattern, expect_seq, parse_seq, pattern, seq_len, seq_message,

@@ -14,6 +14,7 @@ pub(crate) fn run(spec: ChildSpec) {
                 let count = a[2].parse().map_err(ctx("count"))?;
                 consume_hold(&a[0], &a[1], count, cmds).await
             }
+            "engine" => engine(&a[0], &a[1], cmds).await,
             other => Err(format!("unknown role {other:?}")),
         }
     });
@@ -54,4 +55,18 @@ async fn consume_hold(
     // Holds everything until the parent kills it.
     let _ = cmds.next().await;
     Err("not killed".into())
+}
+
+/// Runs an engine with data directory `data` on `socket` until killed (the engine-crash
+/// tests SIGKILL this process).
+async fn engine(socket: &str, data: &str, mut cmds: Commands) -> Result<(), String> {
+    let _engine = shmlink::Engine::builder()
+        .socket(socket)
+        .block(support::small_block())
+        .data_dir(data)
+        .spawn()
+        .map_err(ctx("spawn the engine"))?;
+    say("READY");
+    let _ = cmds.next().await;
+    Ok(())
 }

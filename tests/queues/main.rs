@@ -9,6 +9,7 @@ mod support;
 mod children;
 
 mod basics;
+mod durable;
 mod hostile;
 mod kill;
 

@@ -35,6 +35,7 @@ impl Default for EngineBuilder {
                 window_bytes: DEFAULT_WINDOW_BYTES,
                 orphan_budget: DEFAULT_ORPHAN_BUDGET,
                 queue_memory: DEFAULT_QUEUE_MEMORY,
+                data_dir: None,
                 policy: Policy::SameUid,
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
@@ -93,6 +94,15 @@ impl EngineBuilder {
     /// A single message always fits an otherwise empty engine.
     pub fn queue_memory(mut self, bytes: u64) -> Self {
         self.config.queue_memory = bytes;
+        self
+    }
+
+    /// The engine's data directory: durable queues are kept there (`queues.redb`, created
+    /// if missing) and recovered from it at [`spawn`](Self::spawn), every message recovered
+    /// counting as redelivered. Without one (the default) declaring a durable queue is an
+    /// error. Two engines cannot share one.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
         self
     }
 
@@ -219,7 +229,13 @@ impl EngineBuilder {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (stats_tx, stats) = watch::channel(EngineStats::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let router = Router::new(config.clone(), command_rx, stats_tx.clone());
+        // The store is read here, once, before anything runs: a store that cannot be read is
+        // a startup error, never an empty queue.
+        let durable = match &config.data_dir {
+            Some(dir) => Some(crate::engine::queue_router::Durable::open(dir)?),
+            None => None,
+        };
+        let router = Router::new(config.clone(), command_rx, stats_tx.clone(), durable);
         let router = handle.spawn(router.run());
         handle.spawn(super::metrics::run(stats.clone()));
         let listener = handle.spawn(listener::run(

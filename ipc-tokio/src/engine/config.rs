@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) orphan_budget: u64,
     /// Engine memory for the payloads of queued messages, all queues together.
     pub(crate) queue_memory: u64,
+    /// Where durable queues live (`queues.redb`); `None`: no durable queues.
+    pub(crate) data_dir: Option<PathBuf>,
     pub(crate) policy: Policy,
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,

@@ -33,13 +33,13 @@ pub mod inspect;
 mod link;
 mod listener;
 mod metrics;
+mod queue;
+mod queue_router;
 mod registry;
 mod router;
 mod scheduler;
 mod violation;
 // Topics are built as plain data first; the router wires them in a later step.
-mod queue;
-mod queue_router;
 #[allow(dead_code, unused_imports)]
 mod topic;
 mod topic_router;
@@ -49,3 +49,4 @@ pub use config::{
     DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
     EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
+pub use queue::store::StoreError;

@@ -23,6 +23,7 @@
 //!   lease deadline only while a lease runs (idle stays free).
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,8 +32,12 @@ use ipc_core::descriptor::queue_outcome;
 use ipc_core::{AllocError, IdMap, QueueSubmission, RawDescriptor, kind, validate_queue_submit};
 
 use crate::engine::command::{NodeId, Outbound};
+use tokio::sync::mpsc;
+
+use crate::engine::queue::store::{Committed, Store, StoreError, StoreOp};
 use crate::engine::queue::{
-    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome, StoreOp,
+    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
+    decode_spec,
 };
 use crate::engine::router::Router;
 use crate::engine::violation::{Violation, ViolationKind};
@@ -53,18 +58,82 @@ pub(crate) struct QueuePlane {
     /// Answers waiting for the commit of their ticket, oldest first.
     pending: VecDeque<(u64, Vec<(NodeId, RawDescriptor)>)>,
     next_ticket: u64,
+    /// The durable store (with a data directory), its commits, and commits received while
+    /// parked.
+    store: Option<Store>,
+    commits: Option<mpsc::UnboundedReceiver<Committed>>,
+    arrived: Vec<Committed>,
+}
+
+/// The opened store of an engine with a data directory, and what it recovered.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    store: Store,
+    commits: mpsc::UnboundedReceiver<Committed>,
+    recovered: Vec<(String, QueueSpec, Vec<(u64, Bytes, u32)>)>,
+}
+
+impl Durable {
+    /// Opens the store in `dir` and recovers every queue (blocking: at engine start).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be opened or read, or holds options this engine cannot read.
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+        let (done, commits) = mpsc::unbounded_channel();
+        let (store, recovered) = Store::open(dir, done)?;
+        let mut queues = Vec::with_capacity(recovered.queues.len());
+        for q in recovered.queues {
+            let spec = decode_spec(&q.options).ok_or_else(|| StoreError::Corrupted {
+                path: store.path().to_owned(),
+                detail: format!("queue {:?} has options this engine cannot read", q.name),
+            })?;
+            queues.push((q.name, spec, q.messages));
+        }
+        Ok(Self {
+            store,
+            commits,
+            recovered: queues,
+        })
+    }
 }
 
 impl QueuePlane {
-    pub(crate) fn new(config: QueuesConfig) -> Self {
+    pub(crate) fn new(config: QueuesConfig, durable: Option<Durable>) -> Self {
+        let mut state = Queues::new(config);
+        let (store, commits) = match durable {
+            Some(d) => {
+                let mut messages = 0;
+                for (name, spec, recovered) in d.recovered {
+                    messages += recovered.len();
+                    state.recover(&name, spec, recovered);
+                }
+                tracing::info!(path = %d.store.path().display(), queues = state.queue_count(), messages, "durable queues recovered");
+                (Some(d.store), Some(d.commits))
+            }
+            None => (None, None),
+        };
         Self {
-            state: Queues::new(config),
+            state,
             parked: IdMap::default(),
             batch: Vec::new(),
             batch_answers: Vec::new(),
             pending: VecDeque::new(),
             next_ticket: 0,
+            store,
+            commits,
+            arrived: Vec::new(),
         }
+    }
+
+    /// The commit channel and the buffer for what the park receives from it.
+    pub(crate) fn commit_parts(
+        &mut self,
+    ) -> (
+        &mut Option<mpsc::UnboundedReceiver<Committed>>,
+        &mut Vec<Committed>,
+    ) {
+        (&mut self.commits, &mut self.arrived)
     }
 
     /// When the router must wake to expire a lease.
@@ -476,17 +545,51 @@ impl Router {
         }
         let ops = std::mem::take(&mut self.queues.batch);
         let answers = std::mem::take(&mut self.queues.batch_answers);
+        if ops.is_empty() {
+            // Nothing to write: the answers wait only for what is already being written.
+            match self.queues.pending.back_mut() {
+                Some((_, earlier)) => earlier.extend(answers),
+                None => {
+                    for (node, entry) in answers {
+                        self.push_out(node, entry);
+                    }
+                }
+            }
+            return;
+        }
         self.queues.next_ticket += 1;
         let ticket = self.queues.next_ticket;
         self.queues.pending.push_back((ticket, answers));
         self.store_submit(ticket, ops);
     }
 
-    /// Hands `ops` to the store under `ticket`. Without a store no queue is durable, so
-    /// there is nothing to write and the answers go out at once.
+    /// Hands `ops` to the store under `ticket` (it never blocks). Without a store no queue
+    /// is durable, so there is nothing to write and the answers go out at once.
     fn store_submit(&mut self, ticket: u64, ops: Vec<StoreOp>) {
-        debug_assert!(ops.is_empty(), "durable queues need a store");
-        self.queue_committed(ticket, true);
+        match &self.queues.store {
+            Some(store) => store.submit(ticket, ops),
+            None => {
+                debug_assert!(false, "durable queues need a store");
+                self.queue_committed(ticket, false);
+            }
+        }
+    }
+
+    /// Takes the store's reports: the answers of committed tickets go out.
+    pub(super) fn queue_take_commits(&mut self) {
+        let mut arrived = std::mem::take(&mut self.queues.arrived);
+        if let Some(commits) = self.queues.commits.as_mut() {
+            while let Ok(committed) = commits.try_recv() {
+                arrived.push(committed);
+            }
+        }
+        for committed in arrived.drain(..) {
+            if let Err(e) = &committed.result {
+                tracing::error!(upto = committed.upto, error = %e, "the durable queue store failed a commit: its producers and consumers are told");
+            }
+            self.queue_committed(committed.upto, committed.result.is_ok());
+        }
+        self.queues.arrived = arrived;
     }
 
     /// The store committed every ticket up to `upto` (or failed to): their answers go out,

@@ -96,6 +96,7 @@ impl Router {
         config: Arc<Config>,
         commands: mpsc::UnboundedReceiver<Command>,
         stats_tx: watch::Sender<EngineStats>,
+        durable: Option<crate::engine::queue_router::Durable>,
     ) -> Self {
         let registry = Registry::new(Limits {
             credits: config.credits,
@@ -105,10 +106,13 @@ impl Router {
             sessions_per_uid: config.limits.sessions_per_uid,
             sessions_per_opener: config.limits.sessions_per_opener,
         });
-        let queues = QueuePlane::new(QueuesConfig {
-            memory_budget: config.queue_memory,
-            durable: false,
-        });
+        let queues = QueuePlane::new(
+            QueuesConfig {
+                memory_budget: config.queue_memory,
+                durable: durable.is_some(),
+            },
+            durable,
+        );
         Self {
             queues,
             config,
@@ -133,6 +137,7 @@ impl Router {
     pub(crate) async fn run(mut self) {
         let mut spins = 0u32;
         'outer: loop {
+            self.queue_take_commits();
             for _ in 0..COMMANDS_PER_PASS {
                 match self.commands.try_recv() {
                     Ok(command) => {
@@ -259,15 +264,17 @@ impl Router {
         true
     }
 
-    /// Sleeps until a demoted node rings, a command arrives, or a topic's untether clock
-    /// runs out (a timer exists only while such a clock runs: idle stays free).
+    /// Sleeps until a demoted node rings, a command arrives, the durable store commits, or
+    /// a topic's untether clock or a queue lease runs out (a timer exists only while such a
+    /// clock runs: idle stays free).
     async fn park(&mut self) -> Option<Command> {
-        let commands = &mut self.commands;
-        let sched = &self.sched;
         let deadline = match (self.topics.next_deadline(), self.queues.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let commands = &mut self.commands;
+        let sched = &self.sched;
+        let (commits, arrived) = self.queues.commit_parts();
         let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
         poll_fn(|cx| {
             if let Poll::Ready(command) = commands.poll_recv(cx) {
@@ -276,6 +283,12 @@ impl Router {
             if let Some(timer) = timer.as_mut()
                 && timer.as_mut().poll(cx).is_ready()
             {
+                return Poll::Ready(None);
+            }
+            if let Some(commits) = commits.as_mut()
+                && let Poll::Ready(Some(committed)) = commits.poll_recv(cx)
+            {
+                arrived.push(committed);
                 return Poll::Ready(None);
             }
             sched.poll_rung(cx).map(|()| None)

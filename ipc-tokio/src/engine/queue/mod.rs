@@ -17,9 +17,11 @@
 //! the router wakes only at the earliest deadline.
 
 mod state;
+pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use state::{
-    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome, StoreOp,
+    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
+    decode_spec,
 };

@@ -10,6 +10,7 @@ use ipc_core::control::{MessageType, QueueSpec};
 use ipc_core::descriptor::queue_outcome;
 use ipc_core::{IdMap, IdSet, QueueSettle};
 
+use super::store::StoreOp;
 use crate::engine::command::NodeId;
 
 /// A queue's id (engine memory only).
@@ -58,33 +59,50 @@ pub(crate) enum Hostile {
     NeverDelivered { consumer: ConsumerId, tag: u64 },
 }
 
-/// What must reach the disk, in order (durable queues only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StoreOp {
-    Declare {
-        queue: String,
-        spec: QueueSpec,
-    },
-    Put {
-        queue: String,
-        id: u64,
-        payload: Bytes,
-    },
-    Ack {
-        queue: String,
-        id: u64,
-    },
-    Deliveries {
-        queue: String,
-        id: u64,
-        count: u32,
-    },
-    DeadLetter {
-        from: String,
-        id: u64,
-        to: String,
-        new_id: u64,
-    },
+/// A queue's options as the store keeps them: a version byte, then the fields in order,
+/// little-endian (the store treats them as opaque bytes).
+pub(crate) fn encode_spec(spec: &QueueSpec) -> Vec<u8> {
+    let mut out = vec![1u8, u8::from(spec.durable)];
+    out.extend_from_slice(&spec.max_length.to_le_bytes());
+    out.push(u8::from(spec.reject_when_full));
+    out.extend_from_slice(&spec.max_deliveries.to_le_bytes());
+    out.extend_from_slice(&spec.lease_ms.to_le_bytes());
+    let dead = spec.dead_letter.as_bytes();
+    out.extend_from_slice(&(dead.len() as u16).to_le_bytes());
+    out.extend_from_slice(dead);
+    out
+}
+
+/// The other way; `None` for bytes this engine did not write.
+pub(crate) fn decode_spec(bytes: &[u8]) -> Option<QueueSpec> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != 1 || rest.len() < 24 {
+        return None;
+    }
+    let flag = |b: u8| match b {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    };
+    let u64_at = |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().expect("8 bytes"));
+    let durable = flag(rest[0])?;
+    let max_length = u64_at(1);
+    let reject_when_full = flag(rest[9])?;
+    let max_deliveries = u32::from_le_bytes(rest[10..14].try_into().expect("4 bytes"));
+    let lease_ms = u64_at(14);
+    let len = u16::from_le_bytes(rest[22..24].try_into().expect("2 bytes")) as usize;
+    let dead = rest.get(24..24 + len)?;
+    if rest.len() != 24 + len || max_deliveries == 0 {
+        return None;
+    }
+    Some(QueueSpec {
+        durable,
+        max_length,
+        reject_when_full,
+        max_deliveries,
+        dead_letter: String::from_utf8(dead.to_vec()).ok()?,
+        lease_ms,
+    })
 }
 
 /// What the router must do.
@@ -291,7 +309,7 @@ impl Queues {
         if spec.durable {
             actions.push(Action::Store(StoreOp::Declare {
                 queue: name.to_owned(),
-                spec: spec.clone(),
+                options: encode_spec(spec),
             }));
         }
         Ok((id, actions))

@@ -7,7 +7,8 @@ use ipc_core::QueueSettle;
 use ipc_core::control::{MessageType, QueueSpec};
 use ipc_core::descriptor::queue_outcome;
 
-use super::state::Hostile;
+use super::state::{Hostile, encode_spec};
+use super::store::StoreOp;
 use super::*;
 
 /// A delivery as the fake router saw it: (node, consumer, payload, tag, count, redelivered).
@@ -337,4 +338,31 @@ fn durable_queues_say_what_to_store_and_confirm_after_commit() {
         &actions[0],
         Action::Store(StoreOp::Put { id: 10, .. })
     ));
+}
+
+#[test]
+fn options_round_trip_through_their_stored_bytes() {
+    let spec = QueueSpec {
+        durable: true,
+        max_length: 77,
+        reject_when_full: true,
+        max_deliveries: 5,
+        dead_letter: "jobs.dead".into(),
+        lease_ms: 1234,
+    };
+    let bytes = encode_spec(&spec);
+    assert_eq!(decode_spec(&bytes), Some(spec));
+    assert_eq!(
+        decode_spec(&encode_spec(&QueueSpec::default())),
+        Some(QueueSpec::default())
+    );
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_spec(&bytes[..cut]), None, "cut at {cut}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(decode_spec(&longer), None);
+    let mut other_version = bytes;
+    other_version[0] = 2;
+    assert_eq!(decode_spec(&other_version), None);
 }
