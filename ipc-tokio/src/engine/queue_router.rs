@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::queue::store::{Committed, Store, StoreError, StoreOp};
 use crate::engine::queue::{
-    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
+    Action, Offer, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
     decode_spec,
 };
 use crate::engine::router::Router;
@@ -375,7 +375,6 @@ impl Router {
                 ViolationKind::Queue,
                 format!("cancels producer {id}, which is not its own"),
             )),
-            None if self.queues.state.owns_consumer(node, id) => Ok(()),
             // Already gone (or never more than an answer it gave up on): nothing to do.
             None => Ok(()),
         }
@@ -400,7 +399,15 @@ impl Router {
         let links = &mut self.links;
         let stats = &mut self.stats;
         let delivered = self.queues.state.pump(
-            |node, consumer, payload, tag, count, redelivered| {
+            |offer| {
+                let Offer {
+                    node,
+                    consumer,
+                    payload,
+                    tag,
+                    count,
+                    redelivered,
+                } = *offer;
                 let Some(link) = links.get_mut(&node) else {
                     return false;
                 };
@@ -422,6 +429,7 @@ impl Router {
                 }
                 let (before, now) = link.publish_rx();
                 stats.rx_in_use = (stats.rx_in_use + now).saturating_sub(before);
+                tracing::trace!(node, consumer, tag, count, redelivered, "queue delivery");
                 out.push((
                     node,
                     RawDescriptor::queue_data(
@@ -473,7 +481,16 @@ impl Router {
         for id in self.queues.state.ids_of(node) {
             self.registry.remove_publisher(id);
         }
+        let before = self.queues.state.ready_count();
         let actions = self.queues.state.node_gone(node);
+        let returned = self.queues.state.ready_count() - before;
+        if returned > 0 {
+            tracing::debug!(
+                node,
+                returned,
+                "its unacknowledged deliveries went back to their queues"
+            );
+        }
         self.queue_actions(actions);
     }
 

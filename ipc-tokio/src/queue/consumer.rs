@@ -328,7 +328,7 @@ impl<T> Delivery<T> {
             .core
             .settle(&self.node.shared, self.tag, kind::QUEUE_EXTEND, true)?;
         Settle {
-            rx: rx.map(Ok).unwrap_or(Err(AckError::NotHeld)),
+            rx: rx.ok_or(AckError::NotHeld),
         }
         .await
     }

@@ -22,6 +22,6 @@ pub(crate) mod store;
 mod tests;
 
 pub(crate) use state::{
-    Action, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
+    Action, Offer, Produced, ProducerId, QueueError, QueueId, Queues, QueuesConfig, SettleOutcome,
     decode_spec,
 };

@@ -143,6 +143,18 @@ pub(crate) enum Produced {
     Blocked,
 }
 
+/// A ready message offered to a consumer ([`Queues::pump`]).
+#[derive(Debug)]
+pub(crate) struct Offer<'a> {
+    pub(crate) node: NodeId,
+    pub(crate) consumer: ConsumerId,
+    pub(crate) payload: &'a Bytes,
+    pub(crate) tag: u64,
+    /// Its delivery count, this delivery included.
+    pub(crate) count: u32,
+    pub(crate) redelivered: bool,
+}
+
 /// How a settlement ended, for the engine's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SettleOutcome {
@@ -249,6 +261,11 @@ impl Queues {
     pub(crate) fn depth(&self, name: &str) -> Option<(usize, usize)> {
         let q = &self.queues[self.by_name.get(name)?];
         Some((q.ready.len(), q.held))
+    }
+
+    /// Messages ready for delivery, all queues together.
+    pub(crate) fn ready_count(&self) -> usize {
+        self.queues.values().map(|q| q.ready.len()).sum()
     }
 
     /// When the router must wake to expire a lease.
@@ -548,12 +565,12 @@ impl Queues {
     // ===== delivering =====
 
     /// Hands ready messages of the queues that changed to consumers with room, round-robin.
-    /// `deliver(node, consumer, payload, tag, count, redelivered)` places one in the
-    /// consumer's node and says whether it could (false: no room in that node's receive
-    /// arena now; the consumer is skipped until [`Queues::node_released`]).
+    /// `deliver` places an [`Offer`] in the consumer's node and says whether it could
+    /// (false: no room in that node's receive arena now; the consumer is skipped until
+    /// [`Queues::node_released`]).
     pub(crate) fn pump(
         &mut self,
-        mut deliver: impl FnMut(NodeId, ConsumerId, &Bytes, u64, u32, bool) -> bool,
+        mut deliver: impl FnMut(&Offer<'_>) -> bool,
         now: Instant,
     ) -> usize {
         let mut delivered = 0;
@@ -570,7 +587,7 @@ impl Queues {
     fn pump_queue(
         &mut self,
         queue: QueueId,
-        deliver: &mut impl FnMut(NodeId, ConsumerId, &Bytes, u64, u32, bool) -> bool,
+        deliver: &mut impl FnMut(&Offer<'_>) -> bool,
         now: Instant,
     ) -> usize {
         let Some(q) = self.queues.get_mut(&queue) else {
@@ -590,7 +607,15 @@ impl Queues {
             let mut msg = q.ready.pop_front().expect("not empty");
             let count = msg.deliveries.saturating_add(1);
             let tag = c.next_tag;
-            if !deliver(c.node, id, &msg.payload, tag, count, msg.redelivered) {
+            let offer = Offer {
+                node: c.node,
+                consumer: id,
+                payload: &msg.payload,
+                tag,
+                count,
+                redelivered: msg.redelivered,
+            };
+            if !deliver(&offer) {
                 q.ready.push_front(msg);
                 c.stalled = true;
                 self.stalled_nodes.insert(c.node);

@@ -29,8 +29,15 @@ fn bytes_ty() -> MessageType {
 fn pump(q: &mut Queues, now: Instant) -> Vec<Seen> {
     let mut seen = Vec::new();
     q.pump(
-        |node, consumer, payload, tag, count, redelivered| {
-            seen.push((node, consumer, payload.clone(), tag, count, redelivered));
+        |o| {
+            seen.push((
+                o.node,
+                o.consumer,
+                o.payload.clone(),
+                o.tag,
+                o.count,
+                o.redelivered,
+            ));
             true
         },
         now,
@@ -365,4 +372,38 @@ fn options_round_trip_through_their_stored_bytes() {
     let mut other_version = bytes;
     other_version[0] = 2;
     assert_eq!(decode_spec(&other_version), None);
+}
+
+#[test]
+fn a_dead_consumers_deliveries_go_first_to_the_others_durable_or_not() {
+    for durable in [false, true] {
+        let mut q = queues(true);
+        let spec = QueueSpec {
+            durable,
+            ..QueueSpec::default()
+        };
+        q.declare("jobs", &spec).unwrap();
+        q.add_producer(1, 100, "jobs", &bytes_ty()).unwrap();
+        for (node, id) in [(2, 200), (3, 300), (4, 400)] {
+            q.add_consumer(node, id, "jobs", &bytes_ty(), 2, 0).unwrap();
+        }
+        for text in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            produce(&mut q, 100, text);
+        }
+        let first = pump(&mut q, Instant::now());
+        assert_eq!(first.len(), 6);
+        let held_by_3: Vec<Bytes> = first
+            .iter()
+            .filter(|s| s.1 == 300)
+            .map(|s| s.2.clone())
+            .collect();
+        q.node_gone(3);
+        // Node 2 acks one: the next it gets is the first of node 3's.
+        let s2 = first.iter().find(|s| s.1 == 200).unwrap();
+        ack(&mut q, 2, 200, s2.3, QueueSettle::Ack);
+        let next = pump(&mut q, Instant::now());
+        assert_eq!(next.len(), 1, "durable {durable}: {next:?}");
+        assert_eq!(next[0].2, held_by_3[0], "durable {durable}");
+        assert!(next[0].5);
+    }
 }
