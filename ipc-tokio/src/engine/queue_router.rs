@@ -45,6 +45,9 @@ use crate::engine::violation::{Violation, ViolationKind};
 /// A producer's entry waiting for room: its transmit offset and length.
 type Parked = (u64, u32);
 
+/// A queue read back from the store: its name, options, and `(id, payload, deliveries)`.
+type RecoveredQueue = (String, QueueSpec, Vec<(u64, Bytes, u32)>);
+
 /// The router's queue state.
 #[derive(Debug)]
 pub(crate) struct QueuePlane {
@@ -70,7 +73,7 @@ pub(crate) struct QueuePlane {
 pub(crate) struct Durable {
     store: Store,
     commits: mpsc::UnboundedReceiver<Committed>,
-    recovered: Vec<(String, QueueSpec, Vec<(u64, Bytes, u32)>)>,
+    recovered: Vec<RecoveredQueue>,
 }
 
 impl Durable {
