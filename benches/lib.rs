@@ -28,6 +28,10 @@ pub enum Transport {
     RawRing,
     /// CloudWeGo's shmipc (shared-memory streams), length-prefixed frames.
     Shmipc,
+    /// NATS JetStream, file storage, `sync_interval: always` (queue pattern only).
+    Jetstream,
+    /// redb, one durable transaction per enqueue and per ack (queue pattern only).
+    RedbNaive,
 }
 
 /// Every transport, in the order of the report's columns.
@@ -43,6 +47,13 @@ pub const TRANSPORTS: [Transport; 9] = [
     Transport::Shmipc,
 ];
 
+/// The transports of the `queue` pattern, in the order of its report's columns.
+pub const QUEUE_TRANSPORTS: [Transport; 3] = [
+    Transport::Shmlink,
+    Transport::Jetstream,
+    Transport::RedbNaive,
+];
+
 impl Transport {
     /// The name on the command line, in the report and in the JSON.
     pub fn name(self) -> &'static str {
@@ -56,6 +67,8 @@ impl Transport {
             Self::Iceoryx2Poll => "iceoryx2-poll",
             Self::RawRing => "raw-ring",
             Self::Shmipc => "shmipc",
+            Self::Jetstream => "jetstream",
+            Self::RedbNaive => "redb-naive",
         }
     }
 
@@ -67,13 +80,17 @@ impl Transport {
             // tarpc has no one-way call to flush one at a time.
             Self::Tarpc => pattern != Pattern::StreamFlush,
             Self::Shmipc => matches!(pattern, Pattern::Stream | Pattern::StreamFlush),
+            Self::Jetstream | Self::RedbNaive => pattern == Pattern::Queue,
             _ => true,
         }
     }
 
     /// The transport named `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        TRANSPORTS.into_iter().find(|t| t.name() == s)
+        TRANSPORTS
+            .into_iter()
+            .chain(QUEUE_TRANSPORTS)
+            .find(|t| t.name() == s)
     }
 }
 
@@ -97,10 +114,12 @@ pub enum Pattern {
     IdleNodes,
     /// One publisher, N subscriber processes: messages per second per subscriber.
     Fanout,
+    /// Durable enqueue → consume → ack, 1 or 4 producers, one consumer (not in the default set).
+    Queue,
 }
 
 /// Every pattern, in the order of `--patterns`' names.
-pub const PATTERNS: [Pattern; 7] = [
+pub const PATTERNS: [Pattern; 8] = [
     Pattern::Rtt,
     Pattern::Stream,
     Pattern::StreamFlush,
@@ -108,6 +127,7 @@ pub const PATTERNS: [Pattern; 7] = [
     Pattern::Idle,
     Pattern::IdleNodes,
     Pattern::Fanout,
+    Pattern::Queue,
 ];
 
 impl Pattern {
@@ -121,6 +141,7 @@ impl Pattern {
             Self::Idle => "idle",
             Self::IdleNodes => "idle-nodes",
             Self::Fanout => "fanout",
+            Self::Queue => "queue",
         }
     }
 
@@ -179,6 +200,9 @@ pub struct Record {
     /// `fanout`: how many subscriber processes received every message.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub subscribers: Option<u64>,
+    /// `queue`: how many producer processes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub producers: Option<u64>,
     /// Round trip, median, nanoseconds.
     pub p50_ns: Option<f64>,
     /// Round trip, 99th percentile, nanoseconds.
@@ -198,6 +222,9 @@ pub struct Record {
     /// `idle`: the engine's CPU seconds over the window.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_s: Option<f64>,
+    /// `queue`: publisher confirms per second, all producers together.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirms_per_s: Option<f64>,
 }
 
 /// The workspace's root directory.

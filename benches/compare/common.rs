@@ -537,8 +537,8 @@ pub(crate) async fn drive_conn<C: Conn>(spec: &Spec, conn: &mut C, server: u32) 
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout => {
-            Err("idle and fanout patterns are measured apart".into())
+        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout | Pattern::Queue => {
+            Err("idle, fanout and queue patterns are measured apart".into())
         }
     }
 }

@@ -15,6 +15,10 @@
 //!
 //! `--sizes` sets the sizes of `rtt` and of `fanout`.
 //!
+//! `--patterns queue` (not in the default set): durable queues, shmlink against NATS
+//! JetStream and a naive redb queue; its own setup (nats-server) and figures are described
+//! in `queue.rs`.
+//!
 //! (Plain `cargo bench --bench compare` from the workspace root does not find the target: the
 //! root package has `autobenches = false` and `benches/` is not a default member. Pass
 //! `-p shmlink-benches`, or `--workspace`: `cargo bench --workspace --bench compare -- --quick`.)
@@ -108,6 +112,7 @@ mod fanout;
 mod idle;
 #[path = "iceoryx2.rs"]
 mod iox;
+mod queue;
 mod raw_ring;
 #[path = "tarpc.rs"]
 mod rpc;
@@ -141,6 +146,12 @@ struct Spec {
     subscribers: usize,
     /// Where the server finds the client: a socket path, a port, a service name.
     addr: String,
+    /// `queue`: producer processes.
+    #[serde(default)]
+    producers: usize,
+    /// `queue`: which producer this is.
+    #[serde(default)]
+    index: usize,
 }
 
 impl Spec {
@@ -170,12 +181,18 @@ struct Measured {
     sender_cpu_s_per_million: Option<f64>,
     /// `fanout`: all subscribers' CPU seconds per million published messages (printed).
     receivers_cpu_s_per_million: Option<f64>,
+    /// `queue`: publisher confirms per second.
+    #[serde(default)]
+    confirms_per_s: Option<f64>,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
-        Some(role @ ("measure" | "serve" | "engine-host" | "idle-host")) => {
+        Some(
+            role @ ("measure" | "serve" | "engine-host" | "idle-host" | "queue-produce"
+            | "queue-consume"),
+        ) => {
             let spec = args
                 .get(2)
                 .ok_or_else(|| BoxError::from("missing spec"))
@@ -184,6 +201,8 @@ fn main() {
                 "measure" => measure(&spec),
                 "serve" => serve(&spec),
                 "idle-host" => idle::idle_host(&spec),
+                "queue-produce" => queue::produce(&spec),
+                "queue-consume" => queue::consume(&spec),
                 _ => idle::engine_host(&spec),
             })
         }
@@ -205,6 +224,7 @@ fn measure(spec: &Spec) -> Res<()> {
     pin(spec.cpus.map(|c| c.0))?;
     let dir = scratch_dir()?;
     let result = match spec.transport {
+        _ if spec.pattern == Pattern::Queue => queue::measure(spec, &dir),
         Transport::Shmlink if spec.pattern == Pattern::Fanout => shm::measure_fanout(spec, &dir),
         Transport::Uds if spec.pattern == Pattern::Fanout => {
             current_thread()?.block_on(uds::measure_fanout(spec, &dir))
@@ -236,6 +256,7 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
             unreachable!("measured without a runtime")
         }
+        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
     }
 }
 
@@ -263,6 +284,7 @@ async fn serve_async(spec: &Spec) -> Res<()> {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
             unreachable!("served without a runtime")
         }
+        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
     }
 }
 
@@ -273,6 +295,8 @@ struct Options {
     runs: usize,
     json: Option<PathBuf>,
     transports: Vec<Transport>,
+    /// Whether `--transports` was given (the queue pattern has transports of its own).
+    transports_given: bool,
     patterns: Vec<Pattern>,
     rtt_sizes: Vec<usize>,
     stream_sizes: Vec<usize>,
@@ -304,6 +328,7 @@ fn options(args: &[String]) -> Res<Options> {
         runs: 5,
         json: None,
         transports: TRANSPORTS.to_vec(),
+        transports_given: false,
         patterns: vec![
             Pattern::Rtt,
             Pattern::Stream,
@@ -338,6 +363,7 @@ fn options(args: &[String]) -> Res<Options> {
                     .split(',')
                     .map(|t| Transport::parse(t).ok_or_else(|| format!("unknown transport {t}")))
                     .collect::<Result<_, _>>()?;
+                o.transports_given = true;
             }
             "--patterns" => {
                 o.patterns = value()?
@@ -488,6 +514,7 @@ fn median_of(runs: &[Measured]) -> Measured {
         engine_cpu_s_per_million: m(|r| r.engine_cpu_s_per_million),
         sender_cpu_s_per_million: m(|r| r.sender_cpu_s_per_million),
         receivers_cpu_s_per_million: m(|r| r.receivers_cpu_s_per_million),
+        confirms_per_s: m(|r| r.confirms_per_s),
     }
 }
 
@@ -522,7 +549,8 @@ fn coordinate(args: &[String]) -> Res<()> {
                     cases.extend(o.subscribers.iter().map(|&n| (p, size, n)));
                 }
             }
-            Pattern::Idle | Pattern::IdleNodes => {}
+            // Run apart, with transports and cases of its own (queue.rs).
+            Pattern::Idle | Pattern::IdleNodes | Pattern::Queue => {}
         }
     }
     let transports_for = |pattern| match pattern {
@@ -537,7 +565,7 @@ fn coordinate(args: &[String]) -> Res<()> {
             .transports
             .iter()
             .copied()
-            .filter(|t| t.measures(pattern))
+            .filter(|t| TRANSPORTS.contains(t) && t.measures(pattern))
             .collect(),
     };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
@@ -624,6 +652,8 @@ fn coordinate(args: &[String]) -> Res<()> {
             1
         },
         addr: String::new(),
+        producers: 0,
+        index: 0,
     };
     for run in 0..o.runs {
         for &case in &cases {
@@ -647,7 +677,18 @@ fn coordinate(args: &[String]) -> Res<()> {
 
     let medians: BTreeMap<Key, Measured> =
         results.iter().map(|(k, v)| (*k, median_of(v))).collect();
-    print!("{}", table(&o, &medians, &placements, elapsed, pair));
+    if !medians.is_empty() {
+        print!("{}", table(&o, &medians, &placements, elapsed, pair));
+    }
+    let mut queue_records = Vec::new();
+    if o.patterns.contains(&Pattern::Queue) {
+        let transports = queue::transports(o.transports_given.then_some(&o.transports[..]));
+        // An fsync-bound rate needs a window longer than --quick's.
+        let window_ms = o.window_ms.max(500);
+        let (report, records) = queue::run(&transports, o.runs, o.warmup_ms, window_ms);
+        print!("{report}");
+        queue_records = records;
+    }
     if !failures.is_empty() {
         println!("\nFailures:");
         for ((pattern, size, subscribers, placement, transport), errors) in &failures {
@@ -682,6 +723,7 @@ fn coordinate(args: &[String]) -> Res<()> {
                     },
                     idle_nodes: (pattern == Pattern::IdleNodes).then_some(size as u64),
                     subscribers: (pattern == Pattern::Fanout).then_some(subscribers as u64),
+                    producers: None,
                     p50_ns: m.p50_ns,
                     p99_ns: m.p99_ns,
                     msgs_per_s: m.msgs_per_s,
@@ -689,8 +731,10 @@ fn coordinate(args: &[String]) -> Res<()> {
                     cpu_s_per_million: m.cpu_s_per_million,
                     engine_cpu_s_per_million: m.engine_cpu_s_per_million,
                     cpu_s: m.cpu_s,
+                    confirms_per_s: None,
                 },
             )
+            .chain(queue_records)
             .collect();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

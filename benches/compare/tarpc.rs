@@ -134,8 +134,12 @@ async fn client(spec: &Spec, stream: UnixStream, server: u32) -> Res<Measured> {
             })
             .await
         }
-        Pattern::Idle | Pattern::IdleNodes | Pattern::Fanout | Pattern::StreamFlush => {
-            Err("not a tarpc pattern (idle and fanout are measured apart)".into())
+        Pattern::Idle
+        | Pattern::IdleNodes
+        | Pattern::Fanout
+        | Pattern::StreamFlush
+        | Pattern::Queue => {
+            Err("not a tarpc pattern (idle, fanout and queue are measured apart)".into())
         }
     }
 }

@@ -55,12 +55,24 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts this test binary as a child in `role` with `args`.
 pub fn spawn_child(role: &str, args: &[String]) -> ChildProc {
-    spawn_child_with_env(role, args, &[])
+    spawn_child_test(CHILD_TEST, role, args, &[])
 }
 
 /// [`spawn_child`], with `env` added to the child's environment (for example
 /// [`CHILD_TIMEOUT_ENV`]).
 pub fn spawn_child_with_env(role: &str, args: &[String], env: &[(&str, String)]) -> ChildProc {
+    spawn_child_test(CHILD_TEST, role, args, env)
+}
+
+/// [`spawn_child_with_env`] for a binary whose child entry test has another path than
+/// [`CHILD_TEST`] (a unit-test binary, where tests are named by module path:
+/// `engine::queue::store::tests::child_entry`).
+pub fn spawn_child_test(
+    test: &str,
+    role: &str,
+    args: &[String],
+    env: &[(&str, String)],
+) -> ChildProc {
     let exe = std::env::current_exe().expect("current_exe");
     let mut spec = role.to_owned();
     for a in args {
@@ -69,7 +81,7 @@ pub fn spawn_child_with_env(role: &str, args: &[String], env: &[(&str, String)])
         spec.push_str(a);
     }
     let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &spec)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove(ISOLATED_ENV)

@@ -24,7 +24,7 @@ pub mod setup;
 pub use child::{
     CHILD_ENV, CHILD_TEST, CHILD_TIMEOUT_ENV, ChildProc, ChildSpec, Commands, ISOLATED_ENV, MARK,
     REPORT, child_spec, connect, ctx, isolate, ok_field, report, run_child, run_isolated, say,
-    spawn_child, spawn_child_with_env,
+    spawn_child, spawn_child_test, spawn_child_with_env,
 };
 pub use payload::{
     SEQ_HEADER, check_pattern, expect_seq, parse_seq, pattern, seq_len, seq_message,

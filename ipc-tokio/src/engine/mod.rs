@@ -33,6 +33,8 @@ pub mod inspect;
 mod link;
 mod listener;
 mod metrics;
+mod queue;
+mod queue_router;
 mod registry;
 mod router;
 mod scheduler;
@@ -44,7 +46,8 @@ mod topic_router;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
-    EngineStats, MAX_TOPIC_SEGMENT, MIN_TOPIC_SEGMENT, Policy, STALLED_SESSIONS_AT_DEFAULTS,
-    default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES,
+    DEFAULT_WINDOW_MESSAGES, EngineStats, MAX_TOPIC_SEGMENT, MIN_TOPIC_SEGMENT, Policy,
+    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
+pub use queue::store::StoreError;
