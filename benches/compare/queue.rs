@@ -25,7 +25,7 @@
 //! - `jetstream`: NATS JetStream, a work-queue stream with file storage and
 //!   `sync_interval: always` (an fsync per message), a durable pull consumer with explicit
 //!   acks; `nats-server` started by the measurement on a temporary directory and a free
-//!   loopback port, the `async-nats` client. Producers keep up to 256 publishes unconfirmed.
+//!   loopback port, the `async-nats` client. Producers keep up to 64 publishes unconfirmed.
 //! - `redb-naive`: the floor without group commit: each producer commits every message in
 //!   its own durable redb transaction, the consumer reads the oldest message in a read
 //!   transaction and deletes it (the ack) in a durable write transaction of its own (the
@@ -61,6 +61,10 @@ mod redb_naive;
 pub(crate) const SIZES: [usize; 2] = [64, 4 << 10];
 /// Producer processes.
 pub(crate) const PRODUCERS: [usize; 2] = [1, 4];
+/// The shortest warm-up and window of a queue measurement, whatever `--quick` or
+/// `--warmup-ms`/`--window-ms` say: a few hundred fsyncs at least.
+pub(crate) const MIN_WARMUP_MS: u64 = 500;
+pub(crate) const MIN_WINDOW_MS: u64 = 2000;
 /// Bytes of the header: producer in the top 16 bits, sequence number below.
 const HEADER: usize = 8;
 
@@ -310,7 +314,6 @@ pub(crate) fn transports(requested: Option<&[Transport]>) -> Vec<Transport> {
             };
             if let Some(why) = &missing {
                 println!("SKIP queue {}: {why}", t.name());
-                eprintln!("SKIP queue {}: {why}", t.name());
             }
             missing.is_none()
         })
@@ -480,7 +483,7 @@ fn report(
 /// To fill it: `host` spawns an engine with a data directory under `dir` on a runtime thread
 /// of the measuring process (as the other patterns embed theirs) and declares a durable queue
 /// `bench`; it returns the socket path. `produce` connects a node, calls
-/// [`ready_then_go`], then sends [`fill`]ed messages with up to 256 unconfirmed, recording
+/// [`ready_then_go`], then sends [`fill`]ed messages with up to 64 unconfirmed, recording
 /// send → confirm of those sent inside the window; `consume` connects, calls
 /// [`ready_then_go`], then receives, [`check`]s and acks until the window ends, counting the
 /// acks inside it.
