@@ -99,6 +99,10 @@ pub use ipc_tokio::engine::inspect;
 pub use ipc_tokio::message::{self, Bincode, Codec, DecodeError, EncodeError, Message};
 pub use ipc_tokio::service::ResponseFuture;
 pub use ipc_tokio::{
+    AckError, ConsumeError, Consumer, ConsumerOptions, DEFAULT_QUEUE_MEMORY, Delivery,
+    ProduceError, Producer, QueueOptions, QueueSetupError, Settle, WhenFull,
+};
+pub use ipc_tokio::{
     CallError, Client, CodecError, ConnectError, Engine, EngineBuilder, EngineStats, Limit,
     Listener, Loan, MessageType, NameError, Node, NodeOptions, OpenError, Payload, Policy, Schema,
     ServeConfig, Server, Session, SessionError, SessionSink, SessionStream, SpawnError, Window,

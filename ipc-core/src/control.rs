@@ -144,6 +144,39 @@ impl Default for SubscribeOptions {
     }
 }
 
+/// A queue's settings as they travel in [`NodeFrame::DeclareQueue`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueueSpec {
+    /// Kept on disk, surviving the engine's restart.
+    pub durable: bool,
+    /// Most messages the queue holds (ready and delivered, not yet acknowledged); 0: no limit
+    /// but the engine's memory budget.
+    pub max_length: u64,
+    /// When full: refuse the message (the producer gets an error) instead of holding the
+    /// producer back until there is room.
+    pub reject_when_full: bool,
+    /// Deliveries after which a message that was not acknowledged goes to the dead-letter
+    /// queue (at least 1).
+    pub max_deliveries: u32,
+    /// The dead-letter queue's name; empty: rejected messages are dropped.
+    pub dead_letter: String,
+    /// The default lease (visibility timeout) of its consumers in milliseconds; 0: none.
+    pub lease_ms: u64,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            durable: false,
+            max_length: 0,
+            reject_when_full: false,
+            max_deliveries: 20,
+            dead_letter: String::new(),
+            lease_ms: 0,
+        }
+    }
+}
+
 /// Frames a node sends to the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeFrame {
@@ -215,6 +248,37 @@ pub enum NodeFrame {
         req: u32,
         /// The id from `SubscribeOk`.
         subscription: u32,
+    },
+    /// Declare queue `name` (idempotent with the same settings).
+    DeclareQueue {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The queue's name.
+        name: String,
+        /// Its settings.
+        spec: QueueSpec,
+    },
+    /// Become a producer of the declared queue `queue`.
+    Produce {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The queue's name.
+        queue: String,
+        /// The type produced ([`MessageType::bytes`] for raw bytes).
+        ty: MessageType,
+    },
+    /// Become a consumer of the declared queue `queue`.
+    Consume {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The queue's name.
+        queue: String,
+        /// The type expected.
+        ty: MessageType,
+        /// Deliveries this consumer may hold unsettled at once (at least 1).
+        prefetch: u32,
+        /// Its lease in milliseconds; 0: the queue's default.
+        lease_ms: u64,
     },
     /// Instead of `Hello`, as a connection's first frame: ask for a snapshot of the engine
     /// (the inspector). The connection registers no node and gets no block; the engine
@@ -312,6 +376,14 @@ pub enum EngineFrame {
         segment_size: u64,
         /// The topic's type.
         ty: MessageType,
+    },
+    /// A `DeclareQueue`, `Produce` or `Consume` succeeded: `id` is the queue's id, or the
+    /// producer's or consumer's (what its ring entries name as their session).
+    QueueOk {
+        /// The request id.
+        req: u32,
+        /// The id.
+        id: u32,
     },
     /// A request failed (`req` is 0 for errors not tied to a request, after which the engine
     /// closes the connection).
@@ -432,6 +504,12 @@ pub enum ErrorCode {
     BadTopic = 8,
     /// No publisher or subscription with that id belongs to this node.
     NotFound = 9,
+    /// No queue has that name.
+    NoQueue = 10,
+    /// The queue exists with other settings, or the declaration is not valid.
+    QueueMismatch = 11,
+    /// A durable queue on an engine without a data directory (or whose store failed).
+    NotDurable = 12,
 }
 
 impl ErrorCode {
@@ -447,6 +525,9 @@ impl ErrorCode {
             7 => Self::Resources,
             8 => Self::BadTopic,
             9 => Self::NotFound,
+            10 => Self::NoQueue,
+            11 => Self::QueueMismatch,
+            12 => Self::NotDurable,
             _ => return None,
         })
     }
@@ -612,6 +693,9 @@ mod tag {
     pub(super) const SUBSCRIBE: u8 = 8;
     pub(super) const UNSUBSCRIBE: u8 = 9;
     pub(super) const INSPECT: u8 = 10;
+    pub(super) const DECLARE_QUEUE: u8 = 11;
+    pub(super) const PRODUCE: u8 = 12;
+    pub(super) const CONSUME: u8 = 13;
     pub(super) const WELCOME: u8 = 64;
     pub(super) const SERVE_OK: u8 = 65;
     pub(super) const UNSERVE_OK: u8 = 66;
@@ -625,6 +709,7 @@ mod tag {
     pub(super) const SUBSCRIBE_OK: u8 = 74;
     pub(super) const TOPIC_ATTACH: u8 = 75;
     pub(super) const INSPECT_CHUNK: u8 = 76;
+    pub(super) const QUEUE_OK: u8 = 77;
 }
 
 impl NodeFrame {
@@ -685,6 +770,34 @@ impl NodeFrame {
                 .u32(*subscription)
                 .finish(),
             Self::Inspect { req } => Writer::new(tag::INSPECT).u32(*req).finish(),
+            Self::DeclareQueue { req, name, spec } => Writer::new(tag::DECLARE_QUEUE)
+                .u32(*req)
+                .str(name)
+                .u8(u8::from(spec.durable))
+                .u64(spec.max_length)
+                .u8(u8::from(spec.reject_when_full))
+                .u32(spec.max_deliveries)
+                .str(&spec.dead_letter)
+                .u64(spec.lease_ms)
+                .finish(),
+            Self::Produce { req, queue, ty } => Writer::new(tag::PRODUCE)
+                .u32(*req)
+                .str(queue)
+                .ty(ty)
+                .finish(),
+            Self::Consume {
+                req,
+                queue,
+                ty,
+                prefetch,
+                lease_ms,
+            } => Writer::new(tag::CONSUME)
+                .u32(*req)
+                .str(queue)
+                .ty(ty)
+                .u32(*prefetch)
+                .u64(*lease_ms)
+                .finish(),
         }
     }
 }
@@ -761,6 +874,7 @@ impl EngineFrame {
                 .u64(*segment_size)
                 .ty(ty)
                 .finish(),
+            Self::QueueOk { req, id } => Writer::new(tag::QUEUE_OK).u32(*req).u32(*id).finish(),
             Self::InspectChunk { req, last, bytes } => {
                 let bytes = &bytes[..bytes.len().min(INSPECT_CHUNK)];
                 Writer::new(tag::INSPECT_CHUNK)
@@ -889,6 +1003,34 @@ impl<'a> Reader<'a> {
             history: self.u32()?,
         })
     }
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(FrameError::Field("flag")),
+        }
+    }
+    fn queue_spec(&mut self) -> Result<QueueSpec, FrameError> {
+        let durable = self.flag()?;
+        let max_length = self.u64()?;
+        let reject_when_full = self.flag()?;
+        let max_deliveries = self.u32()?;
+        if max_deliveries == 0 {
+            return Err(FrameError::Field("zero max deliveries"));
+        }
+        let dead_letter = self.text(MAX_NAME, true)?;
+        if !dead_letter.is_empty() {
+            check_name(&dead_letter)?;
+        }
+        Ok(QueueSpec {
+            durable,
+            max_length,
+            reject_when_full,
+            max_deliveries,
+            dead_letter,
+            lease_ms: self.u64()?,
+        })
+    }
     fn end(self) -> Result<(), FrameError> {
         match self.0.len() {
             0 => Ok(()),
@@ -970,6 +1112,26 @@ pub fn decode_node_frame(buf: &[u8]) -> Result<Option<(NodeFrame, usize)>, Frame
             subscription: r.u32()?,
         },
         tag::INSPECT => NodeFrame::Inspect { req: r.u32()? },
+        tag::DECLARE_QUEUE => NodeFrame::DeclareQueue {
+            req: r.u32()?,
+            name: r.name()?,
+            spec: r.queue_spec()?,
+        },
+        tag::PRODUCE => NodeFrame::Produce {
+            req: r.u32()?,
+            queue: r.name()?,
+            ty: r.ty()?,
+        },
+        tag::CONSUME => NodeFrame::Consume {
+            req: r.u32()?,
+            queue: r.name()?,
+            ty: r.ty()?,
+            prefetch: match r.u32()? {
+                0 => return Err(FrameError::Field("zero prefetch")),
+                n => n,
+            },
+            lease_ms: r.u64()?,
+        },
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -1037,6 +1199,10 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
             name: r.topic()?,
             segment_size: r.u64()?,
             ty: r.ty()?,
+        },
+        tag::QUEUE_OK => EngineFrame::QueueOk {
+            req: r.u32()?,
+            id: r.u32()?,
         },
         tag::INSPECT_CHUNK => {
             let req = r.u32()?;
@@ -1245,6 +1411,35 @@ mod tests {
                 subscription: 6,
             },
             NodeFrame::Inspect { req: 7 },
+            NodeFrame::DeclareQueue {
+                req: 8,
+                name: "jobs".into(),
+                spec: QueueSpec::default(),
+            },
+            NodeFrame::DeclareQueue {
+                req: 9,
+                name: "jobs".into(),
+                spec: QueueSpec {
+                    durable: true,
+                    max_length: 10,
+                    reject_when_full: true,
+                    max_deliveries: 3,
+                    dead_letter: "jobs.dead".into(),
+                    lease_ms: 500,
+                },
+            },
+            NodeFrame::Produce {
+                req: 10,
+                queue: "jobs".into(),
+                ty: typed(),
+            },
+            NodeFrame::Consume {
+                req: 11,
+                queue: "jobs".into(),
+                ty: MessageType::bytes(),
+                prefetch: 64,
+                lease_ms: 0,
+            },
         ];
         for f in node {
             let bytes = f.encode();
@@ -1260,6 +1455,7 @@ mod tests {
                 topic: 3,
             },
             EngineFrame::TopicDone { req: 4 },
+            EngineFrame::QueueOk { req: 4, id: 9 },
             EngineFrame::SubscribeOk {
                 req: 5,
                 subscription: 6,

@@ -79,7 +79,63 @@ pub mod kind {
     pub fn is_topic(kind: u16) -> bool {
         (TOPIC_DATA..=TOPIC_RELEASE).contains(&kind)
     }
+
+    /// Submit: consumer `session` acknowledges delivery `aux` (the message is done).
+    pub const QUEUE_ACK: u16 = 32;
+    /// Submit: consumer `session` hands delivery `aux` back to the queue's head (requeue).
+    pub const QUEUE_NACK: u16 = 33;
+    /// Submit: consumer `session` rejects delivery `aux`: it goes to the dead-letter queue.
+    pub const QUEUE_REJECT: u16 = 34;
+    /// Submit: consumer `session` asks for a fresh lease on delivery `aux`.
+    pub const QUEUE_EXTEND: u16 = 35;
+    /// Submit: producer or consumer `session` ends (a consumer's unsettled deliveries return
+    /// to the queue); a consumer gets `QUEUE_ENDED` as its last entry.
+    pub const QUEUE_CANCEL: u16 = 36;
+    /// Deliver: a queue message for consumer `session` at `offset`/`len` of the receive
+    /// arena; `aux` is the delivery tag, `segment` the delivery count (at least 1), flag
+    /// [`super::queue_flags::REDELIVERED`] set when it was delivered before.
+    pub const QUEUE_DATA: u16 = 40;
+    /// Deliver: `aux` (> 0) messages of producer `session` were settled by the engine with
+    /// outcome `len` (a [`super::queue_outcome`] value): confirmed, or refused.
+    pub const QUEUE_CONFIRM: u16 = 41;
+    /// Deliver: the engine's answer to an ack, nack, reject or lease extension of delivery
+    /// `aux` by consumer `session`; `len` is a [`super::queue_outcome`] value.
+    pub const QUEUE_SETTLED: u16 = 42;
+    /// Deliver: consumer `session` is over (the answer to its `QUEUE_CANCEL`): the last
+    /// entry for it.
+    pub const QUEUE_ENDED: u16 = 43;
+
+    /// Whether `kind` is one of the queue kinds (the node and engine dispatch on it first).
+    pub fn is_queue(kind: u16) -> bool {
+        (QUEUE_ACK..=QUEUE_ENDED).contains(&kind)
+    }
 }
+
+/// Flags of a `QUEUE_DATA` entry.
+pub mod queue_flags {
+    /// The message was delivered before (to this or another consumer, or before a restart).
+    pub const REDELIVERED: u16 = 1;
+}
+
+/// Outcomes carried in `len` of `QUEUE_CONFIRM` and `QUEUE_SETTLED` entries.
+pub mod queue_outcome {
+    /// Done: a message confirmed (on disk for a durable queue), a settlement applied.
+    pub const OK: u32 = 0;
+    /// Refused: the queue is full and its overflow policy is to refuse.
+    pub const FULL: u32 = 1;
+    /// Refused: the durable store failed to commit.
+    pub const STORE_FAILED: u32 = 2;
+    /// The engine no longer holds that delivery for this consumer (its lease expired and it
+    /// went back to the queue, or it was settled already): nothing was changed.
+    pub const NOT_HELD: u32 = 3;
+    /// The queue is gone.
+    pub const NO_QUEUE: u32 = 4;
+}
+
+mod queue;
+pub use queue::{
+    QueueDelivery, QueueSettle, QueueSubmission, validate_queue_deliver, validate_queue_submit,
+};
 
 /// Why a subscription ended, carried in `aux` of a `TOPIC_CLOSED` entry.
 pub mod topic_close_reason {

@@ -86,8 +86,9 @@ pub use arena::{Allocation, ArenaStats, BuddyAllocator};
 #[cfg(not(loom))]
 pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_in, copy_out, copy_payload};
 pub use descriptor::{
-    ArenaBounds, Delivery, RawDescriptor, Submission, TopicDelivery, TopicRelease, Violation, kind,
-    validate_deliver, validate_release, validate_submit, validate_topic_deliver,
+    ArenaBounds, Delivery, QueueDelivery, QueueSettle, QueueSubmission, RawDescriptor, Submission,
+    TopicDelivery, TopicRelease, Violation, kind, validate_deliver, validate_queue_deliver,
+    validate_queue_submit, validate_release, validate_submit, validate_topic_deliver,
     validate_topic_release, window_charge,
 };
 #[cfg(not(loom))]

@@ -24,6 +24,11 @@ pub enum SpawnError {
     /// The block configuration cannot be laid out.
     #[error(transparent)]
     Config(#[from] BlockError),
+    /// The durable queue store in the data directory cannot be opened or recovered
+    /// (unreadable, corrupted, of another version, or in use by another engine). Nothing
+    /// was recovered; the engine did not start.
+    #[error("cannot open the durable queue store: {0}")]
+    Store(#[from] crate::engine::StoreError),
     /// Creating the socket, its directory or its lock failed.
     #[error("cannot listen on {path}: {source}")]
     Io {

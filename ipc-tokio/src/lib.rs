@@ -10,20 +10,26 @@ pub mod engine;
 pub mod error;
 pub mod message;
 pub mod node;
+pub mod queue;
 pub mod service;
 pub mod session;
 mod spin;
 pub mod topic;
 
 pub use engine::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, Engine, EngineBuilder,
-    EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, StoreError, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
+    Engine, EngineBuilder, EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, StoreError,
+    default_socket_path,
 };
 pub use error::{
     CodecError, ConnectError, MessageType, NameError, OpenError, Schema, SessionError, SpawnError,
 };
 pub use ipc_core::control::Limit;
 pub use node::{Listener, Node, NodeOptions, Window};
+pub use queue::{
+    AckError, ConsumeError, Consumer, ConsumerOptions, Delivery, ProduceError, Producer,
+    QueueOptions, QueueSetupError, Settle, WhenFull,
+};
 pub use service::{CallError, Client, ServeConfig, Server};
 pub use session::{Loan, Payload, Session, SessionSink, SessionStream};
 pub use topic::{

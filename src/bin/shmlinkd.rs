@@ -8,7 +8,15 @@
 //!          [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N]
 //!          [--max-requests-per-connection N] [--max-partial-frame BYTES]
 //!          [--max-queued-frames N] [--dumpable] [--metrics-addr ADDR [--metrics-allow-remote]]
+//!          [--data-dir PATH | --no-data-dir] [--queue-memory BYTES]
 //! ```
+//!
+//! Durable queues live in the data directory (`queues.redb`): `--data-dir`, or
+//! `$SHMLINK_DATA_DIR`, or by default `$XDG_STATE_HOME/shmlink`, else
+//! `/var/lib/shmlink` when running as root, else `$HOME/.local/state/shmlink`.
+//! `--no-data-dir` runs without one (declaring a durable queue is then an error). A store
+//! that cannot be read (corrupted, truncated, in use by another engine) stops the daemon at
+//! start with the reason, never an empty queue.
 //!
 //! Every flag has an environment variable (`SHMLINK_SOCKET`, `SHMLINK_TX_ARENA`,
 //! `SHMLINK_RX_ARENA`, `SHMLINK_MIN_BLOCK`, `SHMLINK_RING`, `SHMLINK_CREDITS`,
@@ -41,7 +49,7 @@ const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-ar
 [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N] \
 [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N] \
 [--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable] \
-[--metrics-addr ADDR [--metrics-allow-remote]]";
+[--metrics-addr ADDR [--metrics-allow-remote]] [--data-dir PATH | --no-data-dir] [--queue-memory BYTES]";
 
 /// What `--help` prints (on stdout).
 const HELP: &str = "\
@@ -77,6 +85,11 @@ Options:
   --metrics-addr ADDR serve Prometheus metrics on http://ADDR/metrics, for example
                       127.0.0.1:9464 [env SHMLINK_METRICS_ADDR] (off)
   --metrics-allow-remote  allow a --metrics-addr that is not loopback
+  --data-dir PATH     where durable queues are kept [env SHMLINK_DATA_DIR]
+                      (default $XDG_STATE_HOME/shmlink; /var/lib/shmlink as root;
+                      else $HOME/.local/state/shmlink)
+  --no-data-dir       no durable queues (declaring one is an error)
+  --queue-memory BYTES  engine memory for queued payloads [env SHMLINK_QUEUE_MEMORY] (256M)
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -156,6 +169,23 @@ struct Options {
     dumpable: bool,
     metrics_addr: Option<std::net::SocketAddr>,
     metrics_allow_remote: bool,
+    /// `None`: no durable queues.
+    data_dir: Option<std::path::PathBuf>,
+    queue_memory: Option<u64>,
+}
+
+/// The daemon's default data directory (see the module docs).
+fn default_data_dir() -> Option<std::path::PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(state) = env("XDG_STATE_HOME") {
+        return Some(std::path::PathBuf::from(state).join("shmlink"));
+    }
+    // /proc/self belongs to the process's effective uid.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").ok()?) == 0;
+    if root {
+        return Some("/var/lib/shmlink".into());
+    }
+    env("HOME").map(|home| std::path::PathBuf::from(home).join(".local/state/shmlink"))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -200,7 +230,12 @@ fn options() -> Result<Parsed, String> {
         dumpable: env("SHMLINK_DUMPABLE").is_some_and(|v| v != "0"),
         metrics_addr: None,
         metrics_allow_remote: false,
+        data_dir: env("SHMLINK_DATA_DIR").map_or_else(default_data_dir, |d| Some(d.into())),
+        queue_memory: None,
     };
+    if let Some(v) = env("SHMLINK_QUEUE_MEMORY") {
+        o.queue_memory = Some(parse_size(&v)?);
+    }
     if let Some(v) = env("SHMLINK_METRICS_ADDR") {
         o.metrics_addr = Some(parse_num("SHMLINK_METRICS_ADDR", &v)?);
     }
@@ -256,6 +291,10 @@ fn options() -> Result<Parsed, String> {
             o.dumpable = true;
             continue;
         }
+        if flag == "--no-data-dir" {
+            o.data_dir = None;
+            continue;
+        }
         if flag == "--metrics-allow-remote" {
             o.metrics_allow_remote = true;
             continue;
@@ -274,6 +313,8 @@ fn options() -> Result<Parsed, String> {
             "--allow-uid" => o.allow.push(parse_num("--allow-uid", &value)?),
             "--spin-us" => o.spin_us = Some(parse_num("--spin-us", &value)?),
             "--log" => o.log = value,
+            "--data-dir" => o.data_dir = Some(value.into()),
+            "--queue-memory" => o.queue_memory = Some(parse_size(&value)?),
             "--metrics-addr" => o.metrics_addr = Some(parse_num("--metrics-addr", &value)?),
             other => match LIMITS.iter().position(|(name, _, _)| *name == other) {
                 Some(i) => o.limits[i] = Some(parse_limit(other, &value)?),
@@ -341,6 +382,12 @@ fn main() -> ExitCode {
         }
         // Other processes of this uid lose /proc/<pid>/fd, /proc/<pid>/mem and ptrace.
         builder = builder.non_dumpable(!options.dumpable);
+        if let Some(dir) = &options.data_dir {
+            builder = builder.data_dir(dir);
+        }
+        if let Some(bytes) = options.queue_memory {
+            builder = builder.queue_memory(bytes);
+        }
         if let Some(addr) = options.metrics_addr {
             let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)

@@ -72,6 +72,7 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::SubscribeOk { .. } => "SubscribeOk",
         EngineFrame::TopicAttach { .. } => "TopicAttach",
         EngineFrame::InspectChunk { .. } => "InspectChunk",
+        EngineFrame::QueueOk { .. } => "QueueOk",
     }
 }
 

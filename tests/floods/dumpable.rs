@@ -107,6 +107,7 @@ async fn probe_daemon(dir: &TestDir, name: &str, args: &[&str]) -> String {
     daemon
         .arg("--socket")
         .arg(dir.path().join(format!("{name}.sock")))
+        .arg("--no-data-dir")
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -99,6 +99,7 @@ async fn scrape_counts_the_messages_sent() {
             &socket.display().to_string(),
             "--metrics-addr",
             &addr,
+            "--no-data-dir",
         ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)

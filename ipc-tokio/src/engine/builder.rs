@@ -10,8 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::engine::command::Command;
 use crate::engine::config::{
-    Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats,
-    Limits, MIN_PARTIAL_FRAME_BYTES, Policy, default_socket_path,
+    Config, DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES,
+    DEFAULT_WINDOW_MESSAGES, EngineStats, Limits, MIN_PARTIAL_FRAME_BYTES, Policy,
+    default_socket_path,
 };
 use crate::engine::listener::{self, Listening};
 use crate::engine::router::Router;
@@ -33,6 +34,8 @@ impl Default for EngineBuilder {
                 credits: DEFAULT_WINDOW_MESSAGES,
                 window_bytes: DEFAULT_WINDOW_BYTES,
                 orphan_budget: DEFAULT_ORPHAN_BUDGET,
+                queue_memory: DEFAULT_QUEUE_MEMORY,
+                data_dir: None,
                 policy: Policy::SameUid,
                 spin: Duration::from_micros(50),
                 handshake_timeout: Duration::from_secs(10),
@@ -81,6 +84,25 @@ impl EngineBuilder {
     /// its receiver sees `Disconnected` after the last payload it gets.
     pub fn orphan_budget(mut self, bytes: u64) -> Self {
         self.config.orphan_budget = bytes;
+        self
+    }
+
+    /// Engine memory for the payloads of queued messages, all queues together (default
+    /// [`DEFAULT_QUEUE_MEMORY`]). When it is full, producers of queues that wait
+    /// ([`QueueOptions::when_full`](crate::QueueOptions)) are held back until consumers
+    /// acknowledge, and those of queues that refuse get [`ProduceError::Full`](crate::ProduceError).
+    /// A single message always fits an otherwise empty engine.
+    pub fn queue_memory(mut self, bytes: u64) -> Self {
+        self.config.queue_memory = bytes;
+        self
+    }
+
+    /// The engine's data directory: durable queues are kept there (`queues.redb`, created
+    /// if missing) and recovered from it at [`spawn`](Self::spawn), every message recovered
+    /// counting as redelivered. Without one (the default) declaring a durable queue is an
+    /// error. Two engines cannot share one.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
         self
     }
 
@@ -207,7 +229,13 @@ impl EngineBuilder {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (stats_tx, stats) = watch::channel(EngineStats::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let router = Router::new(config.clone(), command_rx, stats_tx.clone());
+        // The store is read here, once, before anything runs: a store that cannot be read is
+        // a startup error, never an empty queue.
+        let durable = match &config.data_dir {
+            Some(dir) => Some(crate::engine::queue_router::Durable::open(dir)?),
+            None => None,
+        };
+        let router = Router::new(config.clone(), command_rx, stats_tx.clone(), durable);
         let router = handle.spawn(router.run());
         handle.spawn(super::metrics::run(stats.clone()));
         let listener = handle.spawn(listener::run(

@@ -3,7 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use ipc_core::control::{EngineFrame, MessageType, Schema, SubscribeOptions};
+use ipc_core::control::{EngineFrame, MessageType, QueueSpec, Schema, SubscribeOptions};
 use ipc_core::{Block, Doorbell};
 use tokio::sync::{mpsc, oneshot};
 
@@ -91,6 +91,26 @@ pub(crate) enum Command {
         node: NodeId,
         req: u32,
         subscription: u32,
+    },
+    DeclareQueue {
+        node: NodeId,
+        req: u32,
+        name: String,
+        spec: QueueSpec,
+    },
+    Produce {
+        node: NodeId,
+        req: u32,
+        queue: String,
+        ty: MessageType,
+    },
+    Consume {
+        node: NodeId,
+        req: u32,
+        queue: String,
+        ty: MessageType,
+        prefetch: u32,
+        lease_ms: u64,
     },
     Gone {
         node: NodeId,

@@ -39,6 +39,10 @@ pub(crate) struct Config {
     pub(crate) window_bytes: u64,
     /// Engine memory for payloads whose sender left before they could be delivered.
     pub(crate) orphan_budget: u64,
+    /// Engine memory for the payloads of queued messages, all queues together.
+    pub(crate) queue_memory: u64,
+    /// Where durable queues live (`queues.redb`); `None`: no durable queues.
+    pub(crate) data_dir: Option<PathBuf>,
     pub(crate) policy: Policy,
     pub(crate) spin: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -160,7 +164,23 @@ pub struct EngineStats {
     /// Topic messages lost to `DropOldest` since start, summed over subscribers (each
     /// reported to its subscriber as `Lagged`).
     pub topic_lagged: u64,
+    /// Declared queues.
+    pub queues: usize,
+    /// Bytes of queued payloads the engine keeps (ready and delivered, not yet acknowledged).
+    pub queue_bytes: u64,
+    /// Messages producers sent to queues that the engine took responsibility for (confirmed,
+    /// for a durable queue after their commit).
+    pub queue_confirmed: u64,
+    /// Queue deliveries since start (redeliveries included).
+    pub queue_delivered: u64,
+    /// Queue deliveries acknowledged, nacked or rejected since start.
+    pub queue_settled: u64,
+    /// Queue deliveries whose lease expired since start.
+    pub queue_expired: u64,
 }
+
+/// Default engine memory for queued payloads ([`EngineBuilder::queue_memory`](crate::EngineBuilder::queue_memory)): 256 MiB.
+pub const DEFAULT_QUEUE_MEMORY: u64 = 256 << 20;
 
 /// Default window of a session end in messages ([`EngineBuilder::credits`](crate::EngineBuilder::credits)).
 pub const DEFAULT_WINDOW_MESSAGES: u32 = 256;

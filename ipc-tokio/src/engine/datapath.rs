@@ -82,6 +82,7 @@ impl Router {
         if !link.blocked.is_empty() {
             self.released.push(id);
         }
+        self.queue_node_released(id);
         true
     }
 
@@ -114,6 +115,13 @@ impl Router {
         }
         for i in 0..n {
             let raw = self.scratch[i];
+            if kind::is_queue(raw.kind) {
+                if let Err(violation) = self.queue_entry(id, &raw) {
+                    self.doom(id, violation);
+                    return true;
+                }
+                continue;
+            }
             let result = validate_submit(&raw, &bounds)
                 .map_err(|e| {
                     Violation::new(ViolationKind::Descriptor, format!("submit entry: {e}"))
@@ -134,6 +142,11 @@ impl Router {
                 offset,
                 len,
             } if self.is_publisher(session) => self.topic_data(node, session, offset, len)?,
+            Submission::Data {
+                session,
+                offset,
+                len,
+            } if self.is_producer(session) => self.queue_data(node, session, offset, len)?,
             Submission::Data {
                 session,
                 offset,

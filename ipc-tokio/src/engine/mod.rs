@@ -33,9 +33,8 @@ pub mod inspect;
 mod link;
 mod listener;
 mod metrics;
-// The durable store comes first; the queue pattern that uses it is wired in a later step.
-#[allow(dead_code)]
 mod queue;
+mod queue_router;
 mod registry;
 mod router;
 mod scheduler;
@@ -47,7 +46,7 @@ mod topic_router;
 
 pub use builder::{Engine, EngineBuilder};
 pub use config::{
-    DEFAULT_ORPHAN_BUDGET, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, EngineStats, Policy,
-    STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
+    DEFAULT_ORPHAN_BUDGET, DEFAULT_QUEUE_MEMORY, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES,
+    EngineStats, Policy, STALLED_SESSIONS_AT_DEFAULTS, default_socket_path,
 };
 pub use queue::store::StoreError;

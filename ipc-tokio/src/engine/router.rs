@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::command::{Command, EndId, NodeId, Registration};
 use crate::engine::config::{Config, EngineStats};
 use crate::engine::link::{Inbound, Link, LinkParts, Source};
+use crate::engine::queue::QueuesConfig;
+use crate::engine::queue_router::QueuePlane;
 use crate::engine::registry::{Limits, OpenRefusal, Refusal, Registry};
 use crate::engine::scheduler::Scheduler;
 use crate::engine::topic::TopicsConfig;
@@ -74,6 +76,8 @@ pub(crate) struct Router {
     pub(super) started: Instant,
     /// Topics: publish/subscribe (topic_router.rs).
     pub(super) topics: TopicPlane,
+    /// Queues: produce/consume/settle (queue_router.rs).
+    pub(super) queues: QueuePlane,
 }
 
 impl std::fmt::Debug for Router {
@@ -92,6 +96,7 @@ impl Router {
         config: Arc<Config>,
         commands: mpsc::UnboundedReceiver<Command>,
         stats_tx: watch::Sender<EngineStats>,
+        durable: Option<crate::engine::queue_router::Durable>,
     ) -> Self {
         let registry = Registry::new(Limits {
             credits: config.credits,
@@ -101,7 +106,15 @@ impl Router {
             sessions_per_uid: config.limits.sessions_per_uid,
             sessions_per_opener: config.limits.sessions_per_opener,
         });
+        let queues = QueuePlane::new(
+            QueuesConfig {
+                memory_budget: config.queue_memory,
+                durable: durable.is_some(),
+            },
+            durable,
+        );
         Self {
+            queues,
             config,
             commands,
             stats_tx,
@@ -124,6 +137,7 @@ impl Router {
     pub(crate) async fn run(mut self) {
         let mut spins = 0u32;
         'outer: loop {
+            self.queue_take_commits();
             for _ in 0..COMMANDS_PER_PASS {
                 match self.commands.try_recv() {
                     Ok(command) => {
@@ -180,6 +194,7 @@ impl Router {
             moved |= self.drain_submit(id, now);
         }
         moved |= self.topic_tick(now);
+        moved |= self.queue_pass(now);
         self.flush_credits();
         moved |= self.pump_released();
         self.flush_dirty();
@@ -249,15 +264,18 @@ impl Router {
         true
     }
 
-    /// Sleeps until a demoted node rings, a command arrives, or a topic's untether clock
-    /// runs out (a timer exists only while such a clock runs: idle stays free).
+    /// Sleeps until a demoted node rings, a command arrives, the durable store commits, or
+    /// a topic's untether clock or a queue lease runs out (a timer exists only while such a
+    /// clock runs: idle stays free).
     async fn park(&mut self) -> Option<Command> {
+        let deadline = match (self.topics.next_deadline(), self.queues.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let commands = &mut self.commands;
         let sched = &self.sched;
-        let mut timer = self
-            .topics
-            .next_deadline()
-            .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+        let (commits, arrived) = self.queues.commit_parts();
+        let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
         poll_fn(|cx| {
             if let Poll::Ready(command) = commands.poll_recv(cx) {
                 return Poll::Ready(Some(command.unwrap_or(Command::Shutdown)));
@@ -265,6 +283,12 @@ impl Router {
             if let Some(timer) = timer.as_mut()
                 && timer.as_mut().poll(cx).is_ready()
             {
+                return Poll::Ready(None);
+            }
+            if let Some(commits) = commits.as_mut()
+                && let Poll::Ready(Some(committed)) = commits.poll_recv(cx)
+            {
+                arrived.push(committed);
                 return Poll::Ready(None);
             }
             sched.poll_rung(cx).map(|()| None)
@@ -321,6 +345,26 @@ impl Router {
                 req,
                 subscription,
             } => self.topic_unsubscribe(node, req, subscription),
+            Command::DeclareQueue {
+                node,
+                req,
+                name,
+                spec,
+            } => self.queue_declare(node, req, &name, &spec),
+            Command::Produce {
+                node,
+                req,
+                queue,
+                ty,
+            } => self.queue_produce(node, req, &queue, &ty),
+            Command::Consume {
+                node,
+                req,
+                queue,
+                ty,
+                prefetch,
+                lease_ms,
+            } => self.queue_consume(node, req, &queue, &ty, prefetch, lease_ms),
             Command::Gone {
                 node,
                 reason,
@@ -536,6 +580,7 @@ impl Router {
                 }
             }
             self.topic_node_gone(id);
+            self.queue_node_gone(id);
             self.adopt_orphans(id, &link.block);
             drop(link); // unmaps the block, closes the memfd and both doorbells
         }
@@ -619,6 +664,8 @@ impl Router {
         self.stats.active_nodes = self.sched.active.len();
         self.stats.topics = self.topics.topic_count();
         self.stats.topic_segments = self.topics.segment_count();
+        self.stats.queues = self.queues.state.queue_count();
+        self.stats.queue_bytes = self.queues.state.bytes();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.

@@ -25,6 +25,9 @@ pub(crate) enum ViolationKind {
     DeliverBacklog,
     /// A malformed or unexpected control frame.
     Control,
+    /// A queue entry naming a consumer or producer that is not the node's, or settling a
+    /// delivery it was never given.
+    Queue,
 }
 
 /// A protocol violation: what happened and the particulars.

@@ -225,6 +225,10 @@ fn drain(
                 crate::topic::on_entry(shared, &mut state, *raw)?;
                 continue;
             }
+            if ipc_core::kind::is_queue(raw.kind) {
+                crate::queue::on_entry(shared, &mut state, *raw, &mut to_release)?;
+                continue;
+            }
             let delivery = validate_deliver(raw, &rx, &tx)
                 .map_err(|e| format!("bad entry from the engine: {e}"))?;
             match delivery {

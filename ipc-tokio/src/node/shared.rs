@@ -39,6 +39,8 @@ pub(crate) enum Reply {
     Subscribed(u32, Arc<crate::topic::SubCore>),
     /// An `Unpublish` or `Unsubscribe` succeeded.
     TopicDone,
+    /// A `DeclareQueue`, `Produce` or `Consume` succeeded (the driver registered its id).
+    Queue,
 }
 
 impl Reply {
@@ -134,6 +136,8 @@ pub(crate) struct State {
     pub(crate) dead: bool,
     /// Subscriptions and mapped topic segments.
     pub(crate) topics: crate::topic::NodeTopics,
+    /// Producers, consumers and queue requests in flight.
+    pub(crate) queues: crate::queue::NodeQueues,
 }
 
 /// Everything a node's driver and its sessions share.
@@ -245,6 +249,31 @@ impl NodeShared {
             if let Some(accept) = accept {
                 state.serving.insert(req, accept);
             }
+            if self.out.send(frame(req).encode()).is_err() {
+                return Err(OpenError::Disconnected);
+            }
+        }
+        rx.await.map_err(|_| OpenError::Disconnected)
+    }
+
+    /// Sends a queue request and waits for its reply; `pending` is what the driver registers
+    /// when the `QueueOk` arrives (under the same lock as the request id, so no reply can
+    /// find it missing).
+    pub(crate) async fn request_queue(
+        &self,
+        frame: impl FnOnce(u32) -> NodeFrame,
+        pending: crate::queue::Pending,
+    ) -> Result<Reply, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.state();
+            if state.dead {
+                return Err(OpenError::Disconnected);
+            }
+            state.next_req = state.next_req.wrapping_add(1).max(1);
+            let req = state.next_req;
+            state.requests.insert(req, tx);
+            state.queues.pending.insert(req, pending);
             if self.out.send(frame(req).encode()).is_err() {
                 return Err(OpenError::Disconnected);
             }
@@ -506,6 +535,7 @@ impl NodeShared {
             self.dead.store(true, Ordering::Release);
             state.serving.clear();
             state.topics.disconnect();
+            state.queues.disconnect();
             (
                 std::mem::take(&mut state.ends),
                 std::mem::take(&mut state.requests),
@@ -566,6 +596,7 @@ impl NodeShared {
                 tracing::warn!(node = %self.name, %message, "the engine reported an error");
             }
             EngineFrame::Error { req, code, message } => {
+                self.state().queues.pending.remove(&req);
                 let _ = self.answer(req, Reply::Error { code, message });
             }
             EngineFrame::Limit { req: 0, limit, max } => {
@@ -583,6 +614,7 @@ impl NodeShared {
             | EngineFrame::TopicAttach { .. }) => {
                 return crate::topic::on_frame(self, topic, fds);
             }
+            EngineFrame::QueueOk { req, id } => crate::queue::on_queue_ok(self, req, id),
             other @ EngineFrame::InspectChunk { .. } => {
                 tracing::warn!(node = %self.name, frame = ?other, "unexpected inspector frame; ignored");
             }

@@ -294,7 +294,8 @@ pub(super) fn is_answer(frame: &EngineFrame) -> bool {
         | EngineFrame::SchemaMismatch { req, .. }
         | EngineFrame::PublishOk { req, .. }
         | EngineFrame::TopicDone { req }
-        | EngineFrame::SubscribeOk { req, .. } => *req != 0,
+        | EngineFrame::SubscribeOk { req, .. }
+        | EngineFrame::QueueOk { req, .. } => *req != 0,
         EngineFrame::Welcome { .. }
         | EngineFrame::Accept { .. }
         | EngineFrame::TopicAttach { .. }
@@ -395,6 +396,9 @@ pub(super) async fn serve(
                     Ok(Some(NodeFrame::Unpublish { req, publisher })) => Command::Unpublish { node, req, publisher },
                     Ok(Some(NodeFrame::Subscribe { req, pattern, ty, options })) => Command::Subscribe { node, req, pattern, ty, options },
                     Ok(Some(NodeFrame::Unsubscribe { req, subscription })) => Command::Unsubscribe { node, req, subscription },
+                    Ok(Some(NodeFrame::DeclareQueue { req, name, spec })) => Command::DeclareQueue { node, req, name, spec },
+                    Ok(Some(NodeFrame::Produce { req, queue, ty })) => Command::Produce { node, req, queue, ty },
+                    Ok(Some(NodeFrame::Consume { req, queue, ty, prefetch, lease_ms })) => Command::Consume { node, req, queue, ty, prefetch, lease_ms },
                     Ok(Some(other)) => {
                         let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous"));
                         break Ended::Unexpected(match other {

@@ -89,6 +89,7 @@ pub(crate) enum StoreOp {
         new_id: u64,
     },
     /// Deletes a queue and every message in it; no-op if it does not exist.
+    #[allow(dead_code)] // no queue deletion in the API yet
     Drop { queue: String },
 }
 

@@ -1,0 +1,806 @@
+//! [`Queues`]: every queue, producer and consumer of the engine, and what follows from each
+//! event (see the module docs).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ipc_core::control::{MessageType, QueueSpec};
+use ipc_core::descriptor::queue_outcome;
+use ipc_core::{IdMap, IdSet, QueueSettle};
+
+use super::store::StoreOp;
+use crate::engine::command::NodeId;
+
+/// A queue's id (engine memory only).
+pub(crate) type QueueId = u32;
+/// A consumer's id, from the registry's session-end id space (what its entries name).
+pub(crate) type ConsumerId = u32;
+/// A producer's id, from the same space.
+pub(crate) type ProducerId = u32;
+
+/// The engine-wide settings of queues.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueuesConfig {
+    /// Bytes of queued payloads the engine keeps in its memory, all queues together.
+    pub(crate) memory_budget: u64,
+    /// Whether durable queues can be declared (the engine has a store).
+    pub(crate) durable: bool,
+}
+
+/// Why a queue request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum QueueError {
+    #[error("no queue named {0:?} (declare it first)")]
+    NoQueue(String),
+    #[error("queue {0:?} exists with other settings")]
+    Mismatch(String),
+    #[error("queue {0:?} cannot be its own dead-letter queue")]
+    SelfDeadLetter(String),
+    #[error("queue {queue:?} carries {queue_type}, not {wanted}")]
+    SchemaMismatch {
+        queue: String,
+        queue_type: MessageType,
+        wanted: MessageType,
+    },
+    #[error(
+        "queue {0:?} is durable but the engine has no data directory (EngineBuilder::data_dir, shmlinkd --data-dir)"
+    )]
+    NotDurable(String),
+}
+
+/// A breach by a consumer's node: the router closes that node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Hostile {
+    #[error("settles for consumer {0}, which is not its own")]
+    NotOwner(ConsumerId),
+    #[error("settles delivery {tag} of consumer {consumer}, which was never delivered")]
+    NeverDelivered { consumer: ConsumerId, tag: u64 },
+}
+
+/// A queue's options as the store keeps them: a version byte, then the fields in order,
+/// little-endian (the store treats them as opaque bytes).
+pub(crate) fn encode_spec(spec: &QueueSpec) -> Vec<u8> {
+    let mut out = vec![1u8, u8::from(spec.durable)];
+    out.extend_from_slice(&spec.max_length.to_le_bytes());
+    out.push(u8::from(spec.reject_when_full));
+    out.extend_from_slice(&spec.max_deliveries.to_le_bytes());
+    out.extend_from_slice(&spec.lease_ms.to_le_bytes());
+    let dead = spec.dead_letter.as_bytes();
+    out.extend_from_slice(&(dead.len() as u16).to_le_bytes());
+    out.extend_from_slice(dead);
+    out
+}
+
+/// The other way; `None` for bytes this engine did not write.
+pub(crate) fn decode_spec(bytes: &[u8]) -> Option<QueueSpec> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != 1 || rest.len() < 24 {
+        return None;
+    }
+    let flag = |b: u8| match b {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    };
+    let u64_at = |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().expect("8 bytes"));
+    let durable = flag(rest[0])?;
+    let max_length = u64_at(1);
+    let reject_when_full = flag(rest[9])?;
+    let max_deliveries = u32::from_le_bytes(rest[10..14].try_into().expect("4 bytes"));
+    let lease_ms = u64_at(14);
+    let len = u16::from_le_bytes(rest[22..24].try_into().expect("2 bytes")) as usize;
+    let dead = rest.get(24..24 + len)?;
+    if rest.len() != 24 + len || max_deliveries == 0 {
+        return None;
+    }
+    Some(QueueSpec {
+        durable,
+        max_length,
+        reject_when_full,
+        max_deliveries,
+        dead_letter: String::from_utf8(dead.to_vec()).ok()?,
+        lease_ms,
+    })
+}
+
+/// What the router must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Tell producer `producer` one message was settled with `outcome`; after the commit of
+    /// this batch's store operations when `durable`.
+    Confirm {
+        node: NodeId,
+        producer: ProducerId,
+        outcome: u32,
+        durable: bool,
+    },
+    /// Answer consumer `consumer`'s settlement of `tag`.
+    Settled {
+        node: NodeId,
+        consumer: ConsumerId,
+        tag: u64,
+        outcome: u32,
+        durable: bool,
+    },
+    /// Consumer `consumer` is over: its last entry.
+    Ended { node: NodeId, consumer: ConsumerId },
+    /// Write this to the store.
+    Store(StoreOp),
+    /// Queue `queue` has room again: its held-back producers go on.
+    Unblock { queue: QueueId },
+}
+
+/// Whether a produced message may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Produced {
+    /// Room: copy it out and call [`Queues::accept`].
+    Room,
+    /// Full, and the queue refuses: confirm with `FULL`.
+    Refused,
+    /// Full, and the producer waits: keep its entry until `Unblock`.
+    Blocked,
+}
+
+/// How a settlement ended, for the engine's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SettleOutcome {
+    Done,
+    NotHeld,
+}
+
+#[derive(Debug)]
+struct Msg {
+    id: u64,
+    payload: Bytes,
+    /// Deliveries so far.
+    deliveries: u32,
+    redelivered: bool,
+}
+
+#[derive(Debug)]
+struct Queue {
+    name: String,
+    spec: QueueSpec,
+    ty: Option<MessageType>,
+    ready: VecDeque<Msg>,
+    /// Messages delivered and not settled.
+    held: usize,
+    next_id: u64,
+    consumers: Vec<ConsumerId>,
+    rr: usize,
+}
+
+impl Queue {
+    fn len(&self) -> u64 {
+        (self.ready.len() + self.held) as u64
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    msg: Msg,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    node: NodeId,
+    queue: QueueId,
+    prefetch: u32,
+    lease: Option<Duration>,
+    next_tag: u64,
+    held: HashMap<u64, Held>,
+    /// Its node's receive arena had no room: skipped until the node releases memory.
+    stalled: bool,
+}
+
+/// Every queue, producer and consumer.
+#[derive(Debug)]
+pub(crate) struct Queues {
+    config: QueuesConfig,
+    queues: IdMap<QueueId, Queue>,
+    by_name: HashMap<String, QueueId>,
+    next_queue: QueueId,
+    consumers: IdMap<ConsumerId, Consumer>,
+    producers: IdMap<ProducerId, (NodeId, QueueId)>,
+    /// Bytes of payloads kept, all queues together.
+    bytes: u64,
+    /// Lease deadlines, earliest first; an entry whose delivery was settled or renewed since
+    /// is skipped when it comes up (lazy deletion).
+    leases: BinaryHeap<Reverse<(Instant, ConsumerId, u64)>>,
+    /// Queues whose ready messages may go to a consumer now.
+    dirty: Vec<QueueId>,
+    /// Queues with producers held back.
+    blocked: IdSet<QueueId>,
+    /// Nodes with a consumer waiting for room in their receive arena.
+    stalled_nodes: IdSet<NodeId>,
+}
+
+impl Queues {
+    pub(crate) fn new(config: QueuesConfig) -> Self {
+        Self {
+            config,
+            queues: IdMap::default(),
+            by_name: HashMap::new(),
+            next_queue: 1,
+            consumers: IdMap::default(),
+            producers: IdMap::default(),
+            bytes: 0,
+            leases: BinaryHeap::new(),
+            dirty: Vec::new(),
+            blocked: IdSet::default(),
+            stalled_nodes: IdSet::default(),
+        }
+    }
+
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Bytes of payloads the engine keeps.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Messages in queue `name`: ready, and delivered but not settled.
+    #[cfg(test)]
+    pub(crate) fn depth(&self, name: &str) -> Option<(usize, usize)> {
+        let q = &self.queues[self.by_name.get(name)?];
+        Some((q.ready.len(), q.held))
+    }
+
+    /// When the router must wake to expire a lease.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.leases.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    pub(crate) fn is_producer(&self, id: ProducerId) -> bool {
+        self.producers.contains_key(&id)
+    }
+
+    pub(crate) fn producer(&self, id: ProducerId) -> Option<(NodeId, QueueId)> {
+        self.producers.get(&id).copied()
+    }
+
+    /// The producer and consumer ids of `node`.
+    pub(crate) fn ids_of(&self, node: NodeId) -> Vec<u32> {
+        let producers = self.producers.iter().filter(|(_, (n, _))| *n == node);
+        let consumers = self.consumers.iter().filter(|(_, c)| c.node == node);
+        producers
+            .map(|(id, _)| *id)
+            .chain(consumers.map(|(id, _)| *id))
+            .collect()
+    }
+
+    // ===== setup =====
+
+    /// Declares `name`: a new queue, or the same settings again. A dead-letter queue that
+    /// does not exist yet is declared with it (same durability, default settings).
+    pub(crate) fn declare(
+        &mut self,
+        name: &str,
+        spec: &QueueSpec,
+    ) -> Result<(QueueId, Vec<Action>), QueueError> {
+        if let Some(&id) = self.by_name.get(name) {
+            return if self.queues[&id].spec == *spec {
+                Ok((id, Vec::new()))
+            } else {
+                Err(QueueError::Mismatch(name.to_owned()))
+            };
+        }
+        if spec.dead_letter == name {
+            return Err(QueueError::SelfDeadLetter(name.to_owned()));
+        }
+        if spec.durable && !self.config.durable {
+            return Err(QueueError::NotDurable(name.to_owned()));
+        }
+        let mut actions = Vec::new();
+        if !spec.dead_letter.is_empty() && !self.by_name.contains_key(&spec.dead_letter) {
+            let dead = QueueSpec {
+                durable: spec.durable,
+                ..QueueSpec::default()
+            };
+            let (_, more) = self.declare(&spec.dead_letter.clone(), &dead)?;
+            actions.extend(more);
+        }
+        let id = self.insert_queue(name, spec.clone());
+        if spec.durable {
+            actions.push(Action::Store(StoreOp::Declare {
+                queue: name.to_owned(),
+                options: encode_spec(spec),
+            }));
+        }
+        Ok((id, actions))
+    }
+
+    fn insert_queue(&mut self, name: &str, spec: QueueSpec) -> QueueId {
+        let id = self.next_queue;
+        self.next_queue += 1;
+        self.queues.insert(
+            id,
+            Queue {
+                name: name.to_owned(),
+                spec,
+                ty: None,
+                ready: VecDeque::new(),
+                held: 0,
+                next_id: 1,
+                consumers: Vec::new(),
+                rr: 0,
+            },
+        );
+        self.by_name.insert(name.to_owned(), id);
+        id
+    }
+
+    /// A queue found in the store at start: every message in it is marked redelivered (it
+    /// may have been delivered before the engine stopped).
+    #[cfg_attr(not(test), allow(dead_code))] // the store's recovery calls it once the store lands
+    pub(crate) fn recover(
+        &mut self,
+        name: &str,
+        spec: QueueSpec,
+        messages: Vec<(u64, Bytes, u32)>,
+    ) -> QueueId {
+        let id = match self.by_name.get(name) {
+            Some(&id) => id,
+            None => self.insert_queue(name, spec),
+        };
+        let q = self.queues.get_mut(&id).expect("inserted");
+        for (msg_id, payload, deliveries) in messages {
+            self.bytes += payload.len() as u64;
+            q.next_id = q.next_id.max(msg_id + 1);
+            q.ready.push_back(Msg {
+                id: msg_id,
+                payload,
+                deliveries,
+                redelivered: true,
+            });
+        }
+        id
+    }
+
+    fn typed(&mut self, name: &str, ty: &MessageType) -> Result<QueueId, QueueError> {
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| QueueError::NoQueue(name.to_owned()))?;
+        let q = self.queues.get_mut(&id).expect("indexed");
+        if *ty == MessageType::bytes() {
+            return Ok(id);
+        }
+        match &q.ty {
+            Some(t) if t != ty => Err(QueueError::SchemaMismatch {
+                queue: name.to_owned(),
+                queue_type: t.clone(),
+                wanted: ty.clone(),
+            }),
+            Some(_) => Ok(id),
+            None => {
+                q.ty = Some(ty.clone());
+                Ok(id)
+            }
+        }
+    }
+
+    /// Adds producer `id` (allocated by the registry) of `node` to queue `name`.
+    pub(crate) fn add_producer(
+        &mut self,
+        node: NodeId,
+        id: ProducerId,
+        name: &str,
+        ty: &MessageType,
+    ) -> Result<(), QueueError> {
+        let queue = self.typed(name, ty)?;
+        self.producers.insert(id, (node, queue));
+        Ok(())
+    }
+
+    pub(crate) fn remove_producer(&mut self, id: ProducerId) -> Option<NodeId> {
+        self.producers.remove(&id).map(|(node, _)| node)
+    }
+
+    /// Adds consumer `id` of `node` to queue `name`; `lease_ms` 0 takes the queue's default.
+    pub(crate) fn add_consumer(
+        &mut self,
+        node: NodeId,
+        id: ConsumerId,
+        name: &str,
+        ty: &MessageType,
+        prefetch: u32,
+        lease_ms: u64,
+    ) -> Result<(), QueueError> {
+        let queue = self.typed(name, ty)?;
+        let q = self.queues.get_mut(&queue).expect("typed");
+        let lease_ms = if lease_ms == 0 {
+            q.spec.lease_ms
+        } else {
+            lease_ms
+        };
+        q.consumers.push(id);
+        self.consumers.insert(
+            id,
+            Consumer {
+                node,
+                queue,
+                prefetch: prefetch.max(1),
+                lease: (lease_ms > 0).then(|| Duration::from_millis(lease_ms)),
+                next_tag: 1,
+                held: HashMap::new(),
+                stalled: false,
+            },
+        );
+        self.dirty.push(queue);
+        Ok(())
+    }
+
+    /// Whether `id` is a consumer of `node`.
+    pub(crate) fn owns_consumer(&self, node: NodeId, id: ConsumerId) -> bool {
+        self.consumers.get(&id).is_some_and(|c| c.node == node)
+    }
+
+    /// Removes consumer `id`: everything it held returns to its queue's head at once,
+    /// marked redelivered, in the order it was delivered. `ended` adds its `Ended` entry.
+    pub(crate) fn remove_consumer(&mut self, id: ConsumerId, ended: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(c) = self.consumers.remove(&id) else {
+            return actions;
+        };
+        if let Some(q) = self.queues.get_mut(&c.queue) {
+            q.consumers.retain(|&x| x != id);
+            q.held -= c.held.len();
+        }
+        let mut held: Vec<(u64, Held)> = c.held.into_iter().collect();
+        held.sort_unstable_by_key(|(tag, _)| Reverse(*tag));
+        for (_, h) in held {
+            self.give_back(c.queue, h.msg, &mut actions);
+        }
+        if ended {
+            actions.push(Action::Ended {
+                node: c.node,
+                consumer: id,
+            });
+        }
+        actions
+    }
+
+    /// `node` is gone: its producers and consumers go; every delivery it held returns.
+    pub(crate) fn node_gone(&mut self, node: NodeId) -> Vec<Action> {
+        self.producers.retain(|_, (n, _)| *n != node);
+        let mut ids: Vec<ConsumerId> = self
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let mut actions = Vec::new();
+        for id in ids {
+            actions.extend(self.remove_consumer(id, false));
+        }
+        actions
+    }
+
+    // ===== producing =====
+
+    /// Whether a message of `len` bytes from `producer` may come in now.
+    pub(crate) fn admit(&mut self, producer: ProducerId, len: u32) -> Produced {
+        let Some(&(_, queue)) = self.producers.get(&producer) else {
+            return Produced::Refused;
+        };
+        let q = &self.queues[&queue];
+        let over_length = q.spec.max_length > 0 && q.len() >= q.spec.max_length;
+        // One message always fits an empty engine: the budget never refuses for good.
+        let over_budget = self.bytes > 0 && self.bytes + u64::from(len) > self.config.memory_budget;
+        if !(over_length || over_budget) {
+            return Produced::Room;
+        }
+        if q.spec.reject_when_full {
+            Produced::Refused
+        } else {
+            self.blocked.insert(queue);
+            Produced::Blocked
+        }
+    }
+
+    /// Takes a message admitted by [`Queues::admit`].
+    pub(crate) fn accept(&mut self, producer: ProducerId, payload: Bytes) -> Vec<Action> {
+        let Some(&(node, queue)) = self.producers.get(&producer) else {
+            return Vec::new();
+        };
+        let q = self.queues.get_mut(&queue).expect("a producer's queue");
+        let id = q.next_id;
+        q.next_id += 1;
+        self.bytes += payload.len() as u64;
+        let durable = q.spec.durable;
+        let mut actions = Vec::with_capacity(2);
+        if durable {
+            actions.push(Action::Store(StoreOp::Put {
+                queue: q.name.clone(),
+                id,
+                payload: payload.clone(),
+            }));
+        }
+        q.ready.push_back(Msg {
+            id,
+            payload,
+            deliveries: 0,
+            redelivered: false,
+        });
+        actions.push(Action::Confirm {
+            node,
+            producer,
+            outcome: queue_outcome::OK,
+            durable,
+        });
+        self.mark_dirty(queue);
+        actions
+    }
+
+    fn mark_dirty(&mut self, queue: QueueId) {
+        if self.dirty.last() != Some(&queue) {
+            self.dirty.push(queue);
+        }
+    }
+
+    // ===== delivering =====
+
+    /// Hands ready messages of the queues that changed to consumers with room, round-robin.
+    /// `deliver(node, consumer, payload, tag, count, redelivered)` places one in the
+    /// consumer's node and says whether it could (false: no room in that node's receive
+    /// arena now; the consumer is skipped until [`Queues::node_released`]).
+    pub(crate) fn pump(
+        &mut self,
+        mut deliver: impl FnMut(NodeId, ConsumerId, &Bytes, u64, u32, bool) -> bool,
+        now: Instant,
+    ) -> usize {
+        let mut delivered = 0;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for queue in dirty.drain(..) {
+            delivered += self.pump_queue(queue, &mut deliver, now);
+        }
+        self.dirty = dirty;
+        delivered
+    }
+
+    fn pump_queue(
+        &mut self,
+        queue: QueueId,
+        deliver: &mut impl FnMut(NodeId, ConsumerId, &Bytes, u64, u32, bool) -> bool,
+        now: Instant,
+    ) -> usize {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return 0;
+        };
+        let n = q.consumers.len();
+        let mut delivered = 0;
+        let mut misses = 0;
+        while !q.ready.is_empty() && misses < n {
+            let id = q.consumers[q.rr % n];
+            q.rr = q.rr.wrapping_add(1);
+            let c = self.consumers.get_mut(&id).expect("a queue's consumer");
+            if c.stalled || c.held.len() >= c.prefetch as usize {
+                misses += 1;
+                continue;
+            }
+            let mut msg = q.ready.pop_front().expect("not empty");
+            let count = msg.deliveries.saturating_add(1);
+            let tag = c.next_tag;
+            if !deliver(c.node, id, &msg.payload, tag, count, msg.redelivered) {
+                q.ready.push_front(msg);
+                c.stalled = true;
+                self.stalled_nodes.insert(c.node);
+                misses += 1;
+                continue;
+            }
+            misses = 0;
+            delivered += 1;
+            msg.deliveries = count;
+            c.next_tag += 1;
+            let deadline = c.lease.map(|lease| now + lease);
+            if let Some(at) = deadline {
+                self.leases.push(Reverse((at, id, tag)));
+            }
+            c.held.insert(tag, Held { msg, deadline });
+            q.held += 1;
+        }
+        delivered
+    }
+
+    /// `node` released receive memory: its stalled consumers are tried again.
+    pub(crate) fn node_released(&mut self, node: NodeId) {
+        if !self.stalled_nodes.remove(&node) {
+            return;
+        }
+        for c in self.consumers.values_mut() {
+            if c.node == node && c.stalled {
+                c.stalled = false;
+                if self.dirty.last() != Some(&c.queue) {
+                    self.dirty.push(c.queue);
+                }
+            }
+        }
+    }
+
+    // ===== settling =====
+
+    /// Consumer `consumer` of `node` settles delivery `tag`.
+    ///
+    /// # Errors
+    ///
+    /// [`Hostile`] when the consumer is not the node's or the tag was never delivered to it:
+    /// an honest node never sends either. A tag delivered and no longer held (its lease
+    /// expired, or settled already) is answered `NOT_HELD` and changes nothing.
+    pub(crate) fn settle(
+        &mut self,
+        node: NodeId,
+        consumer: ConsumerId,
+        tag: u64,
+        how: QueueSettle,
+        now: Instant,
+    ) -> Result<(SettleOutcome, Vec<Action>), Hostile> {
+        let c = match self.consumers.get_mut(&consumer) {
+            Some(c) if c.node == node => c,
+            _ => return Err(Hostile::NotOwner(consumer)),
+        };
+        if tag == 0 || tag >= c.next_tag {
+            return Err(Hostile::NeverDelivered { consumer, tag });
+        }
+        let queue = c.queue;
+        let durable = self.queues[&queue].spec.durable;
+        let mut actions = Vec::with_capacity(2);
+        let settled = |outcome, durable| Action::Settled {
+            node,
+            consumer,
+            tag,
+            outcome,
+            durable,
+        };
+        if how == QueueSettle::Extend {
+            let Some(held) = c.held.get_mut(&tag) else {
+                actions.push(settled(queue_outcome::NOT_HELD, false));
+                return Ok((SettleOutcome::NotHeld, actions));
+            };
+            if let Some(lease) = c.lease {
+                held.deadline = Some(now + lease);
+                self.leases.push(Reverse((now + lease, consumer, tag)));
+            }
+            actions.push(settled(queue_outcome::OK, false));
+            return Ok((SettleOutcome::Done, actions));
+        }
+        let Some(held) = c.held.remove(&tag) else {
+            actions.push(settled(queue_outcome::NOT_HELD, false));
+            return Ok((SettleOutcome::NotHeld, actions));
+        };
+        self.queues.get_mut(&queue).expect("consumer's queue").held -= 1;
+        match how {
+            QueueSettle::Ack => self.drop_msg(queue, held.msg, &mut actions),
+            QueueSettle::Nack => self.give_back(queue, held.msg, &mut actions),
+            QueueSettle::Reject | QueueSettle::Extend => {
+                self.dead_letter(queue, held.msg, &mut actions);
+            }
+        }
+        self.mark_dirty(queue);
+        actions.push(settled(queue_outcome::OK, durable));
+        Ok((SettleOutcome::Done, actions))
+    }
+
+    /// Expires the leases due by `now`: those deliveries return to their queue's head.
+    /// Returns how many expired.
+    pub(crate) fn tick(&mut self, now: Instant) -> (usize, Vec<Action>) {
+        let mut actions = Vec::new();
+        let mut expired = 0;
+        while let Some(&Reverse((at, consumer, tag))) = self.leases.peek() {
+            if at > now {
+                break;
+            }
+            self.leases.pop();
+            let Some(c) = self.consumers.get_mut(&consumer) else {
+                continue;
+            };
+            let current = c.held.get(&tag).and_then(|h| h.deadline);
+            if current != Some(at) {
+                continue; // settled or renewed since
+            }
+            let held = c.held.remove(&tag).expect("found");
+            let queue = c.queue;
+            self.queues.get_mut(&queue).expect("consumer's queue").held -= 1;
+            self.give_back(queue, held.msg, &mut actions);
+            expired += 1;
+        }
+        (expired, actions)
+    }
+
+    // ===== where a message goes =====
+
+    /// To the head of its queue, marked redelivered; to the dead-letter queue once it was
+    /// delivered `max_deliveries` times.
+    fn give_back(&mut self, queue: QueueId, mut msg: Msg, actions: &mut Vec<Action>) {
+        let q = self.queues.get_mut(&queue).expect("live queue");
+        if msg.deliveries >= q.spec.max_deliveries {
+            self.dead_letter(queue, msg, actions);
+            return;
+        }
+        if q.spec.durable {
+            actions.push(Action::Store(StoreOp::Deliveries {
+                queue: q.name.clone(),
+                id: msg.id,
+                count: msg.deliveries,
+            }));
+        }
+        msg.redelivered = true;
+        q.ready.push_front(msg);
+        self.mark_dirty(queue);
+    }
+
+    /// Gone for good (acknowledged, or rejected without a dead-letter queue).
+    fn drop_msg(&mut self, queue: QueueId, msg: Msg, actions: &mut Vec<Action>) {
+        let q = &self.queues[&queue];
+        if q.spec.durable {
+            actions.push(Action::Store(StoreOp::Ack {
+                queue: q.name.clone(),
+                id: msg.id,
+            }));
+        }
+        self.bytes -= msg.payload.len() as u64;
+        self.unblock(queue, actions);
+    }
+
+    fn dead_letter(&mut self, queue: QueueId, msg: Msg, actions: &mut Vec<Action>) {
+        let q = &self.queues[&queue];
+        let (from, from_durable) = (q.name.clone(), q.spec.durable);
+        let Some(&to) = self.by_name.get(&q.spec.dead_letter) else {
+            tracing::debug!(queue = %from, id = msg.id, "dropped: no dead-letter queue");
+            return self.drop_msg(queue, msg, actions);
+        };
+        let dl = self.queues.get_mut(&to).expect("indexed");
+        let new_id = dl.next_id;
+        dl.next_id += 1;
+        match (from_durable, dl.spec.durable) {
+            (true, true) => actions.push(Action::Store(StoreOp::DeadLetter {
+                from,
+                id: msg.id,
+                to: dl.name.clone(),
+                new_id,
+            })),
+            (true, false) => actions.push(Action::Store(StoreOp::Ack {
+                queue: from,
+                id: msg.id,
+            })),
+            (false, true) => actions.push(Action::Store(StoreOp::Put {
+                queue: dl.name.clone(),
+                id: new_id,
+                payload: msg.payload.clone(),
+            })),
+            (false, false) => {}
+        }
+        // A dead letter is always taken (the dead-letter queue's limit holds its producers).
+        dl.ready.push_back(Msg {
+            id: new_id,
+            payload: msg.payload,
+            deliveries: 0,
+            redelivered: false,
+        });
+        self.mark_dirty(to);
+        self.unblock(queue, actions);
+    }
+
+    fn unblock(&mut self, queue: QueueId, actions: &mut Vec<Action>) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        // The budget is engine-wide: memory freed by one queue may let another go on.
+        let mut ids: Vec<QueueId> = if self.blocked.contains(&queue) {
+            vec![queue]
+        } else {
+            Vec::new()
+        };
+        ids.extend(self.blocked.iter().copied().filter(|&q| q != queue));
+        self.blocked.clear();
+        actions.extend(ids.into_iter().map(|queue| Action::Unblock { queue }));
+    }
+}
