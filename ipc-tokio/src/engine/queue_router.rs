@@ -65,12 +65,16 @@ pub(crate) struct QueuePlane {
     arrived: Vec<Committed>,
 }
 
+/// One recovered queue: its name, its spec, and its messages `(id, payload, deliveries)` in
+/// id order.
+type RecoveredQueueSpec = (String, QueueSpec, Vec<(u64, Bytes, u32)>);
+
 /// The opened store of an engine with a data directory, and what it recovered.
 #[derive(Debug)]
 pub(crate) struct Durable {
     store: Store,
     commits: mpsc::UnboundedReceiver<Committed>,
-    recovered: Vec<(String, QueueSpec, Vec<(u64, Bytes, u32)>)>,
+    recovered: Vec<RecoveredQueueSpec>,
 }
 
 impl Durable {
