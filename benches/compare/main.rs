@@ -581,15 +581,17 @@ fn coordinate(args: &[String]) -> Res<()> {
         } else {
             0
         };
-    eprintln!(
-        "compare: {} measurements ({} runs, warm-up {} ms, window {} ms{}), CPUs {:?}",
-        total,
-        o.runs,
-        o.warmup_ms,
-        o.window_ms,
-        if o.quick { ", quick" } else { "" },
-        pair
-    );
+    if total > 0 {
+        eprintln!(
+            "compare: {} measurements ({} runs, warm-up {} ms, window {} ms{}), CPUs {:?}",
+            total,
+            o.runs,
+            o.warmup_ms,
+            o.window_ms,
+            if o.quick { ", quick" } else { "" },
+            pair
+        );
+    }
 
     let started = Instant::now();
     let mut results: BTreeMap<Key, Vec<Measured>> = BTreeMap::new();
@@ -683,9 +685,13 @@ fn coordinate(args: &[String]) -> Res<()> {
     let mut queue_records = Vec::new();
     if o.patterns.contains(&Pattern::Queue) {
         let transports = queue::transports(o.transports_given.then_some(&o.transports[..]));
-        // An fsync-bound rate needs a window longer than --quick's.
-        let window_ms = o.window_ms.max(500);
-        let (report, records) = queue::run(&transports, o.runs, o.warmup_ms, window_ms);
+        // An fsync-bound rate needs a longer warm-up and window than the other patterns.
+        let (report, records) = queue::run(
+            &transports,
+            o.runs,
+            o.warmup_ms.max(queue::MIN_WARMUP_MS),
+            o.window_ms.max(queue::MIN_WINDOW_MS),
+        );
         print!("{report}");
         queue_records = records;
     }

@@ -20,12 +20,13 @@
 //! consumer; a wrong byte fails the run.
 //!
 //! Transports (`--transports shmlink,jetstream,redb-naive`; all three by default):
-//! - `shmlink`: a durable queue of the engine (the slot in [`shmlink_slot`], filled once the
-//!   queue API has landed; until then skipped with a `SKIP` line).
+//! - `shmlink`: a durable queue of an engine with a data directory, embedded in the measuring
+//!   process ([`shmlink_slot`]); producers flush every 64 messages (a flush resolves once they
+//!   are all confirmed: committed to disk), the consumer acks every delivery.
 //! - `jetstream`: NATS JetStream, a work-queue stream with file storage and
 //!   `sync_interval: always` (an fsync per message), a durable pull consumer with explicit
 //!   acks; `nats-server` started by the measurement on a temporary directory and a free
-//!   loopback port, the `async-nats` client. Producers keep up to 256 publishes unconfirmed.
+//!   loopback port, the `async-nats` client. Producers keep up to 64 publishes unconfirmed.
 //! - `redb-naive`: the floor without group commit: each producer commits every message in
 //!   its own durable redb transaction, the consumer reads the oldest message in a read
 //!   transaction and deletes it (the ack) in a durable write transaction of its own (the
@@ -61,6 +62,10 @@ mod redb_naive;
 pub(crate) const SIZES: [usize; 2] = [64, 4 << 10];
 /// Producer processes.
 pub(crate) const PRODUCERS: [usize; 2] = [1, 4];
+/// The shortest warm-up and window of a queue measurement, whatever `--quick` or
+/// `--warmup-ms`/`--window-ms` say: a few hundred fsyncs at least.
+pub(crate) const MIN_WARMUP_MS: u64 = 500;
+pub(crate) const MIN_WINDOW_MS: u64 = 2000;
 /// Bytes of the header: producer in the top 16 bits, sequence number below.
 const HEADER: usize = 8;
 
@@ -310,7 +315,6 @@ pub(crate) fn transports(requested: Option<&[Transport]>) -> Vec<Transport> {
             };
             if let Some(why) = &missing {
                 println!("SKIP queue {}: {why}", t.name());
-                eprintln!("SKIP queue {}: {why}", t.name());
             }
             missing.is_none()
         })
@@ -473,47 +477,156 @@ fn report(
     out
 }
 
-// ===== The shmlink slot =====
+// ===== shmlink =====
 
-/// The shmlink transport of the queue pattern. It needs the queue API of issue 13
-/// (`EngineBuilder::data_dir`, `node.producer::<Bytes>(queue)`, `node.consumer::<Bytes>(queue)`,
-/// `Delivery::ack`), built on the engine side beside the store; until it has landed,
-/// [`check`](shmlink_slot::check) says so and the coordinator skips shmlink with a `SKIP` line.
-///
-/// To fill it: `host` spawns an engine with a data directory under `dir` on a runtime thread
-/// of the measuring process (as the other patterns embed theirs) and declares a durable queue
-/// `bench`; it returns the socket path. `produce` connects a node, calls
-/// [`ready_then_go`], then sends [`fill`]ed messages with up to 256 unconfirmed, recording
-/// send → confirm of those sent inside the window; `consume` connects, calls
-/// [`ready_then_go`], then receives, [`check`]s and acks until the window ends, counting the
-/// acks inside it.
+/// The shmlink transport of the queue pattern: a durable queue (`QueueOptions::durable()`)
+/// of an engine with a data directory, embedded in the measuring process on a runtime thread
+/// of its own (as the other patterns embed theirs); raw `Bytes` producers and a consumer
+/// that acks every delivery. A producer feeds [`CONFIRM_BATCH`](shmlink_slot) messages, then
+/// flushes (which resolves once all of them are confirmed, i.e. committed to disk): the same
+/// depth as JetStream's unconfirmed publishes.
 pub(crate) mod shmlink_slot {
     use std::path::Path;
 
-    use super::{Consumed, Produced};
+    use bytes::Bytes;
+    use futures::stream::FuturesUnordered;
+    use futures::{FutureExt, SinkExt, StreamExt};
+    use shmlink::{Engine, Node, QueueOptions};
+
+    use super::{Consumed, Produced, check as check_message, fill, mono_ns, ready_then_go};
+    use crate::common::*;
     use crate::{Res, Spec};
 
-    const MISSING: &str =
-        "the durable queue API (node.producer / node.consumer, issue 13) has not landed yet";
+    const QUEUE: &str = "bench";
+    /// Messages a producer sends between two flushes (each waits for their confirms).
+    const CONFIRM_BATCH: usize = 64;
 
-    /// What the engine's host keeps alive for a measurement.
+    /// The engine's thread; stopped (the engine shut down) when dropped.
     #[derive(Debug)]
-    pub(crate) struct Host;
+    pub(crate) struct Host {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
 
-    /// Whether the shmlink queue can be measured.
+    impl Drop for Host {
+        fn drop(&mut self) {
+            drop(self.stop.take());
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Whether the shmlink queue can be measured (always: it is in the library).
     pub(crate) fn check() -> Result<(), String> {
-        Err(MISSING.to_owned())
+        Ok(())
     }
 
-    pub(crate) fn host(_dir: &Path) -> Res<(Host, String)> {
-        Err(MISSING.into())
+    /// Starts the engine with a data directory under `dir` and declares the durable queue;
+    /// returns its socket path.
+    pub(crate) fn host(dir: &Path) -> Res<(Host, String)> {
+        let socket = dir.join("engine.sock");
+        let data = dir.join("data");
+        let addr = path_str(&socket)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = match current_thread() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started = async {
+                    let engine = Engine::builder()
+                        .socket(&socket)
+                        .data_dir(&data)
+                        .spawn()
+                        .map_err(|e| e.to_string())?;
+                    let node = Node::connect(&socket, "declare")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    node.declare_queue(QUEUE, QueueOptions::durable())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((engine, node))
+                };
+                match started.await {
+                    Ok((engine, node)) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = stopped.await;
+                        drop(node);
+                        engine.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        let host = Host {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        ready_rx.recv()??;
+        Ok((host, addr))
     }
 
-    pub(crate) fn produce(_spec: &Spec) -> Res<Produced> {
-        Err(MISSING.into())
+    /// A producer: batches of [`CONFIRM_BATCH`] messages, each batch flushed (confirmed).
+    pub(crate) fn produce(spec: &Spec) -> Res<Produced> {
+        current_thread()?.block_on(async {
+            let node = Node::connect(&spec.addr, &format!("producer-{}", spec.index)).await?;
+            let mut producer = node.producer::<Bytes>(QUEUE).await?;
+            let window = ready_then_go()?;
+            let mut produced = Produced::default();
+            let mut sent = Vec::with_capacity(CONFIRM_BATCH);
+            let mut seq = 0u64;
+            while !window.over() {
+                for _ in 0..CONFIRM_BATCH {
+                    sent.push(mono_ns());
+                    producer
+                        .feed(Bytes::from(fill(spec.index, seq, spec.size)))
+                        .await?;
+                    seq += 1;
+                }
+                producer.flush().await?;
+                let confirmed = mono_ns();
+                for t in sent.drain(..) {
+                    if window.contains(t) {
+                        produced.latencies_ns.push(confirmed - t);
+                    }
+                }
+            }
+            Ok(produced)
+        })
     }
 
-    pub(crate) fn consume(_spec: &Spec) -> Res<Consumed> {
-        Err(MISSING.into())
+    /// The consumer: receives, checks and acks every delivery until the window ends,
+    /// counting the acks the engine settled (after their commit) inside it.
+    pub(crate) fn consume(spec: &Spec) -> Res<Consumed> {
+        current_thread()?.block_on(async {
+            let node = Node::connect(&spec.addr, "consumer").await?;
+            let mut consumer = node.consumer::<Bytes>(QUEUE).await?;
+            let window = ready_then_go()?;
+            let mut consumed = Consumed::default();
+            let mut settling = FuturesUnordered::new();
+            loop {
+                let next = tokio::time::timeout(window.remaining(), consumer.next()).await;
+                let Ok(next) = next else { break };
+                let delivery = next.ok_or("the consumer ended")??;
+                check_message(&delivery[..], spec.size)?;
+                consumed.checked += 1;
+                settling.push(delivery.ack());
+                while let Some(Some(settled)) = settling.next().now_or_never() {
+                    settled?;
+                    if window.contains(mono_ns()) {
+                        consumed.acked_in_window += 1;
+                    }
+                }
+            }
+            Ok(consumed)
+        })
     }
 }
