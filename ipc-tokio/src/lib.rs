@@ -25,7 +25,7 @@ pub use error::{
 pub use ipc_core::control::Limit;
 pub use node::{Listener, Node, NodeOptions, Window};
 pub use service::{CallError, Client, ServeConfig, Server};
-pub use session::{Loan, Payload, Session, SessionSink, SessionStream};
+pub use session::{DEFAULT_FRAME_SIZE, Loan, Payload, Session, SessionSink, SessionStream};
 pub use topic::{
     Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
     TopicSetupError,
