@@ -28,8 +28,8 @@ fn frame_len(i: u64) -> usize {
     }
 }
 
-/// Child: feeds `n` messages of [`frame_len`] without flushing but every [`FLUSH_EVERY`],
-/// then half-closes.
+/// Child: feeds `n` messages of [`frame_len`] without flushing but every [`FLUSH_EVERY`]
+/// (as `Bytes`, and every odd one written in place), then half-closes.
 pub(crate) async fn frames_tx(socket: &str, n: &str, cmds: Commands) -> Result<(), String> {
     let n: u64 = n.parse().map_err(ctx("count"))?;
     let node = connect(socket, "frames-tx").await?;
@@ -37,8 +37,17 @@ pub(crate) async fn frames_tx(socket: &str, n: &str, cmds: Commands) -> Result<(
     let (mut tx, _rx) = session.split();
     let frame_size = tx.frame_size();
     for i in 0..n {
-        let payload = Bytes::from(pattern(SEED, i, frame_len(i)));
-        tx.feed(payload).await.map_err(ctx(format!("feed {i}")))?;
+        let payload = pattern(SEED, i, frame_len(i));
+        if i % 2 == 1 {
+            tx.feed_in_place(payload.len(), |buf| {
+                buf.copy_from_slice(&payload);
+                payload.len()
+            })
+            .await
+        } else {
+            tx.feed(Bytes::from(payload)).await
+        }
+        .map_err(ctx(format!("feed {i}")))?;
         if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
             tx.flush().await.map_err(ctx(format!("flush after {i}")))?;
         }

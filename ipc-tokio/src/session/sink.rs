@@ -601,6 +601,29 @@ impl<C> futures::Sink<Loan> for SessionSink<Bytes, C> {
     }
 }
 
+impl<C> SessionSink<Bytes, C> {
+    /// Feeds a payload of `len` bytes written in place by `write`, which returns how many of
+    /// them it wrote (at most `len`): a small one straight into the sink's open frame, a large
+    /// one into a loan of its own. Like `SinkExt::feed`, it does not flush. The in-place
+    /// counterpart of feeding a [`Loan`], for payloads small enough to share a frame.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::TooLarge`] at once if `len` can never fit; the session's error if it is
+    /// over.
+    ///
+    /// # Panics
+    ///
+    /// If `write` returns more than `len`.
+    pub async fn feed_in_place(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), SessionError> {
+        self.feed_with(len, |buf| Ok(write(buf))).await
+    }
+}
+
 /// Byte sessions also take `Vec<u8>`.
 impl<C> futures::Sink<Vec<u8>> for SessionSink<Bytes, C> {
     type Error = SessionError;
