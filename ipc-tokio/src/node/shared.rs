@@ -136,6 +136,8 @@ pub(crate) struct Batch {
     pub(crate) entries: Vec<RawDescriptor>,
     /// Payload bytes in `entries`.
     pub(crate) bytes: u64,
+    /// Messages in `entries` (a frame counts its records).
+    pub(crate) messages: usize,
     /// In the node's list of batches that may hold entries (`NodeShared::unflushed`).
     pub(crate) listed: bool,
     /// The frame being filled, if any.
@@ -185,6 +187,7 @@ impl Batch {
             records,
         ));
         self.bytes += u64::from(sent.len);
+        self.messages += records as usize;
     }
 }
 
@@ -527,6 +530,7 @@ impl NodeShared {
                 side.overflow.extend(batch.entries.drain(n..));
                 batch.entries.clear();
                 batch.bytes = 0;
+                batch.messages = 0;
                 if !side.overflow.is_empty() {
                     self.push_overflow(&mut side);
                 } else if side.producer.needs_wake() {

@@ -80,7 +80,8 @@ impl Loan {
     }
 }
 
-/// Descriptors a sink gathers before it pushes them onto the submit ring.
+/// Descriptors, or messages (a frame counts its records, the open frame included), a sink
+/// gathers before it pushes them onto the submit ring.
 const SUBMIT_BATCH: usize = 32;
 
 /// Payload bytes a sink gathers before it pushes them (at most a 64th of the arena).
@@ -268,6 +269,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                 .poll_submit_batch(&mut batch.entries, cx)
         )?;
         batch.bytes = 0;
+        batch.messages = 0;
         self.batch_full = false;
         Poll::Ready(Ok(true))
     }
@@ -505,6 +507,13 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         frame.used = range.start + written;
         frame.records += 1;
         permit.consume(u64::from(written32) + u64::from(RECORD_HEADER));
+        // A batch goes when it holds 32 messages, whether in frames or alone (the open frame
+        // included): at most that many wait unpushed behind a sink that only feeds.
+        let unpushed = frame.records as usize;
+        if batch.messages + unpushed >= SUBMIT_BATCH {
+            batch.seal();
+            self.batch_full = true;
+        }
         Ok(())
     }
 
@@ -693,6 +702,7 @@ impl<T, C> SessionSink<T, C> {
                 .entries
                 .push(RawDescriptor::data(end, sent.offset, sent.len));
             batch.bytes += u64::from(sent.len);
+            batch.messages += 1;
             self.batch_full = is_full(&batch, cap);
             !std::mem::replace(&mut batch.listed, true)
         };
@@ -711,7 +721,7 @@ impl<T, C> SessionSink<T, C> {
 /// Whether `batch` reached its size (`cap` bytes, or its count of entries): the next push
 /// sends it.
 fn is_full(batch: &Batch, cap: u64) -> bool {
-    batch.entries.len() >= SUBMIT_BATCH || batch.bytes >= cap
+    batch.entries.len() >= SUBMIT_BATCH || batch.messages >= SUBMIT_BATCH || batch.bytes >= cap
 }
 
 impl<T, C> Drop for SessionSink<T, C> {
@@ -750,6 +760,7 @@ impl<T, C> Drop for SessionSink<T, C> {
             let mut batch = lock_batch(&self.batch);
             batch.seal();
             batch.bytes = 0;
+            batch.messages = 0;
             (
                 std::mem::take(&mut batch.entries),
                 std::mem::take(&mut batch.listed),
