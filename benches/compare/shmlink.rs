@@ -1,4 +1,5 @@
-//! shmlink: raw `Bytes` sessions through the engine (loans on the send side), typed sessions
+//! shmlink: raw `Bytes` sessions through the engine (written in place on the send side: small
+//! payloads into frames, `SessionSink::feed_in_place`, large ones into loans), typed sessions
 //! of `Blob`s, and typed request/response through the tower client and `Node::serve`. The
 //! engine is embedded in the measuring process, except in `fanout` (a raw `Bytes` topic, the
 //! engine in a process of its own so that its CPU time is measured alone).
@@ -66,21 +67,30 @@ pub(crate) async fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
     Ok(m)
 }
 
-/// A raw shmlink session: payloads written in place in loans, received zero-copy.
+/// A raw shmlink session: payloads written in place (into frames when small), received
+/// zero-copy.
 pub(crate) struct ShmConn(pub(crate) Session<Bytes>);
 
 impl Conn for ShmConn {
     type Msg = Bytes;
     async fn feed_fill(&mut self, n: usize, b: u8) -> Res<()> {
-        let mut loan = self.0.loan(n).await?;
-        loan.fill(b);
-        self.0.feed(loan).await?;
+        self.0
+            .sink()
+            .feed_in_place(n, |buf| {
+                buf[..n].fill(b);
+                n
+            })
+            .await?;
         Ok(())
     }
     async fn feed_copy(&mut self, data: &[u8]) -> Res<()> {
-        let mut loan = self.0.loan(data.len()).await?;
-        loan.copy_from_slice(data);
-        self.0.feed(loan).await?;
+        self.0
+            .sink()
+            .feed_in_place(data.len(), |buf| {
+                buf[..data.len()].copy_from_slice(data);
+                data.len()
+            })
+            .await?;
         Ok(())
     }
     async fn flush(&mut self) -> Res<()> {

@@ -122,3 +122,60 @@ pub fn ring_drain(data: &[u8]) {
         }
     }
 }
+
+/// Parses arbitrary bytes as a frame (the first byte is the declared record count, the rest
+/// the frame): the engine's scan and the receiver's iterator must agree on every frame, the
+/// records of an accepted frame must tile it, and writing them again must give back the very
+/// same bytes.
+pub fn frame(data: &[u8]) {
+    let Some((&declared, frame)) = data.split_first() else {
+        return;
+    };
+    let declared = u64::from(declared);
+    let scanned = crate::frame::scan_slice(frame, declared);
+    let records: Vec<_> = crate::frame::Records::new(frame).collect();
+    let good: Vec<_> = records.iter().filter_map(|r| r.clone().ok()).collect();
+    let failed = records.iter().any(Result::is_err);
+    match scanned {
+        Ok(count) => {
+            assert!(!failed, "{records:?}");
+            assert_eq!(good.len() as u64, u64::from(count));
+            assert_eq!(u64::from(count), declared);
+            let mut end = 0;
+            let mut rebuilt = vec![0u8; frame.len()];
+            for range in &good {
+                assert_eq!(range.start, end + 4);
+                let body = crate::frame::reserve_record(&mut rebuilt, end, range.len())
+                    .expect("room for every record");
+                rebuilt[body.clone()].copy_from_slice(&frame[range.clone()]);
+                end = body.end;
+            }
+            assert_eq!(end, frame.len());
+            assert_eq!(rebuilt, frame);
+        }
+        Err(crate::frame::FrameError::Count { found, .. }) => {
+            assert!(!failed, "{records:?}");
+            assert_eq!(good.len() as u64, u64::from(found));
+        }
+        Err(_) => assert!(failed, "{records:?}"),
+    }
+    for range in &good {
+        assert!(range.end <= frame.len());
+    }
+    if let Ok(len) = u32::try_from(frame.len()) {
+        let raw = RawDescriptor {
+            session: 1,
+            kind: crate::descriptor::kind::FRAME,
+            len,
+            offset: 0,
+            aux: declared,
+            ..RawDescriptor::default()
+        };
+        let bounds = ArenaBounds {
+            size: 1 << 20,
+            align: 64,
+        };
+        let _ = crate::descriptor::validate_submit(&raw, &bounds);
+        let _ = crate::descriptor::validate_deliver(&raw, &bounds, &bounds);
+    }
+}

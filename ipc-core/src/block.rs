@@ -333,6 +333,35 @@ pub fn copy_payload(
     Ok(())
 }
 
+/// Checks the records of the frame (see [`crate::frame`]) of `len` bytes at `src_offset` of
+/// `src`'s transmit arena, declared to hold `declared` records: each length prefix is read once
+/// from shared memory into engine memory, every record must lie inside the frame, the records
+/// must tile it exactly, and there must be `declared` of them. Returns the record count.
+///
+/// The engine relies on that count alone (each record is a message of the session's window);
+/// it copies the frame's bytes later without interpreting them, so a node that rewrites its
+/// frame after the check garbles only its own records, which the receiver checks again.
+///
+/// # Errors
+///
+/// [`Violation::OutOfBounds`] when the range is not inside the transmit arena;
+/// [`Violation::Frame`] when the records do not check.
+pub fn scan_frame(src: &Block, src_offset: u64, len: u32, declared: u64) -> Result<u32, Violation> {
+    let from = arena_range(&src.mapping, &src.layout.tx, src_offset, u64::from(len))?;
+    let records = crate::frame::scan(len, declared, |at| {
+        let mut word = [0u8; 4];
+        // SAFETY: `scan` asks only for `at + 4 <= len`, so the four bytes lie inside
+        // `from..from + len`, a live mapping (checked above); `word` is engine memory, so the
+        // two never overlap. A hostile node may rewrite them at any time: they are read once,
+        // as plain bytes, and only the copy in `word` is used.
+        unsafe {
+            std::ptr::copy_nonoverlapping(from.wrapping_add(at as usize), word.as_mut_ptr(), 4)
+        };
+        u32::from_le_bytes(word)
+    })?;
+    Ok(records)
+}
+
 /// Copies `len` bytes out of `src`'s transmit arena at `src_offset` into engine memory: what
 /// the engine keeps of a payload whose sender is gone, so that its block can be released.
 ///

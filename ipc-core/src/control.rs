@@ -13,7 +13,8 @@
 use thiserror::Error;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: the rings carry `FRAME` entries (several records of a session in one sub-block).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 

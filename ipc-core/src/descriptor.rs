@@ -45,8 +45,8 @@ const _: () = assert!(offset_of!(RawDescriptor, len) == 12);
 const _: () = assert!(offset_of!(RawDescriptor, offset) == 16);
 const _: () = assert!(offset_of!(RawDescriptor, aux) == 24);
 
-/// Descriptor kinds. Submit ring: `DATA`, `FIN`, `CLOSE`. Release ring: `RELEASE`.
-/// Deliver ring: `DATA`, `FIN`, `CLOSED`, `TX_DONE`, `CREDIT`.
+/// Descriptor kinds. Submit ring: `DATA`, `FRAME`, `FIN`, `CLOSE`. Release ring: `RELEASE`.
+/// Deliver ring: `DATA`, `FRAME`, `FIN`, `CLOSED`, `TX_DONE`, `CREDIT`.
 pub mod kind {
     /// A payload in the sender's transmit arena (submit) or the receiver's receive arena (deliver).
     pub const DATA: u16 = 1;
@@ -60,6 +60,11 @@ pub mod kind {
     pub const RELEASE: u16 = 4;
     /// Deliver: the engine has copied the transmit sub-block at `offset`; the node may free it.
     pub const TX_DONE: u16 = 5;
+    /// A frame (see [`crate::frame`]): `len` bytes at `offset` holding `aux` (at least one)
+    /// length-prefixed records of the session, in the sender's transmit arena (submit) or the
+    /// receiver's receive arena (deliver). Copied, delivered and released as one sub-block;
+    /// each record counts as one message of the session's window.
+    pub const FRAME: u16 = 7;
     /// Deliver: the peer released `aux` messages of this session, which took `offset` bytes
     /// of its window (the sum of their [`window_charge`](super::window_charge)s); the sender
     /// may send that much more.
@@ -182,6 +187,18 @@ pub enum Submission {
         /// Payload length.
         len: u32,
     },
+    /// Send the frame of `len` bytes at `offset` of the transmit arena, holding `records`
+    /// records, on session end `session` (its records are checked when it is copied).
+    Frame {
+        /// The sender's session end.
+        session: u32,
+        /// Offset in the transmit arena.
+        offset: u64,
+        /// Frame length (at least one record header).
+        len: u32,
+        /// Records the descriptor declares (at least one).
+        records: u32,
+    },
     /// Half-close of `session`.
     Fin {
         /// The sender's session end.
@@ -205,6 +222,17 @@ pub enum Delivery {
         offset: u64,
         /// Payload length.
         len: u32,
+    },
+    /// A frame of `records` records, `len` bytes at `offset` of the receive arena.
+    Frame {
+        /// The receiver's session end.
+        session: u32,
+        /// Offset in the receive arena.
+        offset: u64,
+        /// Frame length.
+        len: u32,
+        /// Records the engine counted in it.
+        records: u32,
     },
     /// The peer half-closed: no more data will arrive on `session`.
     Fin {
@@ -284,6 +312,9 @@ pub enum Violation {
     /// The ring's indices were corrupted.
     #[error(transparent)]
     Ring(#[from] crate::RingError),
+    /// A frame's records do not tile it, or their count is not the declared one.
+    #[error("malformed frame: {0}")]
+    Frame(#[from] crate::frame::FrameError),
     /// A `TOPIC_LAGGED` entry that counts no lost message.
     #[error("lag count {count} is out of range")]
     Lagged {
@@ -345,6 +376,22 @@ fn check_payload(raw: &RawDescriptor, bounds: &ArenaBounds, empty: Empty) -> Res
     }
 }
 
+/// The frame's span in its arena, and the record count it declares: at least one record, and
+/// no more than its length leaves room for (each takes at least a length prefix).
+fn check_frame(raw: &RawDescriptor, bounds: &ArenaBounds) -> Result<(u32, u32), Violation> {
+    let header = crate::frame::RECORD_HEADER;
+    let fits = raw.len >= header && raw.aux >= 1 && raw.aux <= u64::from(raw.len / header);
+    if !fits {
+        return Err(Violation::Frame(crate::frame::FrameError::Count {
+            declared: raw.aux,
+            found: 0,
+        }));
+    }
+    check_span(raw.offset, u64::from(raw.len), bounds)?;
+    // `aux <= len / 4` fits a u32.
+    Ok((raw.len, raw.aux as u32))
+}
+
 /// Validates an entry of a node's submit ring against the node's transmit arena.
 ///
 /// `raw` must already be a copy in the caller's memory; the function never looks at shared
@@ -363,6 +410,15 @@ pub fn validate_submit(raw: &RawDescriptor, tx: &ArenaBounds) -> Result<Submissi
                 session: raw.session,
                 offset: raw.offset,
                 len: raw.len,
+            })
+        }
+        kind::FRAME => {
+            let (len, records) = check_frame(raw, tx)?;
+            Ok(Submission::Frame {
+                session: raw.session,
+                offset: raw.offset,
+                len,
+                records,
             })
         }
         kind::FIN => Ok(Submission::Fin {
@@ -413,6 +469,15 @@ pub fn validate_deliver(
                 session: raw.session,
                 offset: raw.offset,
                 len: raw.len,
+            })
+        }
+        kind::FRAME => {
+            let (len, records) = check_frame(raw, rx)?;
+            Ok(Delivery::Frame {
+                session: raw.session,
+                offset: raw.offset,
+                len,
+                records,
             })
         }
         kind::FIN => Ok(Delivery::Fin {
@@ -566,6 +631,18 @@ pub fn window_charge(len: u32, min_block: u64) -> u64 {
 }
 
 impl RawDescriptor {
+    /// A `FRAME` entry: `records` records of `session` in `len` bytes at `offset`.
+    pub fn frame(session: u32, offset: u64, len: u32, records: u32) -> Self {
+        Self {
+            session,
+            kind: kind::FRAME,
+            len,
+            offset,
+            aux: u64::from(records),
+            ..Self::default()
+        }
+    }
+
     /// A `CREDIT` entry: `messages` messages of `session` released, `bytes` of window with them.
     pub fn credit(session: u32, messages: u64, bytes: u64) -> Self {
         Self {

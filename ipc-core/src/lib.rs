@@ -73,6 +73,7 @@ pub mod descriptor;
 #[cfg(not(loom))]
 pub mod doorbell;
 pub mod error;
+pub mod frame;
 pub mod idhash;
 pub mod layout;
 pub mod ring;
@@ -84,7 +85,9 @@ pub mod __fuzz;
 
 pub use arena::{Allocation, ArenaStats, BuddyAllocator};
 #[cfg(not(loom))]
-pub use block::{Block, RxView, Submitted, TxArena, TxBuf, copy_in, copy_out, copy_payload};
+pub use block::{
+    Block, RxView, Submitted, TxArena, TxBuf, copy_in, copy_out, copy_payload, scan_frame,
+};
 pub use descriptor::{
     ArenaBounds, Delivery, QueueDelivery, QueueSettle, QueueSubmission, RawDescriptor, Submission,
     TopicDelivery, TopicRelease, Violation, kind, validate_deliver, validate_queue_deliver,

@@ -213,6 +213,10 @@ pub enum SessionError {
     /// A typed message could not be encoded or decoded; the session goes on.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A received frame's records did not fit it: the peer rewrote its frame after the engine
+    /// checked it. The rest of that frame is dropped; the session goes on.
+    #[error("malformed frame from the peer: {0}")]
+    MalformedFrame(ipc_core::frame::FrameError),
 }
 
 /// Why a typed message could not be encoded or decoded: which type, which codec, and the

@@ -27,6 +27,8 @@ pub(crate) fn run(spec: ChildSpec) {
             "noop" => cmds.done("").await,
             "sizes-echo" => sizes_echo(&a[0], cmds).await,
             "sizes-sender" => sizes_sender(&a[0], cmds).await,
+            "frames-tx" => crate::frames::frames_tx(&a[0], &a[1], cmds).await,
+            "frames-rx" => crate::frames::frames_rx(&a[0], cmds).await,
             "mesh" => mesh(a, cmds).await,
             "flow-rx" => flow_rx(&a[0], cmds).await,
             "victim" => victim(&a[0]).await,

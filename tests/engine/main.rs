@@ -16,6 +16,7 @@ mod connect;
 mod daemon;
 mod driver_panic;
 mod flow;
+mod frames;
 mod isolation;
 
 mod kill;

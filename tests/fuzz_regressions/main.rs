@@ -29,10 +29,11 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "control_msg",
     "descriptor",
     "engine",
+    "frame",
     "header",
     "ring_drain",
 ];
@@ -76,6 +77,11 @@ fn corpus_control_msg() {
 #[test]
 fn corpus_descriptor() {
     replay("descriptor", ipc_core::__fuzz::descriptor);
+}
+
+#[test]
+fn corpus_frame() {
+    replay("frame", ipc_core::__fuzz::frame);
 }
 
 #[test]
@@ -256,6 +262,7 @@ fn write_seeds() {
             "control_msg" => control_msg_seeds(),
             "descriptor" => descriptor_seeds(),
             "engine" => engine_seeds(),
+            "frame" => frame_seeds(),
             "header" => header_seeds(),
             _ => ring_drain_seeds(),
         };
@@ -263,6 +270,35 @@ fn write_seeds() {
             std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
         }
     }
+}
+
+/// A frame seed: the declared record count, then the frame.
+fn frame_seed(declared: u8, records: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![declared];
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut overrun = frame_seed(1, &[b"abcdef"]);
+    overrun[1] = 7;
+    let mut trailing = frame_seed(2, &[b"abc"]);
+    trailing.extend_from_slice(&[1, 2]);
+    let mut huge = frame_seed(2, &[b"x", b"yz"]);
+    huge[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+    vec![
+        ("three-records", frame_seed(3, &[b"hello", b"", b"frames"])),
+        ("one-empty-record", frame_seed(1, &[b""])),
+        ("count-mismatch", frame_seed(3, &[b"ab", b"cd"])),
+        ("zero-declared", frame_seed(0, &[b"ab"])),
+        ("record-overruns", overrun),
+        ("trailing-bytes", trailing),
+        ("length-u32-max", huge),
+        ("empty", vec![1]),
+    ]
 }
 
 fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {

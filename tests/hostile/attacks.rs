@@ -156,6 +156,38 @@ fn bad_submit(
     closed(node, TARGET, 3, true)
 }
 
+/// A frame of records of the given lengths, each a prefix of the hostile pattern.
+fn frame_of(lens: &[usize]) -> Vec<u8> {
+    let pattern = support::pattern(crate::raw::HOSTILE_SEED, 0, crate::raw::PAYLOAD_MAX);
+    let mut f = Vec::new();
+    for &len in lens {
+        f.extend_from_slice(&(len as u32).to_le_bytes());
+        f.extend_from_slice(&pattern[..len]);
+    }
+    f
+}
+
+/// Opens `TARGET`, sends two valid messages, then one valid, a frame built by `bad` (its
+/// bytes, its declared record count, and its offset in the transmit arena, away from the
+/// valid messages' bytes at 0) and another valid one.
+fn bad_frame(
+    socket: &str,
+    me: &str,
+    bad: impl FnOnce(&RawNode) -> (Vec<u8>, u64, u64),
+) -> Result<Outcome, String> {
+    let mut node = RawNode::register_open(socket, me, TARGET)?;
+    node.exchange(2)?;
+    let (bytes, records, at) = bad(&node);
+    node.poke(node.layout.tx.offset + at, &bytes);
+    let frame = RawDescriptor {
+        aux: records,
+        ..RawDescriptor::frame(node.session, at, bytes.len() as u32, 1)
+    };
+    let entries = [node.data(10), frame, node.data(20)];
+    node.submit(&entries)?;
+    closed(node, TARGET, 3, true)
+}
+
 /// Opens `TARGET`, sends two valid messages, then pushes `bad` on the release ring.
 fn bad_release(
     socket: &str,
@@ -379,6 +411,71 @@ async fn attack(socket: &str, name: &str, cmds: &mut Commands) -> Result<Outcome
             let entries = [node.data(10), close, node.data(20)];
             node.submit(&entries)?;
             closed(node, TARGET, 1, true)
+        }
+
+        // ===== frames =====
+        "frame-record-overruns" => bad_frame(socket, me, |n| {
+            // One record whose length runs 1 byte past the frame's end.
+            let mut f = frame_of(&[10]);
+            f[..4].copy_from_slice(&11u32.to_le_bytes());
+            (f, 1, n.layout.tx.min_block)
+        }),
+        "frame-record-len-u32-max" => bad_frame(socket, me, |n| {
+            let mut f = frame_of(&[10, 20]);
+            f[14..18].copy_from_slice(&u32::MAX.to_le_bytes());
+            (f, 2, n.layout.tx.min_block)
+        }),
+        "frame-trailing-bytes" => bad_frame(socket, me, |n| {
+            let mut f = frame_of(&[10]);
+            f.extend_from_slice(&[0, 0]);
+            (f, 2, n.layout.tx.min_block)
+        }),
+        "frame-count-too-high" => bad_frame(socket, me, |n| {
+            (frame_of(&[10, 20]), 3, n.layout.tx.min_block)
+        }),
+        "frame-count-too-low" => bad_frame(socket, me, |n| {
+            (frame_of(&[10, 20, 30]), 2, n.layout.tx.min_block)
+        }),
+        "frame-zero-records" => {
+            bad_frame(socket, me, |n| (frame_of(&[10]), 0, n.layout.tx.min_block))
+        }
+        "frame-count-beyond-length" => bad_frame(socket, me, |n| {
+            // 14 bytes cannot hold 4 records of at least 4 bytes each.
+            (frame_of(&[10]), 4, n.layout.tx.min_block)
+        }),
+        "frame-shorter-than-a-header" => bad_submit(socket, me, |n| {
+            RawDescriptor::frame(n.session, n.layout.tx.min_block, 3, 1)
+        }),
+        "frame-straddles-arena-end" => bad_submit(socket, me, |n| {
+            RawDescriptor::frame(n.session, n.layout.tx.size - 256, 512, 1)
+        }),
+        "frame-misaligned" => bad_submit(socket, me, |n| {
+            RawDescriptor::frame(n.session, n.layout.tx.min_block + 4, 14, 1)
+        }),
+        "frame-beyond-credits" => {
+            // One frame of credits + 1 records: each record is a message of the window.
+            let mut node = RawNode::register_open(socket, me, TARGET)?;
+            let lens: Vec<usize> = (0..=node.credits as usize).map(|i| 1 + i % 7).collect();
+            let f = frame_of(&lens);
+            let at = node.layout.tx.min_block;
+            node.poke(node.layout.tx.offset + at, &f);
+            let d = RawDescriptor::frame(node.session, at, f.len() as u32, lens.len() as u32);
+            node.submit(&[d])?;
+            closed(node, TARGET, 0, true)
+        }
+        "frame-valid" => {
+            // A frame of three records, each a prefix of the pattern, goes through whole.
+            let mut node = RawNode::register_open(socket, me, TARGET)?;
+            node.exchange(2)?;
+            let lens = [5, 1, 300];
+            let f = frame_of(&lens);
+            let at = node.layout.tx.min_block;
+            node.poke(node.layout.tx.offset + at, &f);
+            let done = node.tx_done + 1;
+            node.submit(&[RawDescriptor::frame(node.session, at, f.len() as u32, 3)])?;
+            node.in_flight += 3;
+            node.wait_until("the frame copied", |n| n.tx_done >= done)?;
+            survived(node, TARGET, 2 + 3, 2)
         }
 
         // ===== releases =====

@@ -136,6 +136,51 @@ fn descriptor_kinds_flags_segments() {
     );
 }
 
+/// Frames whose records overrun them, do not tile them, or do not match their declared
+/// count; frames outside the arena; a frame of more records than the window holds. A valid
+/// frame goes through, record by record.
+#[test]
+fn frames() {
+    run(
+        "frames",
+        &[
+            ("frame-valid", Survives),
+            (
+                "frame-record-overruns",
+                Violation("of 11 bytes overruns the 14-byte frame"),
+            ),
+            (
+                "frame-record-len-u32-max",
+                Violation("of 4294967295 bytes overruns"),
+            ),
+            (
+                "frame-trailing-bytes",
+                Violation("has no room for its length"),
+            ),
+            (
+                "frame-count-too-high",
+                Violation("declares 3 records and holds 2"),
+            ),
+            (
+                "frame-count-too-low",
+                Violation("declares 2 records and holds 3"),
+            ),
+            ("frame-zero-records", Violation("declares 0 records")),
+            ("frame-count-beyond-length", Violation("declares 4 records")),
+            (
+                "frame-shorter-than-a-header",
+                Violation("declares 1 records"),
+            ),
+            ("frame-straddles-arena-end", Violation("outside the arena")),
+            ("frame-misaligned", Violation("is not aligned to 256")),
+            (
+                "frame-beyond-credits",
+                Violation("exceeded its window: 0 messages"),
+            ),
+        ],
+    );
+}
+
 /// Session ends the node does not own: its peer's end of its own session, the good stream's
 /// end (closing it would break the stream), ids that were never given out.
 #[test]

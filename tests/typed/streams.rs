@@ -120,3 +120,49 @@ async fn an_oversized_typed_message_fails_alone_and_gives_its_credit_back() {
     drop((session, node));
     world.finish().await;
 }
+
+/// Typed frames: many small typed messages fed without a flush are encoded in place as the
+/// records of frames (`records` and `tagged` at once, one flush in the middle splitting a
+/// frame), decoded one by one in the child, which echoes each, and compared again here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_frames_cross_processes_record_by_record() {
+    let world = World::start("stream-frames", 256, "echo", &[], 2).await;
+    let node = world.node("parent").await;
+    let count = 2000u32;
+
+    let session = within("open", node.open::<Tagged<Shape>>("tagged"))
+        .await
+        .expect("open");
+    let (mut tx, mut rx) = session.split();
+    assert!(tx.frame_size() > 0, "frames are on by default");
+    let sender = tokio::spawn(async move {
+        for i in 0..count {
+            tx.feed(tagged(i)).await.expect("feed");
+            if i == count / 2 {
+                // A frame split by a flush: what was fed goes now, the rest in new frames.
+                tx.flush().await.expect("flush");
+            }
+        }
+        tx.close().await.expect("half-close");
+    });
+    for i in 0..count {
+        let got = within("an echo", rx.next())
+            .await
+            .unwrap_or_else(|| panic!("stream ended before echo {i}"))
+            .unwrap_or_else(|e| panic!("echo {i}: {e}"));
+        check_equal(i, got, tagged(i));
+    }
+    assert!(within("the end", rx.next()).await.is_none());
+    within("the sender", sender).await.expect("sender task");
+
+    let stats = world.engine.stats();
+    // Each message crossed twice (there and back); the way there went in frames of many.
+    assert!(stats.messages >= 2 * u64::from(count), "{stats:?}");
+    assert!(
+        stats.frames > 0 && stats.frames < u64::from(count) / 4,
+        "{stats:?}"
+    );
+    assert_eq!(stats.violations, 0, "{stats:?}");
+    drop((rx, node));
+    world.finish().await;
+}

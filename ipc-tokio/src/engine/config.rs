@@ -135,6 +135,9 @@ pub struct EngineStats {
     pub messages: u64,
     /// Payload bytes of those messages.
     pub bytes: u64,
+    /// Frames copied since start: sub-blocks carrying several small messages of a session
+    /// (each of which `messages` counts), copied, delivered and released as one.
+    pub frames: u64,
     /// Bytes in use in every node's receive arena together (delivered, not yet released).
     pub rx_in_use: u64,
     /// Nodes closed for breaking the protocol since start.

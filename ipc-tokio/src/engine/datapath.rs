@@ -67,9 +67,9 @@ impl Router {
                     format!("release of a sub-block it does not hold: {e}"),
                 );
             }
-            if let Some((sender, charge)) = link.rx_owner.remove(&offset) {
+            if let Some((sender, charge, messages)) = link.rx_owner.remove(&offset) {
                 let due = self.credits_due.entry(sender).or_default();
-                due.0 += 1;
+                due.0 += messages;
                 due.1 += charge;
             }
         }
@@ -152,29 +152,33 @@ impl Router {
                 offset,
                 len,
             } => {
-                let link = &self.links[&node];
-                let charge = window_charge(len, link.block.layout().tx.min_block);
-                match self.registry.send(node, session, charge, len)? {
-                    Some(route) => {
-                        let src = Source::Block {
-                            block: link.block.clone(),
-                            offset,
-                        };
-                        self.inbound(
-                            route.node,
-                            route.end,
-                            Inbound::Data {
-                                src_node: node,
-                                src,
-                                src_end: session,
-                                charge,
-                                len,
-                            },
-                        );
-                    }
-                    // The peer is gone; the node has been told (CLOSED). Free the loan.
-                    None => self.tx_done(node, len, offset),
-                }
+                let charge = window_charge(len, self.links[&node].block.layout().tx.min_block);
+                self.send_data(node, session, offset, len, charge, 0)?;
+            }
+            Submission::Frame { session, .. } if self.is_publisher(session) => {
+                return Err(Violation::new(
+                    ViolationKind::Frame,
+                    format!("frame on publisher {session}: topics carry no frames"),
+                ));
+            }
+            Submission::Frame {
+                session,
+                offset,
+                len,
+                records,
+            } => {
+                // The record count is read from the frame once, here, into engine memory, and
+                // only that count is used (each record is a message of the window).
+                let block = &self.links[&node].block;
+                let records = ipc_core::scan_frame(block, offset, len, u64::from(records))
+                    .map_err(|e| {
+                        Violation::new(
+                            ViolationKind::Frame,
+                            format!("frame at {offset} of {len} bytes: {e}"),
+                        )
+                    })?;
+                let charge = window_charge(len, block.layout().tx.min_block);
+                self.send_data(node, session, offset, len, charge, records)?;
             }
             Submission::Fin { session } => {
                 if let Some(route) = self.registry.fin(node, session)? {
@@ -190,6 +194,42 @@ impl Router {
                 let ack = RawDescriptor::control(kind::CLOSED, session, close_reason::CLOSE_ACK);
                 self.inbound(node, session, Inbound::Control(ack));
             }
+        }
+        Ok(())
+    }
+
+    /// A payload (`records` 0) or a frame of `records` records, checked against `session`'s
+    /// window and routed to its peer.
+    fn send_data(
+        &mut self,
+        node: NodeId,
+        session: EndId,
+        offset: u64,
+        len: u32,
+        charge: u64,
+        records: u32,
+    ) -> Result<(), Violation> {
+        match self.registry.send(node, session, charge, len, records)? {
+            Some(route) => {
+                let src = Source::Block {
+                    block: self.links[&node].block.clone(),
+                    offset,
+                };
+                self.inbound(
+                    route.node,
+                    route.end,
+                    Inbound::Data {
+                        src_node: node,
+                        src,
+                        src_end: session,
+                        charge,
+                        len,
+                        records,
+                    },
+                );
+            }
+            // The peer is gone; the node has been told (CLOSED). Free the loan.
+            None => self.tx_done(node, len, offset),
         }
         Ok(())
     }
@@ -237,7 +277,7 @@ impl Router {
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, end: EndId, entry: Inbound) -> Result<(), Inbound> {
         // Borrowed, not taken apart: the entry goes back whole if the receiver has no room.
-        let (src_node, src, src_end, charge, len) = match &entry {
+        let (src_node, src, src_end, charge, len, records) = match &entry {
             Inbound::Control(raw) => {
                 self.push_out(dst, *raw);
                 return Ok(());
@@ -248,7 +288,8 @@ impl Router {
                 src_end,
                 charge,
                 len,
-            } => (*src_node, src, *src_end, *charge, *len),
+                records,
+            } => (*src_node, src, *src_end, *charge, *len, *records),
         };
         let link = self.links.get_mut(&dst).expect("caller checked");
         let allocation = match link.rx.alloc(u64::from(len)) {
@@ -283,11 +324,17 @@ impl Router {
             );
             return Ok(());
         }
-        link.rx_owner.insert(allocation.offset, (src_end, charge));
+        link.rx_owner
+            .insert(allocation.offset, (src_end, charge, records.max(1)));
         let (before, now) = link.publish_rx();
         self.stats.rx_in_use = (self.stats.rx_in_use + now).saturating_sub(before);
-        self.push_out(dst, RawDescriptor::data(end, allocation.offset, len));
-        self.stats.messages += 1;
+        let out = match records {
+            0 => RawDescriptor::data(end, allocation.offset, len),
+            k => RawDescriptor::frame(end, allocation.offset, len, k),
+        };
+        self.push_out(dst, out);
+        self.stats.messages += u64::from(records.max(1));
+        self.stats.frames += u64::from(records > 0);
         self.stats.bytes += u64::from(len);
         match entry {
             Inbound::Data {

@@ -26,6 +26,9 @@ pub(crate) enum Inbound {
         /// Its window charge, returned to `src_end` when the receiver releases it.
         charge: u64,
         len: u32,
+        /// 0 for a plain `DATA` entry; for a frame, the records the engine counted in it
+        /// (each a message of `src_end`'s window).
+        records: u32,
     },
     Control(RawDescriptor),
 }
@@ -61,7 +64,7 @@ pub(crate) struct Link {
     pub(crate) rx: BuddyAllocator<Vec<u8>>,
     /// Receive sub-blocks delivered and not yet released: the sender end to credit, and the
     /// window charge to return to it.
-    pub(crate) rx_owner: IdMap<u64, (EndId, u64)>,
+    pub(crate) rx_owner: IdMap<u64, (EndId, u64, u32)>,
     /// Entries per receiving end that wait for room; an end is in `blocked` exactly when its
     /// queue here is not empty, in the order the router retries them.
     pub(crate) waiting: IdMap<EndId, VecDeque<Inbound>>,

@@ -21,6 +21,8 @@ pub(crate) enum ViolationKind {
     Release,
     /// A payload outside the node's transmit arena, or larger than any receive arena.
     Payload,
+    /// A frame whose records overrun it, do not tile it, or differ from its declared count.
+    Frame,
     /// The node does not read its deliver ring while it keeps the engine busy.
     DeliverBacklog,
     /// A malformed or unexpected control frame.

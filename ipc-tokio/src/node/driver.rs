@@ -202,6 +202,25 @@ impl Driver {
     }
 }
 
+/// A payload (or a frame, `frame`) for session end `session`: to its reader, to the end's
+/// early deliveries, or back to the engine if this node is closing the end.
+fn received(
+    ends: &mut ipc_core::IdMap<u32, EndSlot>,
+    to_release: &mut Vec<u64>,
+    session: u32,
+    view: ipc_core::RxView,
+    frame: bool,
+) {
+    match ends
+        .entry(session)
+        .or_insert_with(|| EndSlot::Early(Vec::new()))
+    {
+        EndSlot::Open(core) => core.push_data(view, frame),
+        EndSlot::Closing => to_release.push(view.offset()),
+        EndSlot::Early(early) => early.push(Early::Data(view, frame)),
+    }
+}
+
 /// Pops and dispatches one batch from the deliver ring; returns how many entries.
 fn drain(
     shared: &Arc<NodeShared>,
@@ -241,15 +260,19 @@ fn drain(
                         .block
                         .rx_view(offset, len)
                         .map_err(|e| format!("bad entry from the engine: {e}"))?;
-                    match state
-                        .ends
-                        .entry(session)
-                        .or_insert_with(|| EndSlot::Early(Vec::new()))
-                    {
-                        EndSlot::Open(core) => core.push_data(view),
-                        EndSlot::Closing => to_release.push(view.offset()),
-                        EndSlot::Early(early) => early.push(Early::Data(view)),
-                    }
+                    received(&mut state.ends, &mut to_release, session, view, false);
+                }
+                Delivery::Frame {
+                    session,
+                    offset,
+                    len,
+                    ..
+                } => {
+                    let view = shared
+                        .block
+                        .rx_view(offset, len)
+                        .map_err(|e| format!("bad entry from the engine: {e}"))?;
+                    received(&mut state.ends, &mut to_release, session, view, true);
                 }
                 Delivery::Fin { session } => {
                     match state

@@ -27,7 +27,7 @@ use crate::message::Bincode;
 use crate::session::{Payload, Session, SessionCore};
 
 pub(crate) use shared::{
-    Batch, LoanError, NodeShared, Reply, SharedBatch, State, WaitList, lock_batch,
+    Batch, LoanError, NodeShared, OpenFrame, Reply, SharedBatch, State, WaitList, lock_batch,
 };
 
 /// A connection to an engine. Cheap to clone; the connection closes when the last `Node`,

@@ -83,7 +83,8 @@ impl Reply {
 /// still on the socket while the ring raced ahead).
 #[derive(Debug)]
 pub(crate) enum Early {
-    Data(RxView),
+    /// A payload, or a frame of records (`true`).
+    Data(RxView, bool),
     Fin,
     Closed(u64),
 }
@@ -128,14 +129,69 @@ impl WaitList {
 ///
 /// Lock order: a batch before the submit ring's side; the node's list of unflushed batches
 /// only ever `try_lock`s a batch (a batch whose owner is at work is left to it).
+///
+/// A batch may also hold an open frame (see [`ipc_core::frame`]): a loan the sink packs small
+/// messages into. It comes after every entry already batched and before any added later;
+/// [`Batch::seal`] closes it into an entry, as every push does first.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     /// Descriptors in the order the sink produced them.
     pub(crate) entries: Vec<RawDescriptor>,
     /// Payload bytes in `entries`.
     pub(crate) bytes: u64,
+    /// Messages in `entries` (a frame counts its records).
+    pub(crate) messages: usize,
     /// In the node's list of batches that may hold entries (`NodeShared::unflushed`).
     pub(crate) listed: bool,
+    /// The frame being filled, if any.
+    pub(crate) frame: Option<OpenFrame>,
+    /// The session end this batch's entries belong to.
+    pub(crate) end: u32,
+    /// That end's window, charged a sealed frame's rounding up to its size class; and the
+    /// arena's smallest class.
+    pub(crate) window: Option<(Arc<SessionCore>, u64)>,
+}
+
+/// A frame being filled: a loan of the transmit arena holding `records` records in its first
+/// `used` bytes.
+#[derive(Debug)]
+pub(crate) struct OpenFrame {
+    pub(crate) buf: TxBuf,
+    pub(crate) used: usize,
+    pub(crate) records: u32,
+}
+
+impl Batch {
+    /// Closes the open frame, if any: its `FRAME` descriptor joins the entries (a frame that
+    /// got no record frees its loan).
+    pub(crate) fn seal(&mut self) {
+        let Some(OpenFrame {
+            mut buf,
+            used,
+            records,
+        }) = self.frame.take()
+        else {
+            return;
+        };
+        if records == 0 {
+            return;
+        }
+        buf.truncate(used);
+        let sent = buf.submit();
+        // Its records took their exact bytes of the window; the frame occupies its size class.
+        if let Some((core, min_block)) = &self.window {
+            let class = ipc_core::window_charge(sent.len, *min_block);
+            core.charge_rounding(class.saturating_sub(u64::from(sent.len)));
+        }
+        self.entries.push(RawDescriptor::frame(
+            self.end,
+            sent.offset,
+            sent.len,
+            records,
+        ));
+        self.bytes += u64::from(sent.len);
+        self.messages += records as usize;
+    }
 }
 
 /// A sink's [`Batch`], as the sink and its node share it.
@@ -490,6 +546,8 @@ impl NodeShared {
                 // Its sink is being polled: it pushes its batch before it waits.
                 Err(TryLockError::WouldBlock) => return true,
             };
+            // An open frame holds arena memory too: it goes now, with what it holds.
+            batch.seal();
             if !batch.entries.is_empty() {
                 let mut side = self.submit.lock().unwrap_or_else(|e| e.into_inner());
                 let n = if side.overflow.is_empty() {
@@ -502,6 +560,7 @@ impl NodeShared {
                 side.overflow.extend(batch.entries.drain(n..));
                 batch.entries.clear();
                 batch.bytes = 0;
+                batch.messages = 0;
                 if !side.overflow.is_empty() {
                     self.push_overflow(&mut side);
                 } else if side.producer.needs_wake() {
@@ -621,7 +680,7 @@ impl NodeShared {
         if let Some(EndSlot::Early(early)) = state.ends.insert(end, EndSlot::Open(core.clone())) {
             for e in early {
                 match e {
-                    Early::Data(view) => core.push_data(view),
+                    Early::Data(view, frame) => core.push_data(view, frame),
                     Early::Fin => core.peer_fin(),
                     Early::Closed(reason) => core.peer_closed(reason),
                 }
@@ -647,7 +706,7 @@ impl NodeShared {
             }
             Some(EndSlot::Early(early)) => {
                 for e in early {
-                    if let Early::Data(view) = e {
+                    if let Early::Data(view, _) = e {
                         self.release(view.offset());
                     }
                 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use ipc_core::IdMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
@@ -114,18 +114,6 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
         }
         next_id += 1;
         let id = next_id;
-        let loan =
-            match envelope::loan_encoded::<C, Req>(&mut sink, id, Kind::Request, request).await {
-                Ok((loan, _request)) => loan,
-                Err(e) => {
-                    let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
-                    let _ = reply.send(Err(call_error(e)));
-                    if fatal {
-                        break;
-                    }
-                    continue;
-                }
-            };
         {
             let mut state = lock(&waiting);
             if state.closed {
@@ -139,7 +127,10 @@ async fn write_calls<Req: Message, Resp: Message, C: Codec>(
                 state.replies.retain(|_, reply| !reply.is_closed());
             }
         }
-        if let Err(e) = sink.feed(loan).await {
+        // Encoded in place into the sink's open frame: queued calls travel as one frame.
+        if let Err(e) =
+            envelope::feed_encoded::<C, Req>(&mut sink, id, Kind::Request, request).await
+        {
             let fatal = matches!(e, SessionError::Closed | SessionError::Disconnected);
             if let Some(reply) = lock(&waiting).replies.remove(&id) {
                 let _ = reply.send(Err(call_error(e)));

@@ -11,7 +11,7 @@
 
 use crate::error::{SessionError, encode_error};
 use crate::message::{Codec, Message};
-use crate::session::{Loan, SessionSink};
+use crate::session::SessionSink;
 use bytes::Bytes;
 
 pub(crate) const HEADER: usize = 9;
@@ -82,46 +82,39 @@ pub(crate) fn encoded_size<C: Codec, T: Message>(
     Ok(HEADER + len)
 }
 
-/// Writes header and body into a loan of [`encoded_size`] bytes, in place.
-pub(crate) fn fill<C: Codec, T: Message>(
-    loan: &mut Loan,
-    id: u64,
-    kind: Kind,
-    body: &T,
-) -> Result<(), SessionError> {
-    write_header(loan, id, kind);
-    let written = C::encode_into(body, &mut loan[HEADER..]).map_err(encode_error::<T, C>)?;
-    loan.truncate(HEADER + written);
-    Ok(())
-}
-
-/// Loans exactly the envelope's size and writes header and body in place. (`body` is not
-/// borrowed across the wait for the loan, so it need not be `Sync`.)
-pub(crate) async fn loan_encoded<C: Codec, T: Message>(
+/// Feeds the envelope to `sink`, header and body encoded in place: into the sink's open frame
+/// when small (so that a burst of calls or replies travels as one frame), else into a loan
+/// of its own. (`body` is moved into the writer, not borrowed across the waits, so it need
+/// not be `Sync`.)
+pub(crate) async fn feed_encoded<C: Codec, T: Message>(
     sink: &mut SessionSink<Bytes, C>,
     id: u64,
     kind: Kind,
     body: T,
-) -> Result<(Loan, T), SessionError> {
+) -> Result<(), SessionError> {
     let size = encoded_size::<C, T>(&body, sink.max_payload())?;
-    let mut loan = sink.loan(size).await?;
-    fill::<C, T>(&mut loan, id, kind, &body)?;
-    Ok((loan, body))
+    sink.feed_with(size, move |buf| {
+        write_header(buf, id, kind);
+        let written = C::encode_into(&body, &mut buf[HEADER..]).map_err(encode_error::<T, C>)?;
+        Ok(HEADER + written)
+    })
+    .await
 }
 
-/// Loans and writes a [`Kind::TooLarge`] envelope: the reply's length and the limit, as two
-/// `u64` LE.
-pub(crate) async fn loan_too_large<C>(
+/// Feeds an envelope whose body is raw bytes (text, or a [`Kind::TooLarge`]'s figures).
+pub(crate) async fn feed_raw<C>(
     sink: &mut SessionSink<Bytes, C>,
     id: u64,
-    len: u64,
-    max: u64,
-) -> Result<Loan, SessionError> {
-    let mut loan = sink.loan(HEADER + 16).await?;
-    write_header(&mut loan, id, Kind::TooLarge);
-    loan[HEADER..HEADER + 8].copy_from_slice(&len.to_le_bytes());
-    loan[HEADER + 8..].copy_from_slice(&max.to_le_bytes());
-    Ok(loan)
+    kind: Kind,
+    body: &[u8],
+) -> Result<(), SessionError> {
+    let body = body.to_vec();
+    sink.feed_with(HEADER + body.len(), move |buf| {
+        write_header(buf, id, kind);
+        buf[HEADER..HEADER + body.len()].copy_from_slice(&body);
+        Ok(HEADER + body.len())
+    })
+    .await
 }
 
 /// Reads the body of a [`Kind::TooLarge`] envelope: `(len, max)`.
@@ -129,19 +122,6 @@ pub(crate) fn parse_too_large(body: &[u8]) -> Option<(u64, u64)> {
     let len = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
     let max = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
     (body.len() == 16).then_some((len, max))
-}
-
-/// Loans and writes an envelope whose body is raw text.
-pub(crate) async fn loan_text<C>(
-    sink: &mut SessionSink<Bytes, C>,
-    id: u64,
-    kind: Kind,
-    text: &str,
-) -> Result<Loan, SessionError> {
-    let mut loan = sink.loan(HEADER + text.len()).await?;
-    write_header(&mut loan, id, kind);
-    loan[HEADER..].copy_from_slice(text.as_bytes());
-    Ok(loan)
 }
 
 fn write_header(buf: &mut [u8], id: u64, kind: Kind) {

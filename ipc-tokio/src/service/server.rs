@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
@@ -273,33 +273,31 @@ async fn write_replies<Resp: Message, C: Codec>(
             }
         };
         let Some((id, outcome)) = next else { break };
-        let loan = match outcome {
+        // Encoded in place into the sink's open frame: queued replies travel as one frame.
+        let sent = match outcome {
             Outcome::Reply(reply) => {
-                match envelope::loan_encoded::<C, Resp>(&mut sink, id, Kind::Reply, reply).await {
-                    Ok((loan, _reply)) => Ok(loan),
+                match envelope::feed_encoded::<C, Resp>(&mut sink, id, Kind::Reply, reply).await {
                     // The reply can never fit: tell the caller so, with the figures.
                     Err(crate::SessionError::TooLarge { len, max }) => {
-                        envelope::loan_too_large(&mut sink, id, len, max).await
+                        let mut figures = [0u8; 16];
+                        figures[..8].copy_from_slice(&len.to_le_bytes());
+                        figures[8..].copy_from_slice(&max.to_le_bytes());
+                        envelope::feed_raw(&mut sink, id, Kind::TooLarge, &figures).await
                     }
                     // The reply cannot be encoded: tell the caller so.
                     Err(e @ crate::SessionError::Codec(_)) => {
-                        envelope::loan_text(
-                            &mut sink,
-                            id,
-                            Kind::Error,
-                            &format!("cannot send the reply: {e}"),
-                        )
-                        .await
+                        let text = format!("cannot send the reply: {e}");
+                        envelope::feed_raw(&mut sink, id, Kind::Error, text.as_bytes()).await
                     }
-                    Err(e) => Err(e),
+                    other => other,
                 }
             }
-            Outcome::Error(text) => envelope::loan_text(&mut sink, id, Kind::Error, &text).await,
-            Outcome::Panic(text) => envelope::loan_text(&mut sink, id, Kind::Panic, &text).await,
-        };
-        let sent = match loan {
-            Ok(loan) => sink.feed(loan).await,
-            Err(e) => Err(e),
+            Outcome::Error(text) => {
+                envelope::feed_raw(&mut sink, id, Kind::Error, text.as_bytes()).await
+            }
+            Outcome::Panic(text) => {
+                envelope::feed_raw(&mut sink, id, Kind::Panic, text.as_bytes()).await
+            }
         };
         if sent.is_err() {
             break; // the client is gone

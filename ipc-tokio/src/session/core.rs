@@ -14,10 +14,17 @@ use ipc_core::descriptor::close_reason;
 use crate::error::SessionError;
 use crate::node::WaitList;
 
+/// A delivery not yet read: one payload, or a frame of several (see [`ipc_core::frame`]).
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub(crate) view: RxView,
+    pub(crate) frame: bool,
+}
+
 /// What the receiving half reads.
 #[derive(Debug, Default)]
 struct RxState {
-    queue: VecDeque<RxView>,
+    queue: VecDeque<Received>,
     waker: Option<Waker>,
     peer_fin: bool,
     /// The stream reported `Disconnected` once already.
@@ -76,9 +83,9 @@ impl SessionCore {
         }
     }
 
-    pub(crate) fn push_data(&self, view: RxView) {
+    pub(crate) fn push_data(&self, view: RxView, frame: bool) {
         let mut rx = lock(&self.rx);
-        rx.queue.push_back(view);
+        rx.queue.push_back(Received { view, frame });
         Self::wake(&mut rx.waker);
     }
 
@@ -123,6 +130,18 @@ impl SessionCore {
         }
     }
 
+    /// The window's size: messages and bytes.
+    pub(crate) fn window(&self) -> (u32, u64) {
+        let tx = lock(&self.tx);
+        (tx.credits, tx.window_bytes)
+    }
+
+    /// A sealed frame takes `bytes` more of the window than its records did (its rounding up
+    /// to its size class); taken at once, even beyond the window: later sends then wait.
+    pub(crate) fn charge_rounding(&self, bytes: u64) {
+        lock(&self.tx).bytes += bytes;
+    }
+
     /// The engine gave back `count` messages and `bytes` of the window.
     pub(crate) fn credit(&self, count: u32, bytes: u64) {
         let mut tx = lock(&self.tx);
@@ -157,11 +176,12 @@ impl SessionCore {
         self.ended.get().cloned()
     }
 
-    /// The next received payload; `None` at the end; `Disconnected` once if the peer died.
+    /// The next received payload or frame; `None` at the end; `Disconnected` once if the peer
+    /// died.
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<RxView, SessionError>>> {
+    ) -> Poll<Option<Result<Received, SessionError>>> {
         let mut rx = lock(&self.rx);
         if let Some(view) = rx.queue.pop_front() {
             return Poll::Ready(Some(Ok(view)));
@@ -183,7 +203,7 @@ impl SessionCore {
 
     /// Unread payloads (to release when the end closes).
     pub(crate) fn take_unread(&self) -> Vec<RxView> {
-        lock(&self.rx).queue.drain(..).collect()
+        lock(&self.rx).queue.drain(..).map(|r| r.view).collect()
     }
 }
 

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use ipc_core::RxView;
+use ipc_core::frame::Records;
 
 use crate::error::SessionError;
 use crate::message::Bincode;
@@ -36,8 +37,14 @@ impl Drop for Lease {
 ///
 /// For byte sessions each item is a zero-copy `Bytes` into this node's receive arena; typed
 /// items are decoded straight from it, and the sub-block is released right after.
+///
+/// A frame (several small messages the peer's sink packed into one sub-block) is split here:
+/// each record is its own item, a `Bytes` slice of the frame, whose sub-block is released when
+/// the last slice drops.
 pub struct SessionStream<T = Bytes, C = Bincode> {
     rx: RxHandle,
+    /// The frame being read, and where its next record starts.
+    frame: Option<(Bytes, usize)>,
     _types: PhantomData<fn() -> (T, C)>,
 }
 
@@ -53,6 +60,7 @@ impl<T: Payload<C>, C> SessionStream<T, C> {
     pub(crate) fn new(rx: RxHandle) -> Self {
         Self {
             rx,
+            frame: None,
             _types: PhantomData,
         }
     }
@@ -70,16 +78,46 @@ impl<T: Payload<C>, C> SessionStream<T, C> {
     }
 
     fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, SessionError>>> {
-        self.rx.guard.core.poll_recv(cx).map(|item| {
-            item.map(|result| {
-                result.map(|view| {
-                    Bytes::from_owner(Lease {
-                        view,
-                        node: self.rx.guard.node.shared.clone(),
-                    })
-                })
-            })
-        })
+        loop {
+            if let Some(record) = self.next_record() {
+                return Poll::Ready(Some(record));
+            }
+            let received = match std::task::ready!(self.rx.guard.core.poll_recv(cx)) {
+                Some(Ok(received)) => received,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            };
+            let bytes = Bytes::from_owner(Lease {
+                view: received.view,
+                node: self.rx.guard.node.shared.clone(),
+            });
+            if !received.frame {
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            self.frame = Some((bytes, 0));
+        }
+    }
+
+    /// The next record of the frame being read, checked against the frame's end. A record
+    /// that does not fit (the engine checked the frame, so only a sender that rewrote it after
+    /// the check can cause this) ends the frame with [`SessionError::MalformedFrame`].
+    fn next_record(&mut self) -> Option<Result<Bytes, SessionError>> {
+        let (frame, at) = self.frame.as_mut()?;
+        let mut records = Records::resume(frame, *at);
+        let next = records.next();
+        *at = records.position();
+        match next {
+            Some(Ok(range)) => Some(Ok(frame.slice(range))),
+            Some(Err(e)) => {
+                self.frame = None;
+                Some(Err(SessionError::MalformedFrame(e)))
+            }
+            None => {
+                // Dropping the frame's own handle: the last record slice releases it.
+                self.frame = None;
+                None
+            }
+        }
     }
 }
 

@@ -445,8 +445,11 @@ impl Registry {
         self.owned_end(node, end).map(|_| ())
     }
 
-    /// A message of `len` bytes and window charge `charge` sent by `node` on `end`: checked
-    /// against the end's window and charged to it. `None` when the peer is gone (the sender
+    /// A payload (`records` 0) or a frame of `records` records, of `len` bytes and window
+    /// charge `charge`, sent by `node` on `end`: checked against the end's window and charged
+    /// to it. A frame takes one message per record; its bytes are checked at its length, which
+    /// is what its sender could check record by record (it adds the frame's rounding up to
+    /// its size class when it seals it), and charged at its size class. `None` when the peer is gone (the sender
     /// was told).
     pub(crate) fn send(
         &mut self,
@@ -454,7 +457,10 @@ impl Registry {
         end: EndId,
         charge: u64,
         len: u32,
+        records: u32,
     ) -> Result<Option<Route>, Violation> {
+        let messages = records.max(1);
+        let checked = if records == 0 { charge } else { u64::from(len) };
         let Limits {
             credits,
             window_bytes,
@@ -467,15 +473,16 @@ impl Registry {
                 format!("data on session {end} after it finished"),
             ));
         }
-        if state.in_flight >= credits
+        if state.in_flight.saturating_add(messages) > credits
             || (state.in_flight_bytes > 0
-                && state.in_flight_bytes.saturating_add(charge) > window_bytes)
+                && state.in_flight_bytes.saturating_add(checked) > window_bytes)
         {
             return Err(Violation::new(
                 ViolationKind::Window,
                 format!(
                     "session {end} exceeded its window: {} messages and {} bytes in flight, \
-                     {charge} more bytes, window {credits} messages and {window_bytes} bytes",
+                     {messages} more messages of {charge} bytes, window {credits} messages and \
+                     {window_bytes} bytes",
                     state.in_flight, state.in_flight_bytes
                 ),
             ));
@@ -483,9 +490,9 @@ impl Registry {
         let Some(peer) = state.peer else {
             return Ok(None);
         };
-        state.in_flight += 1;
+        state.in_flight += messages;
         state.in_flight_bytes += charge;
-        state.sent_messages += 1;
+        state.sent_messages += u64::from(messages);
         state.sent_bytes += u64::from(len);
         let node = self.ends[&peer].node;
         Ok(Some(Route { end: peer, node }))

@@ -33,14 +33,14 @@ fn serve_open_and_route_both_ways() {
         ("client", "server")
     );
     assert_eq!(
-        r.send(2, o.client_end, 10, 0).unwrap(),
+        r.send(2, o.client_end, 10, 0, 0).unwrap(),
         Some(Route {
             end: o.server_end,
             node: 1
         })
     );
     assert_eq!(
-        r.send(1, o.server_end, 10, 0).unwrap(),
+        r.send(1, o.server_end, 10, 0, 0).unwrap(),
         Some(Route {
             end: o.client_end,
             node: 2
@@ -98,23 +98,26 @@ fn the_window_counts_messages_and_bytes() {
     let o = r.open(2, "svc", &schema()).unwrap();
     let c = o.client_end;
     // One message larger than the window may go alone ...
-    r.send(2, c, 4096, 0).unwrap();
+    r.send(2, c, 4096, 0, 0).unwrap();
     // ... but nothing after it.
-    let v = r.send(2, c, 1, 0).unwrap_err();
+    let v = r.send(2, c, 1, 0, 0).unwrap_err();
     assert_eq!(v.kind, ViolationKind::Window);
     assert_eq!(r.refund(c, 1, 4096), Some(2));
     // Bytes: 1024 in 256-byte charges.
     for _ in 0..4 {
-        r.send(2, c, 256, 0).unwrap();
+        r.send(2, c, 256, 0, 0).unwrap();
     }
     assert_eq!(
-        r.send(2, c, 256, 0).unwrap_err().kind,
+        r.send(2, c, 256, 0, 0).unwrap_err().kind,
         ViolationKind::Window
     );
     r.refund(c, 1, 256);
     // Messages: 4 at most even when they are empty.
-    r.send(2, c, 0, 0).unwrap();
-    assert_eq!(r.send(2, c, 0, 0).unwrap_err().kind, ViolationKind::Window);
+    r.send(2, c, 0, 0, 0).unwrap();
+    assert_eq!(
+        r.send(2, c, 0, 0, 0).unwrap_err().kind,
+        ViolationKind::Window
+    );
     r.refund(c, 4, 768);
     assert_eq!(r.end(c).unwrap().in_flight_bytes, 0);
     assert_eq!(r.end(c).unwrap().in_flight, 0);
@@ -126,11 +129,11 @@ fn foreign_ends_and_data_after_fin_are_violations() {
     r.serve(1, "svc".into(), schema()).unwrap();
     let o = r.open(2, "svc", &schema()).unwrap();
     assert_eq!(
-        r.send(1, o.client_end, 1, 0).unwrap_err().kind,
+        r.send(1, o.client_end, 1, 0, 0).unwrap_err().kind,
         ViolationKind::ForeignSession
     );
     assert_eq!(
-        r.send(2, 999, 1, 0).unwrap_err().kind,
+        r.send(2, 999, 1, 0, 0).unwrap_err().kind,
         ViolationKind::ForeignSession
     );
     assert_eq!(
@@ -141,7 +144,7 @@ fn foreign_ends_and_data_after_fin_are_violations() {
         })
     );
     assert_eq!(
-        r.send(2, o.client_end, 1, 0).unwrap_err().kind,
+        r.send(2, o.client_end, 1, 0, 0).unwrap_err().kind,
         ViolationKind::DataAfterFin
     );
 }
@@ -160,7 +163,7 @@ fn closing_an_end_unlinks_its_peer() {
     );
     assert_eq!(r.close_end(o.client_end), None);
     // The server's sends now go nowhere (its node was told).
-    assert_eq!(r.send(1, o.server_end, 1, 0).unwrap(), None);
+    assert_eq!(r.send(1, o.server_end, 1, 0, 0).unwrap(), None);
     assert_eq!(r.close_end(o.server_end), None);
     assert_eq!(r.end_count(), 0);
     assert!(r.node(1).unwrap().ends.is_empty());
