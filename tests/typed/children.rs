@@ -40,6 +40,7 @@ pub(crate) fn run(spec: ChildSpec) {
             other => fatal(format!("unknown role {other:?}")),
         }
     });
+    FINISHED.store(true, std::sync::atomic::Ordering::Release);
     // Nothing may wait on the blocking stdin reader.
     runtime.shutdown_background();
 }
@@ -55,8 +56,19 @@ async fn caller(node: Node, commands: Commands) {
     call.abort();
 }
 
-/// Reports a failure and exits non-zero.
+/// Set once the role returned: what tasks see after it is teardown, not a failure (the
+/// runtime shuts down in the background, and the node's driver going first disconnects
+/// sessions whose tasks a worker may still poll).
+static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports a failure and exits non-zero (unless the role already finished: then the thread
+/// parks until the process ends).
 fn fatal(message: impl std::fmt::Display) -> ! {
+    if FINISHED.load(std::sync::atomic::Ordering::Acquire) {
+        loop {
+            std::thread::park();
+        }
+    }
     eprintln!("child failure: {message}");
     std::process::exit(2);
 }
