@@ -15,6 +15,7 @@ mod garbage;
 mod listings;
 mod metrics;
 mod pipeline;
+mod queues;
 mod screen;
 mod topics;
 mod uid;
@@ -24,6 +25,15 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+
+/// The entry point of child processes ([`support::spawn_child`]): returns at once unless
+/// this process is such a child.
+#[test]
+fn child_entry() {
+    if let Some(spec) = support::child_spec() {
+        queues::run(spec);
+    }
+}
 
 /// The built `shmlinkctl`.
 pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_shmlinkctl");

@@ -61,7 +61,7 @@ async fn scrape(addr: &str) -> HashMap<String, f64> {
 }
 
 /// Scrapes until `pred` holds (the exporter sees the engine's counts a moment later).
-async fn scrape_until(
+pub(crate) async fn scrape_until(
     addr: &str,
     pred: impl Fn(&HashMap<String, f64>) -> bool,
 ) -> HashMap<String, f64> {
@@ -78,7 +78,7 @@ async fn scrape_until(
     .await
 }
 
-fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+pub(crate) fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
     samples.get(name).copied().unwrap_or(0.0)
 }
 

@@ -182,6 +182,21 @@ pub struct EngineStats {
     pub queue_settled: u64,
     /// Queue deliveries whose lease expired since start.
     pub queue_expired: u64,
+    /// Queued messages ready for delivery, all queues together.
+    pub queue_ready: usize,
+    /// Queue deliveries not yet settled (acknowledged, nacked, rejected, or returned), all
+    /// queues together.
+    pub queue_unacked: usize,
+    /// Messages that entered a queue since start: from producers, and dead letters.
+    pub queue_enqueued: u64,
+    /// Queue deliveries of a message delivered before (or recovered from the store) since
+    /// start.
+    pub queue_redelivered: u64,
+    /// Queue deliveries acknowledged since start.
+    pub queue_acked: u64,
+    /// Queued messages that went to a dead-letter queue (or were dropped for having none)
+    /// since start.
+    pub queue_dead_lettered: u64,
 }
 
 /// Default engine memory for queued payloads ([`EngineBuilder::queue_memory`](crate::EngineBuilder::queue_memory)): 256 MiB.

@@ -56,6 +56,12 @@ pub struct Snapshot {
     /// Topic subscriptions, by node and id.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionInfo>,
+    /// Queues, by name.
+    #[serde(default)]
+    pub queues: Vec<QueueInfo>,
+    /// Queue consumers, by id.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerInfo>,
     /// The engine's counters.
     pub counters: Counters,
 }
@@ -92,6 +98,16 @@ pub struct EngineInfo {
     /// Each topic's broadcast segment in bytes (the largest topic message).
     #[serde(default)]
     pub topic_segment_bytes: u64,
+    /// The directory of the durable queues' store; `None`: the engine has none (only
+    /// in-memory queues).
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// Engine memory for queued payloads, all queues together.
+    #[serde(default)]
+    pub queue_memory_budget: u64,
+    /// Of which in use now.
+    #[serde(default)]
+    pub queue_memory_in_use: u64,
 }
 
 /// One registered node.
@@ -225,6 +241,77 @@ pub struct SubscriptionInfo {
     pub pending: u64,
 }
 
+/// One queue: its settings, what it holds, and what went through it since the engine
+/// started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// Its name.
+    pub name: String,
+    /// Kept on disk, surviving the engine's restart.
+    pub durable: bool,
+    /// Its message type, once a typed producer or consumer fixed it.
+    pub message_type: Option<String>,
+    /// Messages it holds: ready plus unacked (what its max length counts).
+    pub depth: u64,
+    /// Messages waiting for a consumer.
+    pub ready: u64,
+    /// Messages delivered and not yet settled (in flight to consumers).
+    pub unacked: u64,
+    /// Payload bytes it holds (of the engine's queue memory).
+    pub bytes: u64,
+    /// Live producers.
+    pub producers: u64,
+    /// Live consumers.
+    pub consumers: u64,
+    /// Most messages it holds; 0: no limit but the engine's queue memory.
+    pub max_length: u64,
+    /// When full, producers get an error instead of waiting.
+    pub reject_when_full: bool,
+    /// Deliveries after which a message goes to the dead-letter queue.
+    pub max_deliveries: u32,
+    /// The dead-letter queue; `None`: rejected messages are dropped.
+    pub dead_letter: Option<String>,
+    /// Its consumers' default lease in milliseconds; `None`: no lease.
+    pub lease_ms: Option<u64>,
+    /// Messages that entered it: from producers, and dead letters from other queues
+    /// (messages recovered from the store at start are not counted).
+    pub enqueued: u64,
+    /// Deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Of which deliveries of a message delivered before (or recovered from the store).
+    pub redelivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+    /// Messages that left for the dead-letter queue (rejected, or delivered
+    /// `max_deliveries` times), or were dropped for having none.
+    pub dead_lettered: u64,
+}
+
+/// One queue consumer: its window, and what it received and acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    /// The consumer's id.
+    pub id: u32,
+    /// Its node's id.
+    pub node: u32,
+    /// Its node's name.
+    pub node_name: String,
+    /// The queue it consumes.
+    pub queue: String,
+    /// Deliveries it may hold unsettled at once.
+    pub prefetch: u32,
+    /// Its lease in milliseconds; `None`: no lease.
+    pub lease_ms: Option<u64>,
+    /// Deliveries it holds unsettled.
+    pub unacked: u64,
+    /// Deliveries to it.
+    pub delivered: u64,
+    /// Of which it acknowledged.
+    pub acked: u64,
+    /// Skipped until its node's receive arena has room.
+    pub stalled: bool,
+}
+
 /// The engine's counters ([`EngineStats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -269,6 +356,42 @@ pub struct Counters {
     /// Topic messages lost to `DropOldest`, summed over subscribers.
     #[serde(default)]
     pub topic_lagged: u64,
+    /// Declared queues.
+    #[serde(default)]
+    pub queues: u64,
+    /// Queued messages ready for delivery, all queues together.
+    #[serde(default)]
+    pub queue_ready: u64,
+    /// Queue deliveries not yet settled, all queues together.
+    #[serde(default)]
+    pub queue_unacked: u64,
+    /// Bytes of queued payloads the engine keeps.
+    #[serde(default)]
+    pub queue_bytes: u64,
+    /// Messages that entered a queue (from producers, and dead letters).
+    #[serde(default)]
+    pub queue_enqueued: u64,
+    /// Messages producers sent that the engine took responsibility for (confirmed).
+    #[serde(default)]
+    pub queue_confirmed: u64,
+    /// Queue deliveries, redeliveries included.
+    #[serde(default)]
+    pub queue_delivered: u64,
+    /// Of which redeliveries.
+    #[serde(default)]
+    pub queue_redelivered: u64,
+    /// Queue deliveries acknowledged.
+    #[serde(default)]
+    pub queue_acked: u64,
+    /// Queue deliveries settled (acknowledged, nacked or rejected).
+    #[serde(default)]
+    pub queue_settled: u64,
+    /// Queued messages dead-lettered.
+    #[serde(default)]
+    pub queue_dead_lettered: u64,
+    /// Queue deliveries whose lease ran out.
+    #[serde(default)]
+    pub queue_expired: u64,
 }
 
 impl From<&EngineStats> for Counters {
@@ -293,6 +416,18 @@ impl From<&EngineStats> for Counters {
             topic_published: s.topic_published,
             topic_delivered: s.topic_delivered,
             topic_lagged: s.topic_lagged,
+            queues: n(s.queues),
+            queue_ready: n(s.queue_ready),
+            queue_unacked: n(s.queue_unacked),
+            queue_bytes: s.queue_bytes,
+            queue_enqueued: s.queue_enqueued,
+            queue_confirmed: s.queue_confirmed,
+            queue_delivered: s.queue_delivered,
+            queue_redelivered: s.queue_redelivered,
+            queue_acked: s.queue_acked,
+            queue_settled: s.queue_settled,
+            queue_dead_lettered: s.queue_dead_lettered,
+            queue_expired: s.queue_expired,
         }
     }
 }
@@ -300,8 +435,8 @@ impl From<&EngineStats> for Counters {
 // ===== the engine side =====
 
 impl Router {
-    /// The registry, links and topics as a [`Snapshot`]: O(nodes + ends + services + topics +
-    /// subscriptions), on request only.
+    /// The registry, links, topics and queues as a [`Snapshot`]: O(nodes + ends + services +
+    /// topics + subscriptions + queues + consumers + held deliveries), on request only.
     pub(super) fn snapshot(&mut self) -> Snapshot {
         let (topic_views, sub_views) = self.topics.views();
         let config = &self.config;
@@ -346,6 +481,9 @@ impl Router {
             max_sessions_per_node: config.max_sessions_per_node as u64,
             limits,
             topic_segment_bytes: self.topics.segment_size(),
+            data_dir: config.data_dir.as_ref().map(|d| d.display().to_string()),
+            queue_memory_budget: config.queue_memory,
+            queue_memory_in_use: self.queues.state.bytes(),
         };
         let name_of = |id: u32| {
             self.registry
@@ -458,6 +596,51 @@ impl Router {
                 }
             })
             .collect();
+        let (queue_views, consumer_views) = self.queues.state.views();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut queues: Vec<QueueInfo> = queue_views
+            .into_iter()
+            .map(|q| QueueInfo {
+                name: q.name,
+                durable: q.spec.durable,
+                message_type: q.ty.map(|ty| ty.name),
+                depth: q.ready + q.unacked,
+                ready: q.ready,
+                unacked: q.unacked,
+                bytes: q.bytes,
+                producers: q.producers,
+                consumers: q.consumers,
+                max_length: q.spec.max_length,
+                reject_when_full: q.spec.reject_when_full,
+                max_deliveries: q.spec.max_deliveries,
+                dead_letter: (!q.spec.dead_letter.is_empty()).then_some(q.spec.dead_letter),
+                lease_ms: (q.spec.lease_ms > 0).then_some(q.spec.lease_ms),
+                enqueued: q.counts.enqueued,
+                delivered: q.counts.delivered,
+                redelivered: q.counts.redelivered,
+                acked: q.counts.acked,
+                dead_lettered: q.counts.dead_lettered,
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut consumers: Vec<ConsumerInfo> = consumer_views
+            .into_iter()
+            .map(|c| ConsumerInfo {
+                id: c.id,
+                node: c.node,
+                node_name: name_of(c.node),
+                queue: c.queue,
+                prefetch: c.prefetch,
+                lease_ms: c.lease.map(ms),
+                unacked: c.unacked,
+                delivered: c.delivered,
+                acked: c.acked,
+                stalled: c.stalled,
+            })
+            .collect();
+        consumers.sort_by_key(|c| c.id);
+        // The counters as of now, not of the last pass that moved.
+        self.publish();
         let stats = *self.stats_tx.borrow();
         Snapshot {
             version: SNAPSHOT_VERSION,
@@ -467,6 +650,8 @@ impl Router {
             sessions,
             topics,
             subscriptions,
+            queues,
+            consumers,
             counters: Counters::from(&stats),
         }
     }

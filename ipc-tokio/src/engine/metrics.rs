@@ -6,9 +6,10 @@
 //! their changes into counter increments and gauge values: never per message, never on the
 //! router's task, at most a few times a second, and not at all while the engine is idle
 //! (invariant 7). Every series is engine-wide, without labels: a bounded set whatever
-//! names peers choose (topics included: per-topic and per-subscription counters are in the
-//! inspector's snapshot, `shmlinkctl topics` and `subscriptions`, not in series whose
-//! number nodes could grow at will).
+//! names peers choose (topics and queues included: per-topic, per-subscription, per-queue
+//! and per-consumer counters are in the inspector's snapshot, `shmlinkctl topics`,
+//! `subscriptions`, `queues` and `consumers`, not in series whose number nodes could grow
+//! at will).
 //!
 //! | series | kind | what |
 //! |---|---|---|
@@ -29,6 +30,16 @@
 //! | `shmlink_topic_published_total` | counter | messages published on topics (each copied once) |
 //! | `shmlink_topic_delivered_total` | counter | topic deliveries, summed over subscribers |
 //! | `shmlink_topic_lagged_total` | counter | topic messages lost to `DropOldest` (each reported as `Lagged`) |
+//! | `shmlink_queues` | gauge | declared queues |
+//! | `shmlink_queue_messages_ready` | gauge | queued messages ready for delivery |
+//! | `shmlink_queue_messages_unacked` | gauge | queue deliveries not yet settled |
+//! | `shmlink_queue_memory_bytes_in_use` | gauge | bytes of queued payloads the engine keeps (against its queue memory budget) |
+//! | `shmlink_queue_enqueued_total` | counter | messages that entered a queue (from producers, and dead letters) |
+//! | `shmlink_queue_delivered_total` | counter | queue deliveries, redeliveries included |
+//! | `shmlink_queue_redelivered_total` | counter | of which redeliveries |
+//! | `shmlink_queue_acked_total` | counter | queue deliveries acknowledged |
+//! | `shmlink_queue_dead_lettered_total` | counter | queued messages dead-lettered (rejected, or over their deliveries) |
+//! | `shmlink_queue_expired_total` | counter | queue deliveries whose lease ran out |
 
 use std::time::Duration;
 
@@ -96,6 +107,40 @@ fn describe() {
         "shmlink_topic_lagged_total",
         "Topic messages lost to DropOldest, summed over subscribers"
     );
+    describe_gauge!("shmlink_queues", "Declared queues");
+    describe_gauge!(
+        "shmlink_queue_messages_ready",
+        "Queued messages ready for delivery"
+    );
+    describe_gauge!(
+        "shmlink_queue_messages_unacked",
+        "Queue deliveries not yet settled"
+    );
+    describe_gauge!(
+        "shmlink_queue_memory_bytes_in_use",
+        "Bytes of queued payloads the engine keeps"
+    );
+    describe_counter!(
+        "shmlink_queue_enqueued_total",
+        "Messages that entered a queue, from producers and as dead letters"
+    );
+    describe_counter!(
+        "shmlink_queue_delivered_total",
+        "Queue deliveries, redeliveries included"
+    );
+    describe_counter!(
+        "shmlink_queue_redelivered_total",
+        "Queue deliveries of a message delivered before"
+    );
+    describe_counter!("shmlink_queue_acked_total", "Queue deliveries acknowledged");
+    describe_counter!(
+        "shmlink_queue_dead_lettered_total",
+        "Queued messages dead-lettered (rejected, or over their deliveries)"
+    );
+    describe_counter!(
+        "shmlink_queue_expired_total",
+        "Queue deliveries whose lease ran out"
+    );
 }
 
 /// Records the change from `last` to `now`.
@@ -109,6 +154,10 @@ fn record(last: &EngineStats, now: &EngineStats) {
     gauge("shmlink_waiting_messages", now.waiting);
     gauge("shmlink_topics", now.topics);
     gauge("shmlink_topic_segments", now.topic_segments);
+    gauge("shmlink_queues", now.queues);
+    gauge("shmlink_queue_messages_ready", now.queue_ready);
+    gauge("shmlink_queue_messages_unacked", now.queue_unacked);
+    metrics::gauge!("shmlink_queue_memory_bytes_in_use").set(now.queue_bytes as f64);
     metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
     let counter = |name: &'static str, before: u64, after: u64| {
         metrics::counter!(name).increment(after.saturating_sub(before));
@@ -140,5 +189,35 @@ fn record(last: &EngineStats, now: &EngineStats) {
         "shmlink_topic_lagged_total",
         last.topic_lagged,
         now.topic_lagged,
+    );
+    counter(
+        "shmlink_queue_enqueued_total",
+        last.queue_enqueued,
+        now.queue_enqueued,
+    );
+    counter(
+        "shmlink_queue_delivered_total",
+        last.queue_delivered,
+        now.queue_delivered,
+    );
+    counter(
+        "shmlink_queue_redelivered_total",
+        last.queue_redelivered,
+        now.queue_redelivered,
+    );
+    counter(
+        "shmlink_queue_acked_total",
+        last.queue_acked,
+        now.queue_acked,
+    );
+    counter(
+        "shmlink_queue_dead_lettered_total",
+        last.queue_dead_lettered,
+        now.queue_dead_lettered,
+    );
+    counter(
+        "shmlink_queue_expired_total",
+        last.queue_expired,
+        now.queue_expired,
     );
 }

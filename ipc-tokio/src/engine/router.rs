@@ -670,6 +670,13 @@ impl Router {
         self.stats.topic_segments = self.topics.segment_count();
         self.stats.queues = self.queues.state.queue_count();
         self.stats.queue_bytes = self.queues.state.bytes();
+        self.stats.queue_ready = self.queues.state.ready_count();
+        self.stats.queue_unacked = self.queues.state.unacked_count();
+        let totals = self.queues.state.totals();
+        self.stats.queue_enqueued = totals.enqueued;
+        self.stats.queue_redelivered = totals.redelivered;
+        self.stats.queue_acked = totals.acked;
+        self.stats.queue_dead_lettered = totals.dead_lettered;
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.

@@ -1,7 +1,7 @@
 //! `shmlinkctl`: look into a running shmlink engine, and pipe data through it.
 //!
 //! ```text
-//! shmlinkctl [--socket PATH] status|nodes|services|sessions|topics|subscriptions [--json]
+//! shmlinkctl [--socket PATH] status|nodes|services|sessions|topics|subscriptions|queues|consumers [--json]
 //! shmlinkctl [--socket PATH] top
 //! shmlinkctl [--socket PATH] send SERVICE [--raw]      # stdin -> a session to SERVICE
 //! shmlinkctl [--socket PATH] recv SERVICE [--raw] [--count N]  # serve SERVICE, print what comes
@@ -72,6 +72,19 @@ enum Command {
     },
     /// Topic subscriptions: node, pattern, policy, delivered, lagged, in flight, queued.
     Subscriptions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queues: durability, depth (ready and unacked), producers, consumers, limits,
+    /// dead-letter queue, messages enqueued, delivered, acked, dead-lettered.
+    Queues {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue consumers: node, queue, prefetch, unacked, delivered, acked.
+    Consumers {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -191,6 +204,14 @@ fn main() -> ExitCode {
             .block_on(inspect(&socket))
             .map_err(Into::into)
             .and_then(|s| subscriptions(&s, json)),
+        Command::Queues { json } => runtime
+            .block_on(inspect(&socket))
+            .map_err(Into::into)
+            .and_then(|s| queues(&s, json)),
+        Command::Consumers { json } => runtime
+            .block_on(inspect(&socket))
+            .map_err(Into::into)
+            .and_then(|s| consumers(&s, json)),
         Command::Top => live_top(&runtime, &socket),
         Command::Send { service, raw } => runtime.block_on(send(&socket, &service, raw)),
         Command::Recv {
@@ -291,6 +312,36 @@ fn status(s: &Snapshot, json: bool) -> Result<(), Failure> {
             format!(
                 "{} published, {} delivered, {} lagged",
                 c.topic_published, c.topic_delivered, c.topic_lagged
+            ),
+        ],
+        vec!["queues".into(), c.queues.to_string()],
+        vec![
+            "data dir".into(),
+            e.data_dir
+                .clone()
+                .unwrap_or_else(|| "(none: in-memory queues only)".into()),
+        ],
+        vec![
+            "queue memory".into(),
+            format!(
+                "{} {} of {} bytes",
+                top::bar(e.queue_memory_in_use, e.queue_memory_budget, 10),
+                e.queue_memory_in_use,
+                e.queue_memory_budget
+            ),
+        ],
+        vec![
+            "queue messages".into(),
+            format!(
+                "{} ready, {} unacked; {} enqueued, {} delivered ({} redelivered), {} acked, {} dead-lettered, {} leases expired",
+                c.queue_ready,
+                c.queue_unacked,
+                c.queue_enqueued,
+                c.queue_delivered,
+                c.queue_redelivered,
+                c.queue_acked,
+                c.queue_dead_lettered,
+                c.queue_expired
             ),
         ],
         vec!["waiting".into(), c.waiting.to_string()],
@@ -425,6 +476,94 @@ fn topics(s: &Snapshot, json: bool) -> Result<(), Failure> {
             "LAGGED",
             "IN FLIGHT",
             "SEGMENT",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn queues(s: &Snapshot, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&serde_json::to_value(&s.queues).map_err(other)?);
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<Vec<String>> = s
+        .queues
+        .iter()
+        .map(|q| {
+            vec![
+                q.name.clone(),
+                if q.durable { "durable" } else { "memory" }.into(),
+                q.message_type.clone().unwrap_or_else(dash),
+                q.ready.to_string(),
+                q.unacked.to_string(),
+                q.producers.to_string(),
+                q.consumers.to_string(),
+                if q.max_length == 0 {
+                    dash()
+                } else {
+                    q.max_length.to_string()
+                },
+                q.dead_letter.clone().unwrap_or_else(dash),
+                q.enqueued.to_string(),
+                format!("{} ({})", q.delivered, q.redelivered),
+                q.acked.to_string(),
+                q.dead_lettered.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "QUEUE",
+            "KIND",
+            "TYPE",
+            "READY",
+            "UNACKED",
+            "PRODUCERS",
+            "CONSUMERS",
+            "MAX LEN",
+            "DEAD LETTER",
+            "ENQUEUED",
+            "DELIVERED (REDELIVERED)",
+            "ACKED",
+            "DEAD-LETTERED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn consumers(s: &Snapshot, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&serde_json::to_value(&s.consumers).map_err(other)?);
+    }
+    let rows: Vec<Vec<String>> = s
+        .consumers
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                format!("{} ({})", c.node_name, c.node),
+                c.queue.clone(),
+                c.prefetch.to_string(),
+                c.lease_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+                format!("{}{}", c.unacked, if c.stalled { " (stalled)" } else { "" }),
+                c.delivered.to_string(),
+                c.acked.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NODE",
+            "QUEUE",
+            "PREFETCH",
+            "LEASE",
+            "UNACKED",
+            "DELIVERED",
+            "ACKED",
         ],
         &rows,
     );

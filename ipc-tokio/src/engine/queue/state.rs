@@ -171,6 +171,51 @@ struct Msg {
     redelivered: bool,
 }
 
+/// What happened to the messages of one queue, or of every queue together, since the
+/// engine started (messages recovered from the store at start are not counted as enqueued).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct QueueCounts {
+    /// Messages that entered: from producers, and dead letters from other queues.
+    pub(crate) enqueued: u64,
+    /// Deliveries to consumers, redeliveries included.
+    pub(crate) delivered: u64,
+    /// Of which deliveries of a message delivered before (or recovered from the store).
+    pub(crate) redelivered: u64,
+    /// Deliveries acknowledged.
+    pub(crate) acked: u64,
+    /// Messages that left for the dead-letter queue (rejected, or delivered
+    /// `max_deliveries` times), or were dropped for having none.
+    pub(crate) dead_lettered: u64,
+}
+
+/// One queue as the inspector sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct QueueView {
+    pub(crate) name: String,
+    pub(crate) spec: QueueSpec,
+    pub(crate) ty: Option<MessageType>,
+    pub(crate) ready: u64,
+    pub(crate) unacked: u64,
+    pub(crate) bytes: u64,
+    pub(crate) producers: u64,
+    pub(crate) consumers: u64,
+    pub(crate) counts: QueueCounts,
+}
+
+/// One consumer as the inspector sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct ConsumerView {
+    pub(crate) id: ConsumerId,
+    pub(crate) node: NodeId,
+    pub(crate) queue: String,
+    pub(crate) prefetch: u32,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) unacked: u64,
+    pub(crate) delivered: u64,
+    pub(crate) acked: u64,
+    pub(crate) stalled: bool,
+}
+
 #[derive(Debug)]
 struct Queue {
     name: String,
@@ -182,6 +227,7 @@ struct Queue {
     next_id: u64,
     consumers: Vec<ConsumerId>,
     rr: usize,
+    counts: QueueCounts,
 }
 
 impl Queue {
@@ -206,6 +252,10 @@ struct Consumer {
     held: HashMap<u64, Held>,
     /// Its node's receive arena had no room: skipped until the node releases memory.
     stalled: bool,
+    /// Deliveries to it.
+    delivered: u64,
+    /// Of which it acknowledged.
+    acked: u64,
 }
 
 /// Every queue, producer and consumer.
@@ -228,6 +278,12 @@ pub(crate) struct Queues {
     blocked: IdSet<QueueId>,
     /// Nodes with a consumer waiting for room in their receive arena.
     stalled_nodes: IdSet<NodeId>,
+    /// Every queue's counts together.
+    totals: QueueCounts,
+    /// Messages kept, all queues together: ready, and delivered not settled.
+    kept: usize,
+    /// Of which delivered and not settled.
+    held: usize,
 }
 
 impl Queues {
@@ -244,6 +300,9 @@ impl Queues {
             dirty: Vec::new(),
             blocked: IdSet::default(),
             stalled_nodes: IdSet::default(),
+            totals: QueueCounts::default(),
+            kept: 0,
+            held: 0,
         }
     }
 
@@ -265,7 +324,71 @@ impl Queues {
 
     /// Messages ready for delivery, all queues together.
     pub(crate) fn ready_count(&self) -> usize {
-        self.queues.values().map(|q| q.ready.len()).sum()
+        debug_assert_eq!(
+            self.kept - self.held,
+            self.queues.values().map(|q| q.ready.len()).sum::<usize>()
+        );
+        self.kept - self.held
+    }
+
+    /// Messages delivered and not yet settled, all queues together.
+    pub(crate) fn unacked_count(&self) -> usize {
+        self.held
+    }
+
+    /// Every queue's counts together, since the engine started.
+    pub(crate) fn totals(&self) -> QueueCounts {
+        self.totals
+    }
+
+    /// Every queue and consumer, for the inspector: O(queues + consumers + producers +
+    /// messages held), on request only.
+    pub(crate) fn views(&self) -> (Vec<QueueView>, Vec<ConsumerView>) {
+        let mut producers: HashMap<QueueId, u64> = HashMap::new();
+        for (_, queue) in self.producers.values() {
+            *producers.entry(*queue).or_default() += 1;
+        }
+        let mut held_bytes: HashMap<QueueId, u64> = HashMap::new();
+        for c in self.consumers.values() {
+            let bytes: u64 = c.held.values().map(|h| h.msg.payload.len() as u64).sum();
+            *held_bytes.entry(c.queue).or_default() += bytes;
+        }
+        let queues = self
+            .queues
+            .iter()
+            .map(|(id, q)| QueueView {
+                name: q.name.clone(),
+                spec: q.spec.clone(),
+                ty: q.ty.clone(),
+                ready: q.ready.len() as u64,
+                unacked: q.held as u64,
+                bytes: q.ready.iter().map(|m| m.payload.len() as u64).sum::<u64>()
+                    + held_bytes.get(id).copied().unwrap_or(0),
+                producers: producers.get(id).copied().unwrap_or(0),
+                consumers: q.consumers.len() as u64,
+                counts: q.counts,
+            })
+            .collect();
+        let consumers = self
+            .consumers
+            .iter()
+            .map(|(id, c)| ConsumerView {
+                id: *id,
+                node: c.node,
+                queue: self
+                    .queues
+                    .get(&c.queue)
+                    .map(|q| q.name.clone())
+                    .unwrap_or_default(),
+                prefetch: c.prefetch,
+                lease: c.lease,
+                unacked: c.held.len() as u64,
+                delivered: c.delivered,
+                acked: c.acked,
+                stalled: c.stalled,
+            })
+            .collect();
+        (queues, consumers)
     }
 
     /// When the router must wake to expire a lease.
@@ -346,6 +469,7 @@ impl Queues {
                 next_id: 1,
                 consumers: Vec::new(),
                 rr: 0,
+                counts: QueueCounts::default(),
             },
         );
         self.by_name.insert(name.to_owned(), id);
@@ -368,6 +492,7 @@ impl Queues {
         let q = self.queues.get_mut(&id).expect("inserted");
         for (msg_id, payload, deliveries) in messages {
             self.bytes += payload.len() as u64;
+            self.kept += 1;
             q.next_id = q.next_id.max(msg_id + 1);
             q.ready.push_back(Msg {
                 id: msg_id,
@@ -447,6 +572,8 @@ impl Queues {
                 next_tag: 1,
                 held: HashMap::new(),
                 stalled: false,
+                delivered: 0,
+                acked: 0,
             },
         );
         self.dirty.push(queue);
@@ -468,6 +595,7 @@ impl Queues {
         if let Some(q) = self.queues.get_mut(&c.queue) {
             q.consumers.retain(|&x| x != id);
             q.held -= c.held.len();
+            self.held -= c.held.len();
         }
         let mut held: Vec<(u64, Held)> = c.held.into_iter().collect();
         held.sort_unstable_by_key(|(tag, _)| Reverse(*tag));
@@ -531,6 +659,7 @@ impl Queues {
         let id = q.next_id;
         q.next_id += 1;
         self.bytes += payload.len() as u64;
+        self.kept += 1;
         let durable = q.spec.durable;
         let mut actions = Vec::with_capacity(2);
         if durable {
@@ -546,6 +675,8 @@ impl Queues {
             deliveries: 0,
             redelivered: false,
         });
+        q.counts.enqueued += 1;
+        self.totals.enqueued += 1;
         actions.push(Action::Confirm {
             node,
             producer,
@@ -624,6 +755,12 @@ impl Queues {
             }
             misses = 0;
             delivered += 1;
+            let redelivered = u64::from(msg.redelivered);
+            q.counts.delivered += 1;
+            q.counts.redelivered += redelivered;
+            self.totals.delivered += 1;
+            self.totals.redelivered += redelivered;
+            c.delivered += 1;
             msg.deliveries = count;
             c.next_tag += 1;
             let deadline = c.lease.map(|lease| now + lease);
@@ -632,6 +769,7 @@ impl Queues {
             }
             c.held.insert(tag, Held { msg, deadline });
             q.held += 1;
+            self.held += 1;
         }
         delivered
     }
@@ -702,8 +840,18 @@ impl Queues {
             return Ok((SettleOutcome::NotHeld, actions));
         };
         self.queues.get_mut(&queue).expect("consumer's queue").held -= 1;
+        self.held -= 1;
         match how {
-            QueueSettle::Ack => self.drop_msg(queue, held.msg, &mut actions),
+            QueueSettle::Ack => {
+                c.acked += 1;
+                self.queues
+                    .get_mut(&queue)
+                    .expect("consumer's queue")
+                    .counts
+                    .acked += 1;
+                self.totals.acked += 1;
+                self.drop_msg(queue, held.msg, &mut actions);
+            }
             QueueSettle::Nack => self.give_back(queue, held.msg, &mut actions),
             QueueSettle::Reject | QueueSettle::Extend => {
                 self.dead_letter(queue, held.msg, &mut actions);
@@ -734,6 +882,7 @@ impl Queues {
             let held = c.held.remove(&tag).expect("found");
             let queue = c.queue;
             self.queues.get_mut(&queue).expect("consumer's queue").held -= 1;
+            self.held -= 1;
             self.give_back(queue, held.msg, &mut actions);
             expired += 1;
         }
@@ -772,11 +921,14 @@ impl Queues {
             }));
         }
         self.bytes -= msg.payload.len() as u64;
+        self.kept -= 1;
         self.unblock(queue, actions);
     }
 
     fn dead_letter(&mut self, queue: QueueId, msg: Msg, actions: &mut Vec<Action>) {
-        let q = &self.queues[&queue];
+        let q = self.queues.get_mut(&queue).expect("live queue");
+        q.counts.dead_lettered += 1;
+        self.totals.dead_lettered += 1;
         let (from, from_durable) = (q.name.clone(), q.spec.durable);
         let Some(&to) = self.by_name.get(&q.spec.dead_letter) else {
             tracing::debug!(queue = %from, id = msg.id, "dropped: no dead-letter queue");
@@ -810,6 +962,8 @@ impl Queues {
             deliveries: 0,
             redelivered: false,
         });
+        dl.counts.enqueued += 1;
+        self.totals.enqueued += 1;
         self.mark_dirty(to);
         self.unblock(queue, actions);
     }

@@ -7,7 +7,7 @@ use ipc_core::QueueSettle;
 use ipc_core::control::{MessageType, QueueSpec};
 use ipc_core::descriptor::queue_outcome;
 
-use super::state::{Hostile, encode_spec};
+use super::state::{Hostile, QueueCounts, encode_spec};
 use super::store::StoreOp;
 use super::*;
 
@@ -406,4 +406,62 @@ fn a_dead_consumers_deliveries_go_first_to_the_others_durable_or_not() {
         assert_eq!(next[0].2, held_by_3[0], "durable {durable}");
         assert!(next[0].5);
     }
+}
+
+#[test]
+fn counts_follow_every_path_a_message_takes() {
+    let mut q = queues(false);
+    let spec = QueueSpec {
+        max_deliveries: 2,
+        dead_letter: "dead".into(),
+        ..QueueSpec::default()
+    };
+    q.declare("jobs", &spec).unwrap();
+    q.add_producer(1, 100, "jobs", &bytes_ty()).unwrap();
+    q.add_consumer(2, 200, "jobs", &bytes_ty(), 2, 0).unwrap();
+    for text in ["a", "b", "c"] {
+        produce(&mut q, 100, text);
+    }
+    let now = Instant::now();
+    assert_eq!(pump(&mut q, now).len(), 2);
+    assert_eq!((q.ready_count(), q.unacked_count()), (1, 2));
+    ack(&mut q, 2, 200, 1, QueueSettle::Ack); // "a" gone
+    ack(&mut q, 2, 200, 2, QueueSettle::Nack); // "b" back to the head
+    // "b" again (its second delivery) and "c".
+    let seen = pump(&mut q, now);
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].5 && !seen[1].5, "{seen:?}");
+    // The node dies: "b" is over its deliveries (dead-lettered), "c" returns.
+    q.node_gone(2);
+    assert_eq!((q.ready_count(), q.unacked_count()), (2, 0));
+    let totals = q.totals();
+    assert_eq!(
+        totals,
+        QueueCounts {
+            enqueued: 4,
+            delivered: 4,
+            redelivered: 1,
+            acked: 1,
+            dead_lettered: 1,
+        }
+    );
+    let (views, consumers) = q.views();
+    assert!(consumers.is_empty());
+    let jobs = views.iter().find(|v| v.name == "jobs").unwrap();
+    assert_eq!((jobs.ready, jobs.unacked, jobs.bytes), (1, 0, 1));
+    assert_eq!((jobs.producers, jobs.consumers), (1, 0));
+    assert_eq!(jobs.counts.enqueued, 3);
+    assert_eq!(jobs.counts.dead_lettered, 1);
+    let dead = views.iter().find(|v| v.name == "dead").unwrap();
+    assert_eq!((dead.ready, dead.counts.enqueued), (1, 1));
+
+    // A lease that runs out returns the delivery; the consumer's own counts show it.
+    q.add_consumer(3, 300, "jobs", &bytes_ty(), 1, 10).unwrap();
+    assert_eq!(pump(&mut q, now).len(), 1);
+    let (_, consumers) = q.views();
+    assert_eq!((consumers[0].delivered, consumers[0].unacked), (1, 1));
+    assert_eq!(consumers[0].lease, Some(Duration::from_millis(10)));
+    let (expired, _) = q.tick(now + Duration::from_secs(1));
+    assert_eq!(expired, 1);
+    assert_eq!((q.ready_count(), q.unacked_count()), (2, 0));
 }
