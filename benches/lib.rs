@@ -32,6 +32,8 @@ pub enum Transport {
     Jetstream,
     /// redb, one durable transaction per enqueue and per ack (queue pattern only).
     RedbNaive,
+    /// shmlink, an in-memory queue (queue pattern only; no disk, confirms at once).
+    ShmlinkMemory,
 }
 
 /// Every transport, in the order of the report's columns.
@@ -48,10 +50,11 @@ pub const TRANSPORTS: [Transport; 9] = [
 ];
 
 /// The transports of the `queue` pattern, in the order of its report's columns.
-pub const QUEUE_TRANSPORTS: [Transport; 3] = [
+pub const QUEUE_TRANSPORTS: [Transport; 4] = [
     Transport::Shmlink,
     Transport::Jetstream,
     Transport::RedbNaive,
+    Transport::ShmlinkMemory,
 ];
 
 impl Transport {
@@ -69,6 +72,7 @@ impl Transport {
             Self::Shmipc => "shmipc",
             Self::Jetstream => "jetstream",
             Self::RedbNaive => "redb-naive",
+            Self::ShmlinkMemory => "shmlink-memory",
         }
     }
 
@@ -80,7 +84,7 @@ impl Transport {
             // tarpc has no one-way call to flush one at a time.
             Self::Tarpc => pattern != Pattern::StreamFlush,
             Self::Shmipc => matches!(pattern, Pattern::Stream | Pattern::StreamFlush),
-            Self::Jetstream | Self::RedbNaive => pattern == Pattern::Queue,
+            Self::Jetstream | Self::RedbNaive | Self::ShmlinkMemory => pattern == Pattern::Queue,
             _ => true,
         }
     }

@@ -256,7 +256,9 @@ async fn measure_async(spec: &Spec, dir: &Path) -> Res<Measured> {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
             unreachable!("measured without a runtime")
         }
-        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
+        Transport::Jetstream | Transport::RedbNaive | Transport::ShmlinkMemory => {
+            Err("a queue-only transport".into())
+        }
     }
 }
 
@@ -284,7 +286,9 @@ async fn serve_async(spec: &Spec) -> Res<()> {
         Transport::Iceoryx2Event | Transport::Iceoryx2Poll | Transport::RawRing => {
             unreachable!("served without a runtime")
         }
-        Transport::Jetstream | Transport::RedbNaive => Err("a queue-only transport".into()),
+        Transport::Jetstream | Transport::RedbNaive | Transport::ShmlinkMemory => {
+            Err("a queue-only transport".into())
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 //! its sequence number, then a byte pattern of that number) and checked whole by the
 //! consumer; a wrong byte fails the run.
 //!
-//! Transports (`--transports shmlink,jetstream,redb-naive`; all three by default):
+//! Transports (`--transports shmlink,jetstream,redb-naive,shmlink-memory`; all by default):
 //! - `shmlink`: a durable queue of an engine with a data directory, embedded in the measuring
 //!   process ([`shmlink_slot`]); producers flush every 64 messages (a flush resolves once they
 //!   are all confirmed: committed to disk), the consumer acks every delivery.
@@ -31,6 +31,10 @@
 //!   its own durable redb transaction, the consumer reads the oldest message in a read
 //!   transaction and deletes it (the ack) in a durable write transaction of its own (the
 //!   processes share the file: `ConcurrencyMode::MultiWriter`; an empty queue is polled).
+//! - `shmlink-memory`: the same shmlink producers and consumer on an in-memory queue
+//!   (`QueueOptions::default()`): no disk, a confirm as soon as the engine holds the message.
+//!   Not durable, so not a rival of the three above: it measures the queue's own cost (the
+//!   issue's in-memory target).
 //!
 //! # Setup: nats-server
 //!
@@ -163,7 +167,7 @@ pub(crate) fn produce(spec: &Spec) -> Res<()> {
     let produced = match spec.transport {
         Transport::Jetstream => jetstream::produce(spec)?,
         Transport::RedbNaive => redb_naive::produce(spec)?,
-        Transport::Shmlink => shmlink_slot::produce(spec)?,
+        Transport::Shmlink | Transport::ShmlinkMemory => shmlink_slot::produce(spec)?,
         t => return Err(format!("{} has no queue", t.name()).into()),
     };
     println!("RESULT {}", serde_json::to_string(&produced)?);
@@ -175,7 +179,7 @@ pub(crate) fn consume(spec: &Spec) -> Res<()> {
     let consumed = match spec.transport {
         Transport::Jetstream => jetstream::consume(spec)?,
         Transport::RedbNaive => redb_naive::consume(spec)?,
-        Transport::Shmlink => shmlink_slot::consume(spec)?,
+        Transport::Shmlink | Transport::ShmlinkMemory => shmlink_slot::consume(spec)?,
         t => return Err(format!("{} has no queue", t.name()).into()),
     };
     println!("RESULT {}", serde_json::to_string(&consumed)?);
@@ -234,8 +238,9 @@ pub(crate) fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
             (Host::Jetstream(server), url)
         }
         Transport::RedbNaive => (Host::File, redb_naive::setup(dir)?),
-        Transport::Shmlink => {
-            let (host, addr) = shmlink_slot::host(dir)?;
+        Transport::Shmlink | Transport::ShmlinkMemory => {
+            let durable = spec.transport == Transport::Shmlink;
+            let (host, addr) = shmlink_slot::host(dir, durable)?;
             (Host::Shmlink(host), addr)
         }
         t => return Err(format!("{} has no queue", t.name()).into()),
@@ -296,7 +301,7 @@ pub(crate) fn measure(spec: &Spec, dir: &Path) -> Res<Measured> {
 // ===== The coordinator's part =====
 
 /// Which queue transports run: `requested` (from `--transports`) that have a queue, or all
-/// three; each checked for what it needs, skipped loudly without it.
+/// of them; each checked for what it needs, skipped loudly without it.
 pub(crate) fn transports(requested: Option<&[Transport]>) -> Vec<Transport> {
     let wanted: Vec<Transport> = match requested {
         Some(list) => QUEUE_TRANSPORTS
@@ -310,7 +315,7 @@ pub(crate) fn transports(requested: Option<&[Transport]>) -> Vec<Transport> {
         .filter(|&t| {
             let missing = match t {
                 Transport::Jetstream => jetstream::check().err(),
-                Transport::Shmlink => shmlink_slot::check().err(),
+                Transport::Shmlink | Transport::ShmlinkMemory => shmlink_slot::check().err(),
                 _ => None,
             };
             if let Some(why) = &missing {
@@ -434,7 +439,7 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "(x.xx) = shmlink / transport: above 1 is better for shmlink on rates, below 1 on latency"
+        "(x.xx) = shmlink / transport: above 1 is better for shmlink on rates, below 1 on latency; shmlink-memory is an in-memory queue (not durable), shown without a ratio"
     );
     type Figure = (
         &'static str,
@@ -463,7 +468,12 @@ fn report(
                 for &t in transports {
                     let v = medians.get(&(size, producers, t)).and_then(get);
                     let cell = match (v, base) {
-                        (Some(v), _) if t == Transport::Shmlink => fmt(v),
+                        // The in-memory queue is no rival of the durable ones: no ratio.
+                        (Some(v), _)
+                            if matches!(t, Transport::Shmlink | Transport::ShmlinkMemory) =>
+                        {
+                            fmt(v)
+                        }
                         (Some(v), Some(b)) if v > 0.0 => format!("{} ({:.2})", fmt(v), b / v),
                         (Some(v), _) => fmt(v),
                         (None, _) => "-".to_owned(),
@@ -522,9 +532,9 @@ pub(crate) mod shmlink_slot {
         Ok(())
     }
 
-    /// Starts the engine with a data directory under `dir` and declares the durable queue;
-    /// returns its socket path.
-    pub(crate) fn host(dir: &Path) -> Res<(Host, String)> {
+    /// Starts the engine with a data directory under `dir` and declares the queue, durable
+    /// or in memory; returns its socket path.
+    pub(crate) fn host(dir: &Path, durable: bool) -> Res<(Host, String)> {
         let socket = dir.join("engine.sock");
         let data = dir.join("data");
         let addr = path_str(&socket)?;
@@ -548,7 +558,12 @@ pub(crate) mod shmlink_slot {
                     let node = Node::connect(&socket, "declare")
                         .await
                         .map_err(|e| e.to_string())?;
-                    node.declare_queue(QUEUE, QueueOptions::durable())
+                    let options = if durable {
+                        QueueOptions::durable()
+                    } else {
+                        QueueOptions::default()
+                    };
+                    node.declare_queue(QUEUE, options)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok::<_, String>((engine, node))
