@@ -6,10 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{
-    AckError, Consumer, ConsumerOptions, Delivery, Message, Node, ProduceError, Producer,
-    QueueOptions, QueueSetupError, WhenFull,
+    AckError, Consumer, ConsumerOptions, Delivery, Message, ProduceError, Producer, QueueOptions,
+    QueueSetupError, WhenFull,
 };
 
+use crate::common::{self, node};
 use crate::support::{self, TestDir, expect_seq, seq_message, within};
 
 async fn next<T: shmlink::Payload<shmlink::Bincode>>(c: &mut Consumer<T>) -> Delivery<T> {
@@ -17,12 +18,6 @@ async fn next<T: shmlink::Payload<shmlink::Bincode>>(c: &mut Consumer<T>) -> Del
         .await
         .expect("the stream goes on")
         .expect("a delivery")
-}
-
-async fn node(dir: &TestDir, name: &str) -> Node {
-    within("connect", Node::connect(dir.socket(), name))
-        .await
-        .expect("connect")
 }
 
 const ORDER: u64 = 2_000;
@@ -34,12 +29,7 @@ async fn competing_consumers_get_each_message_once_in_order() {
     let dir = TestDir::new("queues-order");
     let engine = support::engine(&dir);
     let node = node(&dir, "both").await;
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::default()),
-    )
-    .await
-    .expect("declare");
+    common::declare(&node, "jobs", QueueOptions::default()).await;
     let mut producer: Producer<Bytes> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");
@@ -150,12 +140,7 @@ async fn an_expired_lease_redelivers_and_a_late_ack_is_not_held() {
     let dir = TestDir::new("queues-lease");
     let _engine = support::engine(&dir);
     let node = node(&dir, "n").await;
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::default()),
-    )
-    .await
-    .expect("declare");
+    common::declare(&node, "jobs", QueueOptions::default()).await;
     let mut producer: Producer<Bytes> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");
@@ -292,12 +277,7 @@ async fn types_and_declarations_are_checked() {
     let dir = TestDir::new("queues-types");
     let _engine = support::engine(&dir);
     let node = node(&dir, "n").await;
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::default()),
-    )
-    .await
-    .expect("declare");
+    common::declare(&node, "jobs", QueueOptions::default()).await;
     let mut producer: Producer<Job> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");

@@ -11,6 +11,7 @@ use shmlink::{
     AckError, Consumer, ConsumerOptions, Engine, Node, Producer, QueueOptions, SpawnError,
 };
 
+use crate::common;
 use crate::support::{
     self, Rng, TestDir, parse_seq, seed_from_env, seq_message, spawn_child, within,
 };
@@ -22,25 +23,14 @@ fn durable_engine(dir: &TestDir) -> Engine {
         .expect("spawn an engine with a data directory")
 }
 
-async fn connect(dir: &TestDir, name: &str) -> Node {
-    within("connect", Node::connect(dir.socket(), name))
-        .await
-        .expect("connect")
-}
-
 /// Confirmed messages outlive the engine; after a restart every one is delivered again,
 /// marked redelivered, in order; those acknowledged before the next restart never return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_restarts_and_acked_ones_never_return() {
     let dir = TestDir::new("queues-durable");
     let engine = durable_engine(&dir);
-    let node = connect(&dir, "p").await;
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::durable()),
-    )
-    .await
-    .expect("declare");
+    let node = common::node(&dir, "p").await;
+    common::declare(&node, "jobs", QueueOptions::durable()).await;
     let mut producer: Producer<Bytes> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");
@@ -57,7 +47,7 @@ async fn confirmed_messages_survive_restarts_and_acked_ones_never_return() {
     within("shutdown", engine.shutdown()).await;
 
     let engine = durable_engine(&dir);
-    let node = connect(&dir, "c").await;
+    let node = common::node(&dir, "c").await;
     let mut consumer: Consumer<Bytes> = within("consumer", node.consumer("jobs"))
         .await
         .expect("the queue was recovered");
@@ -76,7 +66,7 @@ async fn confirmed_messages_survive_restarts_and_acked_ones_never_return() {
     within("shutdown", engine.shutdown()).await;
 
     let _engine = durable_engine(&dir);
-    let node = connect(&dir, "c2").await;
+    let node = common::node(&dir, "c2").await;
     let mut consumer: Consumer<Bytes> = within("consumer", node.consumer("jobs"))
         .await
         .expect("consumer");
@@ -97,13 +87,8 @@ async fn a_garbage_or_truncated_store_is_a_startup_error() {
     let dir = TestDir::new("queues-corrupt");
     let data = dir.path().join("data");
     let engine = durable_engine(&dir);
-    let node = connect(&dir, "p").await;
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::durable()),
-    )
-    .await
-    .expect("declare");
+    let node = common::node(&dir, "p").await;
+    common::declare(&node, "jobs", QueueOptions::durable()).await;
     let mut producer: Producer<Bytes> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");

@@ -9,6 +9,7 @@ use shmlink::{Consumer, MessageType, Node, Producer, QueueOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::common;
 use crate::support::{self, TestDir, within};
 
 /// Reads frames until a `QueueOk` answers `req`; returns its id.
@@ -43,12 +44,7 @@ async fn lying_settlements_close_only_their_node() {
     let node = within("connect", Node::connect(&socket, "honest"))
         .await
         .expect("connect");
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::default()),
-    )
-    .await
-    .expect("declare");
+    common::declare(&node, "jobs", QueueOptions::default()).await;
     let mut producer: Producer<Bytes> = within("producer", node.producer("jobs"))
         .await
         .expect("producer");

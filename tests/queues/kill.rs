@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Consumer, ConsumerOptions, Node, Producer, QueueOptions};
 
+use crate::common;
 use crate::support::{self, TestDir, parse_seq, seq_message, spawn_child, within};
 
 const HELD: u64 = 50;
@@ -22,12 +23,7 @@ async fn a_sigkilled_consumers_fifty_deliveries_go_to_another_consumer() {
     let node = within("connect", Node::connect(&socket, "survivor"))
         .await
         .expect("connect");
-    within(
-        "declare",
-        node.declare_queue("jobs", QueueOptions::default()),
-    )
-    .await
-    .expect("declare");
+    common::declare(&node, "jobs", QueueOptions::default()).await;
     let mut holder = spawn_child(
         "consume-hold",
         &[socket.clone(), "jobs".into(), HELD.to_string()],

@@ -7,6 +7,7 @@
 mod support;
 
 mod children;
+mod common;
 
 mod basics;
 mod durable;
