@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Message, Node};
 
-use crate::harness::{World, within};
+use crate::harness::{World, stats_until, within};
 use crate::messages::*;
 
 /// Sends `count` samples on a session of `T` to `service`, while reading the echoes and
@@ -155,9 +155,12 @@ async fn typed_frames_cross_processes_record_by_record() {
     assert!(within("the end", rx.next()).await.is_none());
     within("the sender", sender).await.expect("sender task");
 
-    let stats = world.engine.stats();
-    // Each message crossed twice (there and back); the way there went in frames of many.
-    assert!(stats.messages >= 2 * u64::from(count), "{stats:?}");
+    // Each message crossed twice (there and back); the way there went in frames of many. The
+    // counts are published at the end of the engine's pass, which may follow the last delivery.
+    let stats = stats_until(&world.engine, "every record counted", |s| {
+        s.messages >= 2 * u64::from(count)
+    })
+    .await;
     assert!(
         stats.frames > 0 && stats.frames < u64::from(count) / 4,
         "{stats:?}"
