@@ -126,6 +126,11 @@ impl Window {
     pub(crate) fn remaining(&self) -> Duration {
         Duration::from_nanos(self.end.saturating_sub(mono_ns()))
     }
+    /// Time left until the window ended `after` ago.
+    pub(crate) fn remaining_after(&self, after: Duration) -> Duration {
+        self.remaining()
+            + after.saturating_sub(Duration::from_nanos(mono_ns().saturating_sub(self.end)))
+    }
 }
 
 /// A child's side of the handshake: says `ready` (connected), then reads `go START END`.
@@ -497,6 +502,7 @@ fn report(
 /// depth as JetStream's unconfirmed publishes.
 pub(crate) mod shmlink_slot {
     use std::path::Path;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use futures::stream::FuturesUnordered;
@@ -510,6 +516,10 @@ pub(crate) mod shmlink_slot {
     const QUEUE: &str = "bench";
     /// Messages a producer sends between two flushes (each waits for their confirms).
     const CONFIRM_BATCH: usize = 64;
+    /// How long the consumer goes on draining after the window (not counted).
+    const DRAIN: Duration = Duration::from_secs(2);
+    /// How long after the window a producer still waits for its last batch's confirms.
+    const GIVE_UP: Duration = Duration::from_secs(10);
 
     /// The engine's thread; stopped (the engine shut down) when dropped.
     #[derive(Debug)]
@@ -599,14 +609,23 @@ pub(crate) mod shmlink_slot {
             let mut sent = Vec::with_capacity(CONFIRM_BATCH);
             let mut seq = 0u64;
             while !window.over() {
-                for _ in 0..CONFIRM_BATCH {
-                    sent.push(mono_ns());
-                    producer
-                        .feed(Bytes::from(fill(spec.index, seq, spec.size)))
-                        .await?;
-                    seq += 1;
+                let batch = async {
+                    for _ in 0..CONFIRM_BATCH {
+                        sent.push(mono_ns());
+                        producer
+                            .feed(Bytes::from(fill(spec.index, seq, spec.size)))
+                            .await?;
+                        seq += 1;
+                    }
+                    producer.flush().await
+                };
+                // A full in-memory queue holds producers back until the consumer makes room;
+                // the consumer drains for a while after the window, then stops, so a batch
+                // still waiting then is given up (its messages were never confirmed).
+                match tokio::time::timeout(window.remaining_after(GIVE_UP), batch).await {
+                    Ok(flushed) => flushed?,
+                    Err(_) => break,
                 }
-                producer.flush().await?;
                 let confirmed = mono_ns();
                 for t in sent.drain(..) {
                     if window.contains(t) {
@@ -628,8 +647,10 @@ pub(crate) mod shmlink_slot {
             let mut consumed = Consumed::default();
             let mut settling = FuturesUnordered::new();
             loop {
-                let next = tokio::time::timeout(window.remaining(), consumer.next()).await;
-                let Ok(next) = next else { break };
+                // Draining on after the window lets producers held back by a full queue
+                // finish their last batch; only acks inside the window count.
+                let next = tokio::time::timeout(window.remaining_after(DRAIN), consumer.next());
+                let Ok(next) = next.await else { break };
                 let delivery = next.ok_or("the consumer ended")??;
                 check_message(&delivery[..], spec.size)?;
                 consumed.checked += 1;
