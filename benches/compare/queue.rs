@@ -649,8 +649,17 @@ pub(crate) mod shmlink_slot {
             loop {
                 // Draining on after the window lets producers held back by a full queue
                 // finish their last batch; only acks inside the window count.
-                let next = tokio::time::timeout(window.remaining_after(DRAIN), consumer.next());
-                let Ok(next) = next.await else { break };
+                // A delivery already there is taken without arming a timer.
+                let next = match consumer.next().now_or_never() {
+                    Some(next) => next,
+                    None => {
+                        let left = window.remaining_after(DRAIN);
+                        match tokio::time::timeout(left, consumer.next()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
+                };
                 let delivery = next.ok_or("the consumer ended")??;
                 check_message(&delivery[..], spec.size)?;
                 consumed.checked += 1;

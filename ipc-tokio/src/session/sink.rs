@@ -20,8 +20,9 @@
 //! A and then waits for room on sink B, without flushing A, gets A's memory back.
 //!
 //! Frames: a message small enough (at most a quarter of the frame size, 64 KiB by default,
-//! see [`SessionSink::set_frame_size`]) that is moved on while no flush asks for it is not
-//! given a loan of its own: it is encoded as a length-prefixed record into the sink's open
+//! see [`SessionSink::set_frame_size`]) that is moved on while no flush asks for it, after
+//! another message since the last flush, is not given a loan of its own (the first message
+//! after a flush goes alone, so a send-then-flush round trip never pays for a frame of one): it is encoded as a length-prefixed record into the sink's open
 //! frame, one loan that takes consecutive small messages until it is full or the sink pushes
 //! (see `ipc_core::frame`). The engine copies, delivers and releases the frame as one, and the
 //! receiving stream yields each record again. Each record still takes one message of the
@@ -127,6 +128,10 @@ pub struct SessionSink<T = Bytes, C = Bincode> {
     reserved: Option<Permit>,
     /// The configured frame size (0: no frames).
     frame_size: usize,
+    /// A message was moved on since the last flush: the next small one opens a frame. The
+    /// first after a flush goes alone, so a send-and-flush pattern (a round trip) never pays
+    /// for a frame of one record.
+    fed: bool,
     _codec: PhantomData<fn() -> C>,
 }
 
@@ -164,6 +169,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             batch_full: false,
             reserved: None,
             frame_size: DEFAULT_FRAME_SIZE,
+            fed: false,
             _codec: PhantomData,
         }
     }
@@ -361,6 +367,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                         }
                     }
                     self.add_record(&item, len, permit)?;
+                    self.fed = true;
                 }
                 Pending::Item(item) => match self.poll_loan(len, cx) {
                     Poll::Ready(Ok(mut loan)) => match item.encode_into(&mut loan) {
@@ -376,7 +383,10 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
                         return Poll::Pending;
                     }
                 },
-                Pending::Loan(loan) => self.add_to_batch(loan, permit),
+                Pending::Loan(loan) => {
+                    self.add_to_batch(loan, permit);
+                    self.fed = true;
+                }
             }
         }
         if flush || self.batch_full {
@@ -385,9 +395,11 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             // closed), so it is no error for these; the next send learns of the end.
             let over = self.tx.guard.core.send_error();
             // Pushed either way (the engine frees what it cannot deliver).
-            if ready!(self.poll_submit_batch(cx, flush))?
-                && let Some(error) = over
-            {
+            let pushed = ready!(self.poll_submit_batch(cx, flush))?;
+            if flush {
+                self.fed = false;
+            }
+            if pushed && let Some(error) = over {
                 return Poll::Ready(Err(error));
             }
         }

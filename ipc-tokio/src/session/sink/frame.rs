@@ -14,12 +14,14 @@ use crate::session::{Payload, Permit};
 
 impl<T: Payload<C>, C> SessionSink<T, C> {
     /// Whether a message of `len` bytes goes into a frame: frames are on, it is small enough,
-    /// and it is not a message sent alone (a flush that finds no frame open).
+    /// and a frame is open, or one is worth opening: no flush asks for this message and
+    /// another was fed since the last flush (the first after a flush goes alone, as does one
+    /// a flush finds with no frame open).
     pub(super) fn framed(&self, len: usize, flush: bool) -> bool {
         let cap = self.frame_size();
         cap > 0
             && len.saturating_add(RECORD_HEADER as usize) <= cap / 4
-            && (!flush || lock_batch(&self.batch).frame.is_some())
+            && ((!flush && self.fed) || lock_batch(&self.batch).frame.is_some())
     }
 
     /// Ready once the open frame has room for a record of `len` bytes: a full frame is sealed
@@ -92,12 +94,14 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             let charge = window_charge(len32, self.min_block());
             poll_fn(|cx| self.poll_bytes_or_push(&mut permit, charge, cx)).await?;
             self.add_to_batch(loan, permit);
+            self.fed = true;
             return Ok(());
         }
         let charge = (len + RECORD_HEADER as usize) as u64;
         poll_fn(|cx| self.poll_bytes_or_push(&mut permit, charge, cx)).await?;
         poll_fn(|cx| self.poll_frame_room(len, cx)).await?;
         self.add_record_with(len, permit, write)?;
+        self.fed = true;
         if self.batch_full {
             poll_fn(|cx| self.poll_submit_batch(cx, false)).await?;
         }
