@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 
 use super::{Consumed, Produced, check as check_message, fill, mono_ns, ready_then_go};
 use crate::common::*;
@@ -215,8 +215,14 @@ pub(crate) fn consume(spec: &Spec) -> Res<Consumed> {
         let window = ready_then_go()?;
         let mut consumed = Consumed::default();
         loop {
-            let next = tokio::time::timeout(window.remaining(), messages.next()).await;
-            let Ok(next) = next else { break };
+            // A message already there is taken without arming a timer (as shmlink's).
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None => match tokio::time::timeout(window.remaining(), messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
             let message = next.ok_or("the consumer's stream ended")??;
             check_message(&message.payload, spec.size)?;
             consumed.checked += 1;

@@ -407,6 +407,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             println!("shmlinkd: metrics on http://{addr}/metrics");
+            builder = builder.metrics(true);
         }
         let engine = match builder.spawn() {
             Ok(engine) => engine,

@@ -43,6 +43,7 @@ impl Default for EngineBuilder {
                 limits: Limits::default(),
                 non_dumpable: false,
                 topic_segment: DEFAULT_TOPIC_SEGMENT,
+                metrics: false,
             },
         }
     }
@@ -85,6 +86,16 @@ impl EngineBuilder {
     /// its receiver sees `Disconnected` after the last payload it gets.
     pub fn orphan_budget(mut self, bytes: u64) -> Self {
         self.config.orphan_budget = bytes;
+        self
+    }
+
+    /// Records the engine's counts through the [`metrics`](https://docs.rs/metrics) facade,
+    /// into whatever recorder the application installs (default off; `shmlinkd
+    /// --metrics-addr` turns it on). A task of its own follows the published counts, at most
+    /// five updates a second and never per message; off, the engine runs no such task, so
+    /// after activity it goes back to no wake-ups at once.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.config.metrics = on;
         self
     }
 
@@ -259,7 +270,9 @@ impl EngineBuilder {
         };
         let router = Router::new(config.clone(), command_rx, stats_tx.clone(), durable);
         let router = handle.spawn(router.run());
-        handle.spawn(super::metrics::run(stats.clone()));
+        if config.metrics {
+            handle.spawn(super::metrics::run(stats.clone()));
+        }
         let listener = handle.spawn(listener::run(
             listening,
             config.clone(),

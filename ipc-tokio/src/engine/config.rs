@@ -52,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) non_dumpable: bool,
     /// Size of each topic's broadcast segment: the largest topic message.
     pub(crate) topic_segment: u64,
+    /// Record the counts through the `metrics` facade (see [`EngineBuilder::metrics`](crate::EngineBuilder::metrics)).
+    pub(crate) metrics: bool,
 }
 
 /// Admission and flood limits. Each refusal names its limit

@@ -1,6 +1,7 @@
-//! The engine's metrics, through the [`metrics`] facade: whatever recorder the host installed
-//! (`shmlinkd --metrics-addr` installs a Prometheus exporter) gets them; without one they
-//! cost nothing.
+//! The engine's metrics, through the [`metrics`] facade: when the engine is built with
+//! `EngineBuilder::metrics(true)`, whatever recorder the host installed gets them
+//! (`shmlinkd --metrics-addr` turns them on and installs a Prometheus exporter); off (the
+//! default), no task runs and they cost nothing, not even the wake-ups of the rate limit.
 //!
 //! A task of its own follows the counts the router publishes ([`EngineStats`]) and turns
 //! their changes into counter increments and gauge values: never per message, never on the
