@@ -205,7 +205,9 @@ impl Router {
         self.flush_dirty();
         self.bury();
         let active = self.sched.active.len();
-        self.demote_idle(now);
+        // Spin time counts from the end of the pass that had the work, not its start: a pass
+        // that copies a large payload must not use up the spin of the node that sent it.
+        self.demote_idle(now, if moved { Instant::now() } else { now });
         if moved || active != self.sched.active.len() {
             self.publish();
         }
@@ -223,8 +225,9 @@ impl Router {
         }
     }
 
-    /// Demotes the active nodes that had no work for the spin time.
-    fn demote_idle(&mut self, now: Instant) {
+    /// Demotes the active nodes that had no work for the spin time. A node that had work in
+    /// the pass that started at `start` counts as busy until `now`, when the pass ended.
+    fn demote_idle(&mut self, start: Instant, now: Instant) {
         let spin = self.config.spin;
         let mut i = 0;
         while i < self.sched.active.len() {
@@ -233,6 +236,9 @@ impl Router {
                 self.sched.active.swap_remove(i);
                 continue;
             };
+            if link.last_work >= start {
+                link.last_work = now;
+            }
             if now.saturating_duration_since(link.last_work) < spin {
                 i += 1;
                 continue;
