@@ -170,3 +170,72 @@ async fn a_held_record_keeps_its_frame_until_it_drops() {
     within("the receiver gone", engine.wait_for_stats(|s| s.nodes == 0)).await;
     engine.shutdown().await;
 }
+
+/// A message fed and flushed on its own goes alone: a round trip never pays for a frame of
+/// one record. A frame opens for the second message fed before a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_flushed_alone_takes_no_frame() {
+    let dir = TestDir::new("frames-alone");
+    let engine = support::engine(&dir);
+    let socket = dir.socket().display().to_string();
+    let server = within("connect", connect(&socket, "frames-server"))
+        .await
+        .expect("connect");
+    let client = within("connect", connect(&socket, "frames-client"))
+        .await
+        .expect("connect");
+    let mut listener = within("listen", support::listen(&server, "frames"))
+        .await
+        .expect("listen");
+    let (opened, accepted) = tokio::join!(support::open(&client, "frames"), listener.accept());
+    let (mut tx, mut rx) = (opened.expect("open"), accepted.expect("a session"));
+
+    // Fed and flushed one at a time: each alone.
+    for i in 0..20u64 {
+        let payload = pattern(SEED, i, 64);
+        within(
+            "feed",
+            tx.sink().feed_in_place(64, |buf| {
+                buf[..64].copy_from_slice(&payload);
+                64
+            }),
+        )
+        .await
+        .expect("feed");
+        within("flush", tx.flush()).await.expect("flush");
+        let got = within("a message", rx.next())
+            .await
+            .expect("open")
+            .expect("ok");
+        check_pattern(SEED, i, 64, &got).expect("intact");
+    }
+    let stats = within("counted", engine.wait_for_stats(|s| s.messages >= 20)).await;
+    assert_eq!(stats.frames, 0, "{stats:?}");
+
+    // Ten fed, then one flush: the first alone, the nine others in one frame.
+    for i in 20..30u64 {
+        let payload = pattern(SEED, i, 64);
+        within(
+            "feed",
+            tx.sink().feed_in_place(64, |buf| {
+                buf[..64].copy_from_slice(&payload);
+                64
+            }),
+        )
+        .await
+        .expect("feed");
+    }
+    within("flush", tx.flush()).await.expect("flush");
+    for i in 20..30u64 {
+        let got = within("a message", rx.next())
+            .await
+            .expect("open")
+            .expect("ok");
+        check_pattern(SEED, i, 64, &got).expect("intact");
+    }
+    let stats = within("counted", engine.wait_for_stats(|s| s.messages >= 30)).await;
+    assert_eq!((stats.frames, stats.violations), (1, 0), "{stats:?}");
+    drop((tx, rx, listener, client, server));
+    within("all gone", engine.wait_for_stats(|s| s.nodes == 0)).await;
+    engine.shutdown().await;
+}
