@@ -171,6 +171,29 @@ async fn a_held_record_keeps_its_frame_until_it_drops() {
     engine.shutdown().await;
 }
 
+/// Feeds message `i` (64 B of the frames tests' pattern) in place, without a flush.
+async fn feed_64(tx: &mut shmlink::Session, i: u64) {
+    let payload = pattern(SEED, i, 64);
+    within(
+        "feed",
+        tx.sink().feed_in_place(64, |buf| {
+            buf[..64].copy_from_slice(&payload);
+            64
+        }),
+    )
+    .await
+    .expect("feed");
+}
+
+/// Receives message `i` and checks it.
+async fn recv_64(rx: &mut shmlink::Session, i: u64) {
+    let got = within("a message", rx.next())
+        .await
+        .expect("open")
+        .expect("ok");
+    check_pattern(SEED, i, 64, &got).expect("intact");
+}
+
 /// A message fed and flushed on its own goes alone: a round trip never pays for a frame of
 /// one record. A frame opens for the second message fed before a flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,46 +215,20 @@ async fn a_message_flushed_alone_takes_no_frame() {
 
     // Fed and flushed one at a time: each alone.
     for i in 0..20u64 {
-        let payload = pattern(SEED, i, 64);
-        within(
-            "feed",
-            tx.sink().feed_in_place(64, |buf| {
-                buf[..64].copy_from_slice(&payload);
-                64
-            }),
-        )
-        .await
-        .expect("feed");
+        feed_64(&mut tx, i).await;
         within("flush", tx.flush()).await.expect("flush");
-        let got = within("a message", rx.next())
-            .await
-            .expect("open")
-            .expect("ok");
-        check_pattern(SEED, i, 64, &got).expect("intact");
+        recv_64(&mut rx, i).await;
     }
     let stats = within("counted", engine.wait_for_stats(|s| s.messages >= 20)).await;
     assert_eq!(stats.frames, 0, "{stats:?}");
 
     // Ten fed, then one flush: the first alone, the nine others in one frame.
     for i in 20..30u64 {
-        let payload = pattern(SEED, i, 64);
-        within(
-            "feed",
-            tx.sink().feed_in_place(64, |buf| {
-                buf[..64].copy_from_slice(&payload);
-                64
-            }),
-        )
-        .await
-        .expect("feed");
+        feed_64(&mut tx, i).await;
     }
     within("flush", tx.flush()).await.expect("flush");
     for i in 20..30u64 {
-        let got = within("a message", rx.next())
-            .await
-            .expect("open")
-            .expect("ok");
-        check_pattern(SEED, i, 64, &got).expect("intact");
+        recv_64(&mut rx, i).await;
     }
     let stats = within("counted", engine.wait_for_stats(|s| s.messages >= 30)).await;
     assert_eq!((stats.frames, stats.violations), (1, 0), "{stats:?}");
