@@ -94,3 +94,56 @@ impl Receiver {
             .expect("shmlinkctl recv ended early")
     }
 }
+
+/// A `shmlinkd` child serving `socket`; killed (SIGKILL) on drop. Its stdout stays open.
+pub(crate) struct Daemon {
+    child: Child,
+    _lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Daemon {
+    /// Starts `shmlinkd --socket SOCKET ARGS…` and waits for its "listening on" line.
+    pub(crate) async fn start(socket: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("shmlinkd");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        loop {
+            let line = support::within("shmlinkd to listen", lines.next_line())
+                .await
+                .expect("read")
+                .expect("shmlinkd exited early");
+            if line.starts_with("shmlinkd: listening on") {
+                break;
+            }
+        }
+        Self {
+            child,
+            _lines: lines,
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits for it to end.
+    pub(crate) async fn kill(mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+
+    /// Starts one serving metrics on a free loopback port (no data directory); returns the
+    /// daemon and the metrics address.
+    pub(crate) async fn metered(socket: &Path) -> (Self, String) {
+        // A free port: bound, read and released (the daemon binds it again at once).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let daemon = Self::start(socket, &["--metrics-addr", &addr, "--no-data-dir"]).await;
+        (daemon, addr)
+    }
+}

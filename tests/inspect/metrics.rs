@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 use crate::support::{TestDir, within};
-use crate::{CTL, Receiver};
+use crate::{CTL, Daemon, Receiver};
 
 /// Scrapes `addr` once: every sample, by its series name (labels included).
 async fn scrape(addr: &str) -> HashMap<String, f64> {
@@ -86,35 +86,7 @@ pub(crate) fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
 async fn scrape_counts_the_messages_sent() {
     let dir = TestDir::new("inspect-metrics");
     let socket = dir.socket();
-    // A free port: bound, read and released (the daemon binds it again at once).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "--metrics-addr",
-            &addr,
-            "--no-data-dir",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("shmlinkd");
-    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
-    loop {
-        let line = within("shmlinkd to listen", lines.next_line())
-            .await
-            .expect("read")
-            .expect("shmlinkd exited early");
-        if line.starts_with("shmlinkd: listening on") {
-            break;
-        }
-    }
+    let (daemon, addr) = Daemon::metered(&socket).await;
 
     let before = scrape(&addr).await;
     let messages0 = value(&before, "shmlink_messages_total");
@@ -195,8 +167,7 @@ async fn scrape_counts_the_messages_sent() {
     assert!(topics.contains_key("shmlink_topic_segments"), "{topics:?}");
     drop(sub);
     drop(rx);
-    let _ = daemon.start_kill();
-    let _ = daemon.wait().await;
+    let _ = daemon.kill().await;
 }
 
 #[test]

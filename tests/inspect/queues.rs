@@ -2,17 +2,13 @@
 //! queues after a known workload, with a real child consumer that is SIGKILLed; a scrape of
 //! `shmlinkd --metrics-addr` sees the queue series rise.
 
-use std::process::Stdio;
-
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Consumer, ConsumerOptions, Engine, Node, Producer, QueueOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::metrics::{scrape_until, value};
 use crate::support::{self, ChildSpec, Commands, TestDir, connect, ctx, say, spawn_child, within};
-use crate::{ctl, ctl_json};
+use crate::{Daemon, ctl, ctl_json};
 
 /// Messages produced.
 const PRODUCED: u64 = 10;
@@ -268,34 +264,7 @@ async fn queue_listings_match_the_engine() {
 async fn scrape_counts_queue_messages() {
     let dir = TestDir::new("inspect-queue-metrics");
     let socket = dir.socket();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "--metrics-addr",
-            &addr,
-            "--no-data-dir",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("shmlinkd");
-    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
-    loop {
-        let line = within("shmlinkd to listen", lines.next_line())
-            .await
-            .expect("read")
-            .expect("shmlinkd exited early");
-        if line.starts_with("shmlinkd: listening on") {
-            break;
-        }
-    }
+    let (daemon, addr) = Daemon::metered(&socket).await;
     let node = within("connect", Node::connect(&socket, "metered"))
         .await
         .expect("connect");

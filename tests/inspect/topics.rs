@@ -1,16 +1,13 @@
 //! `shmlinkctl topics` and `subscriptions` (and their `--json`) match the engine's topics;
 //! `shmlinkd --topic-segment` sets the segment size.
 
-use std::process::Stdio;
-
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use shmlink::{Engine, Node, Overflow, Publisher, SubscribeError, SubscribeOptions, Subscription};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::{self, TestDir, within};
-use crate::{ctl, ctl_json};
+use crate::{Daemon, ctl, ctl_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_listings_match_the_engine() {
@@ -215,27 +212,7 @@ async fn shmlinkd_takes_the_topic_segment_size() {
     );
     assert!(!socket.exists(), "nothing created");
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_shmlinkd"))
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "--topic-segment",
-            "64K",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("shmlinkd");
-    let mut lines = BufReader::new(daemon.stdout.take().expect("stdout")).lines();
-    loop {
-        let line = within("shmlinkd to listen", lines.next_line())
-            .await
-            .expect("read")
-            .expect("shmlinkd exited early");
-        if line.starts_with("shmlinkd: listening on") {
-            break;
-        }
-    }
+    let daemon = Daemon::start(&socket, &["--topic-segment", "64K"]).await;
     let status = ctl_json(&socket, &["status"]).await;
     assert_eq!(status["engine"]["topic_segment_bytes"], 64 << 10);
     let node = within("connect", Node::connect(&socket, "pub"))
@@ -246,6 +223,5 @@ async fn shmlinkd_takes_the_topic_segment_size() {
         .expect("publish");
     assert_eq!(publisher.max_message(), 64 << 10);
     drop((publisher, node));
-    let _ = daemon.start_kill();
-    let _ = daemon.wait().await;
+    let _ = daemon.kill().await;
 }
