@@ -185,6 +185,27 @@ fn engine_many_sessions_closed_at_once_all_reach_the_engine() {
     testkit::hostile::engine(&input);
 }
 
+/// `engine`, found by CI's minute of fuzzing: the hostile node sent a long run of opens of `fuzz`
+/// with request id 0, then left. Request id 0 is the one the engine's unsolicited frames
+/// carry, so their answers freed no place among the 64 requests a connection may have in
+/// flight: the engine stopped reading the socket for good, never saw the node leave, and
+/// kept its sessions (`fuzz-b`'s echoes) open. A request with id 0 now closes the node.
+#[test]
+fn engine_requests_with_id_zero_do_not_stop_the_engine_reading() {
+    let _serial = serial();
+    // The fuzzer's input: `50, 9, 0, 0` (an open, request id 0), then repeats (`251`).
+    let mut input = vec![50, 9, 0, 0];
+    input.extend([251; 128]);
+    testkit::hostile::engine(&input);
+    // And its shape spelled out: 65 opens with id 0, then the node leaves.
+    let mut input = Vec::new();
+    for _ in 0..65 {
+        input.extend(op::control(4, 0, 0));
+    }
+    input.push(op::LEAVE);
+    testkit::hostile::engine(&input);
+}
+
 /// The same bug through the public API only: a node drops more sessions at once than its
 /// submit ring holds twice over (each drop queues a `FIN` and a `CLOSE`), and the engine must
 /// still learn of every close.

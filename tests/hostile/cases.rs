@@ -359,6 +359,10 @@ fn control_frames_after_registration() {
                 BadFrame(Bad, "frame truncated"),
             ),
             (
+                "ctl-request-id-zero",
+                BadFrame(Bad, "request id 0 is reserved for the engine"),
+            ),
+            (
                 "ctl-open-name-nul",
                 BadFrame(Bad, "control character '\\0' at byte 3"),
             ),

@@ -133,6 +133,10 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Outcom
             body.extend_from_slice(b"short");
             frame(&body)
         }),
+        // Request id 0 is the engine's: 64 of them once stopped the engine reading the
+        // socket for good (their answers freed no place in flight), so the node's leaving
+        // went unseen and its sessions stayed open (found by the engine fuzz target).
+        "ctl-request-id-zero" => bad_frame(socket, me, |_| open_frame(0, TARGET)),
         "ctl-open-name-nul" => bad_frame(socket, me, |n| open_frame(n.req(), "tar\0get")),
         "ctl-serve-name-escape" => bad_frame(socket, me, |n| {
             NodeFrame::Serve {

@@ -262,6 +262,9 @@ pub(super) enum Ended {
     /// Reading or writing the socket failed.
     #[error("control socket: {0}")]
     Io(io::Error),
+    /// The node sent a request with id 0, which only the engine's own frames carry.
+    #[error("protocol violation: a request with the reserved id 0")]
+    ReservedRequestId,
     /// The node leaves its control socket unread while frames for it pile up.
     #[error("it does not read its control socket ({queued} frames wait, limit {max})")]
     NotReading {
@@ -276,10 +279,27 @@ impl Ended {
     /// Whether the node broke the protocol (counted in `EngineStats::violations`).
     pub(super) fn is_violation(&self) -> bool {
         match self {
-            Self::Unexpected(_) => true,
+            Self::Unexpected(_) | Self::ReservedRequestId => true,
             Self::BadFrame(e) => e.kind() == io::ErrorKind::InvalidData,
             _ => false,
         }
+    }
+}
+
+/// The id of a request frame, whose answer [`is_answer`] counts; `None` for other frames.
+fn request_id(frame: &NodeFrame) -> Option<u32> {
+    match frame {
+        NodeFrame::Serve { req, .. }
+        | NodeFrame::Unserve { req, .. }
+        | NodeFrame::Open { req, .. }
+        | NodeFrame::Publish { req, .. }
+        | NodeFrame::Unpublish { req, .. }
+        | NodeFrame::Subscribe { req, .. }
+        | NodeFrame::Unsubscribe { req, .. }
+        | NodeFrame::DeclareQueue { req, .. }
+        | NodeFrame::Produce { req, .. }
+        | NodeFrame::Consume { req, .. } => Some(*req),
+        _ => None,
     }
 }
 
@@ -388,6 +408,15 @@ pub(super) async fn serve(
     loop {
         tokio::select! {
             frame = frames.next(&mut rd, control::decode_node_frame), if in_flight < limits.requests_per_connection => {
+                // Request id 0 marks the engine's unsolicited frames, so an answer to it could
+                // not be told from one and would never free its place in flight: refused.
+                if let Ok(Some(request)) = &frame
+                    && request_id(request) == Some(0)
+                {
+                    let _ = outgoing.flush(&wr);
+                    let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "request id 0 is reserved for the engine"));
+                    break Ended::ReservedRequestId;
+                }
                 let command = match frame {
                     Ok(Some(NodeFrame::Serve { req, service, schema })) => Command::Serve { node, req, service, schema },
                     Ok(Some(NodeFrame::Unserve { req, service })) => Command::Unserve { node, req, service },
