@@ -444,6 +444,10 @@ pub enum Limit {
     PartialFrameBytes = 8,
     /// Frames queued by the engine for a node that does not read its control socket.
     QueuedFrames = 9,
+    /// Bytes of shared memory the engine holds for all nodes together (its memory budget).
+    MemoryBudget = 10,
+    /// Bytes of shared memory the engine holds for one node (the per-node memory budget).
+    NodeMemoryBudget = 11,
 }
 
 impl Limit {
@@ -459,6 +463,8 @@ impl Limit {
             7 => Self::RequestsPerConnection,
             8 => Self::PartialFrameBytes,
             9 => Self::QueuedFrames,
+            10 => Self::MemoryBudget,
+            11 => Self::NodeMemoryBudget,
             _ => return None,
         })
     }
@@ -475,7 +481,14 @@ impl Limit {
             Self::RequestsPerConnection => "control requests in flight per connection",
             Self::PartialFrameBytes => "bytes of a partial control frame",
             Self::QueuedFrames => "frames queued for a node",
+            Self::MemoryBudget => "bytes of shared memory (the engine's memory budget)",
+            Self::NodeMemoryBudget => "bytes of shared memory for one node (its memory budget)",
         }
+    }
+
+    /// Whether this is a memory budget (bytes) rather than a count.
+    pub fn is_budget(self) -> bool {
+        matches!(self, Self::MemoryBudget | Self::NodeMemoryBudget)
     }
 }
 

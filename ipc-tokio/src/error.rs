@@ -61,6 +61,19 @@ pub enum SpawnError {
         /// The largest allowed.
         max: u64,
     },
+    /// One node's block is larger than the per-node memory budget, or that budget is larger
+    /// than the engine-wide one: no node could ever connect.
+    #[error(
+        "a node's block of {block} bytes does not fit the per-node memory budget of {node_budget} bytes within the engine's {budget}"
+    )]
+    Budget {
+        /// The block's size (rings and arenas).
+        block: u64,
+        /// The per-node budget.
+        node_budget: u64,
+        /// The engine-wide budget.
+        budget: u64,
+    },
     /// `spawn` was called outside a Tokio runtime.
     #[error("Engine::spawn must be called from within a Tokio runtime")]
     NoRuntime,
@@ -122,6 +135,16 @@ pub enum ConnectError {
         /// Which limit.
         limit: Limit,
         /// Its configured value.
+        max: u64,
+    },
+    /// A memory budget of the engine would be passed by this node's block
+    /// ([`Limit::MemoryBudget`] for all nodes together, [`Limit::NodeMemoryBudget`] for one);
+    /// retry when other nodes leave, or raise the budget.
+    #[error("the engine's memory budget is reached: {max} {limit}")]
+    Budget {
+        /// Which budget.
+        limit: Limit,
+        /// Its configured value, in bytes.
         max: u64,
     },
 }

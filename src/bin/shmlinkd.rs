@@ -10,6 +10,7 @@
 //!          [--max-requests-per-connection N] [--max-partial-frame BYTES]
 //!          [--max-queued-frames N] [--dumpable] [--metrics-addr ADDR [--metrics-allow-remote]]
 //!          [--data-dir PATH | --no-data-dir] [--queue-memory BYTES]
+//!          [--memory-budget BYTES] [--node-memory-budget BYTES]
 //! ```
 //!
 //! Durable queues live in the data directory (`queues.redb`): `--data-dir`, or
@@ -50,7 +51,8 @@ const USAGE: &str = "usage: shmlinkd [--socket PATH] [--tx-arena BYTES] [--rx-ar
 [--max-connections-per-uid N] [--max-handshakes-per-uid N] [--max-nodes-per-uid N] \
 [--max-sessions-per-uid N] [--max-sessions-per-opener N] [--max-queued-sessions N] \
 [--max-requests-per-connection N] [--max-partial-frame BYTES] [--max-queued-frames N] [--dumpable] \
-[--metrics-addr ADDR [--metrics-allow-remote]] [--data-dir PATH | --no-data-dir] [--queue-memory BYTES]";
+[--metrics-addr ADDR [--metrics-allow-remote]] [--data-dir PATH | --no-data-dir] [--queue-memory BYTES] \
+[--memory-budget BYTES] [--node-memory-budget BYTES]";
 
 /// What `--help` prints (on stdout).
 const HELP: &str = "\
@@ -93,6 +95,10 @@ Options:
                       else $HOME/.local/state/shmlink)
   --no-data-dir       no durable queues (declaring one is an error)
   --queue-memory BYTES  engine memory for queued payloads [env SHMLINK_QUEUE_MEMORY] (256M)
+  --memory-budget BYTES  shared memory for all nodes' blocks and topic segments together
+                      [env SHMLINK_MEMORY_BUDGET] (half of the host's memory)
+  --node-memory-budget BYTES  shared memory for one node [env SHMLINK_NODE_MEMORY_BUDGET]
+                      (a quarter of --memory-budget, at least one block)
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -176,6 +182,8 @@ struct Options {
     /// `None`: no durable queues.
     data_dir: Option<std::path::PathBuf>,
     queue_memory: Option<u64>,
+    memory_budget: Option<u64>,
+    node_memory_budget: Option<u64>,
 }
 
 /// The daemon's default data directory (see the module docs).
@@ -237,7 +245,15 @@ fn options() -> Result<Parsed, String> {
         metrics_allow_remote: false,
         data_dir: env("SHMLINK_DATA_DIR").map_or_else(default_data_dir, |d| Some(d.into())),
         queue_memory: None,
+        memory_budget: None,
+        node_memory_budget: None,
     };
+    if let Some(v) = env("SHMLINK_MEMORY_BUDGET") {
+        o.memory_budget = Some(parse_size(&v)?);
+    }
+    if let Some(v) = env("SHMLINK_NODE_MEMORY_BUDGET") {
+        o.node_memory_budget = Some(parse_size(&v)?);
+    }
     if let Some(v) = env("SHMLINK_QUEUE_MEMORY") {
         o.queue_memory = Some(parse_size(&v)?);
     }
@@ -324,6 +340,8 @@ fn options() -> Result<Parsed, String> {
             "--log" => o.log = value,
             "--data-dir" => o.data_dir = Some(value.into()),
             "--queue-memory" => o.queue_memory = Some(parse_size(&value)?),
+            "--memory-budget" => o.memory_budget = Some(parse_size(&value)?),
+            "--node-memory-budget" => o.node_memory_budget = Some(parse_size(&value)?),
             "--metrics-addr" => o.metrics_addr = Some(parse_num("--metrics-addr", &value)?),
             other => match LIMITS.iter().position(|(name, _, _)| *name == other) {
                 Some(i) => o.limits[i] = Some(parse_limit(other, &value)?),
@@ -397,6 +415,12 @@ fn main() -> ExitCode {
         }
         if let Some(bytes) = options.queue_memory {
             builder = builder.queue_memory(bytes);
+        }
+        if let Some(bytes) = options.memory_budget {
+            builder = builder.memory_budget(bytes);
+        }
+        if let Some(bytes) = options.node_memory_budget {
+            builder = builder.node_memory_budget(bytes);
         }
         if let Some(addr) = options.metrics_addr {
             let installed = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -26,6 +26,7 @@ mod deaf;
 mod dumpable;
 mod emfile;
 mod frames;
+mod memory;
 mod requests;
 
 /// The entry point of child processes: returns at once unless this process was started

@@ -15,6 +15,7 @@ use crate::engine::config::{
     MIN_PARTIAL_FRAME_BYTES, MIN_TOPIC_SEGMENT, Policy, default_socket_path,
 };
 use crate::engine::listener::{self, Listening};
+use crate::engine::memory::{Memory, default_budget, default_node_budget};
 use crate::engine::router::Router;
 use crate::error::SpawnError;
 
@@ -27,6 +28,7 @@ pub struct EngineBuilder {
 
 impl Default for EngineBuilder {
     fn default() -> Self {
+        let budget = default_budget();
         Self {
             config: Config {
                 socket: default_socket_path(),
@@ -44,6 +46,9 @@ impl Default for EngineBuilder {
                 non_dumpable: false,
                 topic_segment: DEFAULT_TOPIC_SEGMENT,
                 metrics: false,
+                memory_budget: budget,
+                node_memory_budget: None,
+                memory: Memory::new(0, 0),
             },
         }
     }
@@ -86,6 +91,28 @@ impl EngineBuilder {
     /// its receiver sees `Disconnected` after the last payload it gets.
     pub fn orphan_budget(mut self, bytes: u64) -> Self {
         self.config.orphan_budget = bytes;
+        self
+    }
+
+    /// Shared memory the engine may hold for all nodes together, in bytes: every node's block
+    /// and every topic's segment count, touched or not (default: half of the host's memory,
+    /// which leaves the other half for the processes' own heaps). A node whose block would
+    /// pass it is refused at connect with [`ConnectError::Budget`](crate::ConnectError::Budget)
+    /// naming [`Limit::MemoryBudget`](ipc_core::control::Limit::MemoryBudget); the engine and
+    /// its nodes go on, and the node can connect once others have left. A topic whose
+    /// segment would pass it gets no segment. See [`EngineStats::memory_used`].
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.config.memory_budget = bytes;
+        self
+    }
+
+    /// Shared memory the engine may hold for one node, in bytes (default: a quarter of the
+    /// engine-wide budget, so no single node takes the memory of all others, and at least
+    /// one block). Today a node's
+    /// memory is its block, so this bounds the block the engine is configured with
+    /// ([`SpawnError::Budget`] otherwise).
+    pub fn node_memory_budget(mut self, bytes: u64) -> Self {
+        self.config.node_memory_budget = Some(bytes);
         self
     }
 
@@ -240,7 +267,19 @@ impl EngineBuilder {
     /// a runtime. A failed spawn removes what it created (directories, lock file, socket).
     pub fn spawn(self) -> Result<Engine, SpawnError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
-        ipc_core::Layout::compute(&self.config.block)?;
+        let block = ipc_core::Layout::compute(&self.config.block)?.total_size;
+        let budget = self.config.memory_budget;
+        let node_budget = self
+            .config
+            .node_memory_budget
+            .unwrap_or_else(|| default_node_budget(budget).max(block).min(budget));
+        if block > node_budget || node_budget > budget {
+            return Err(SpawnError::Budget {
+                block,
+                node_budget,
+                budget,
+            });
+        }
         let segment = self.config.topic_segment;
         if !segment.is_power_of_two() || !(MIN_TOPIC_SEGMENT..=MAX_TOPIC_SEGMENT).contains(&segment)
         {
@@ -256,7 +295,9 @@ impl EngineBuilder {
                 source,
             })?;
         }
-        let config = Arc::new(self.config);
+        let mut config = self.config;
+        config.memory = Memory::new(budget, node_budget);
+        let config = Arc::new(config);
         let _guard = handle.enter();
         let listening = Listening::bind(&config)?;
         let (commands, command_rx) = mpsc::unbounded_channel();

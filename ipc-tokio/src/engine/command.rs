@@ -8,6 +8,7 @@ use ipc_core::{Block, Doorbell};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::inspect::Snapshot;
+use crate::engine::memory::Charge;
 
 /// A node's id in the registry.
 pub(crate) type NodeId = u32;
@@ -21,6 +22,8 @@ pub(crate) struct Handover {
     pub(crate) pid: Option<i32>,
     pub(crate) uid: u32,
     pub(crate) block: Arc<Block>,
+    /// The block's bytes, taken from the memory budgets until the link goes.
+    pub(crate) memory: Charge,
     pub(crate) engine_bell: Doorbell,
     pub(crate) node_bell: Doorbell,
 }

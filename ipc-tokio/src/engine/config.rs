@@ -2,9 +2,12 @@
 //! module builds on (it imports none of them).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_core::BlockConfig;
+
+use crate::engine::memory::Memory;
 
 /// Who may connect: checked against the peer's credentials (`SO_PEERCRED`) before the engine
 /// creates any shared memory for it.
@@ -54,6 +57,12 @@ pub(crate) struct Config {
     pub(crate) topic_segment: u64,
     /// Record the counts through the `metrics` facade (see [`EngineBuilder::metrics`](crate::EngineBuilder::metrics)).
     pub(crate) metrics: bool,
+    /// Shared memory the engine may hold for all nodes together, in bytes.
+    pub(crate) memory_budget: u64,
+    /// ... and for one node (`None`: a quarter of the engine's, at least one block).
+    pub(crate) node_memory_budget: Option<u64>,
+    /// The accounting against both, made anew by each spawn.
+    pub(crate) memory: Arc<Memory>,
 }
 
 /// Admission and flood limits. Each refusal names its limit
@@ -199,6 +208,11 @@ pub struct EngineStats {
     /// Queued messages that went to a dead-letter queue (or were dropped for having none)
     /// since start.
     pub queue_dead_lettered: u64,
+    /// Bytes of shared memory the engine holds for nodes now: their blocks and the topics'
+    /// segments ([`EngineBuilder::memory_budget`](crate::EngineBuilder::memory_budget)).
+    pub memory_used: u64,
+    /// The engine-wide memory budget, in bytes.
+    pub memory_budget: u64,
 }
 
 /// Default engine memory for queued payloads ([`EngineBuilder::queue_memory`](crate::EngineBuilder::queue_memory)): 256 MiB.

@@ -394,6 +394,12 @@ pub struct Counters {
     /// Queue deliveries whose lease ran out.
     #[serde(default)]
     pub queue_expired: u64,
+    /// Shared memory the engine holds for nodes (blocks and topic segments), in bytes.
+    #[serde(default)]
+    pub memory_used: u64,
+    /// The engine-wide memory budget, in bytes.
+    #[serde(default)]
+    pub memory_budget: u64,
 }
 
 impl From<&EngineStats> for Counters {
@@ -430,6 +436,8 @@ impl From<&EngineStats> for Counters {
             queue_settled: s.queue_settled,
             queue_dead_lettered: s.queue_dead_lettered,
             queue_expired: s.queue_expired,
+            memory_used: s.memory_used,
+            memory_budget: s.memory_budget,
         }
     }
 }

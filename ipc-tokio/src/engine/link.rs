@@ -13,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::engine::command::{EndId, NodeId, Outbound};
+use crate::engine::memory::Charge;
 
 /// A message or control entry on its way into a session end, waiting for room in the
 /// receiver's arena (or behind entries that do).
@@ -52,6 +53,8 @@ pub(crate) enum Source {
 pub(crate) struct Link {
     pub(crate) name: String,
     pub(crate) block: Arc<Block>,
+    /// The block's bytes in the memory budgets, given back when the link goes.
+    _memory: Charge,
     pub(crate) submit: Consumer<ShmRing>,
     pub(crate) release: Consumer<ShmRing>,
     pub(crate) deliver: Producer<ShmRing>,
@@ -98,6 +101,7 @@ impl std::fmt::Debug for Link {
 pub(crate) struct LinkParts {
     pub(crate) name: String,
     pub(crate) block: Arc<Block>,
+    pub(crate) memory: Charge,
     pub(crate) bell_in: AsyncFd<Doorbell>,
     pub(crate) bell_waker: Waker,
     pub(crate) bell_out: Doorbell,
@@ -126,6 +130,7 @@ impl Link {
             release: Consumer::new(parts.block.release_ring()),
             deliver: Producer::new(parts.block.deliver_ring()),
             block: parts.block,
+            _memory: parts.memory,
             bell_in: parts.bell_in,
             bell_waker: parts.bell_waker,
             bell_closed: false,

@@ -21,6 +21,8 @@
 //! | `shmlink_active_nodes` | gauge | nodes the router polls on every pass |
 //! | `shmlink_waiting_messages` | gauge | messages waiting for room in a receive arena |
 //! | `shmlink_rx_arena_bytes_in_use` | gauge | bytes in use in every receive arena together |
+//! | `shmlink_memory_bytes` | gauge | shared memory the engine holds for nodes: blocks and topic segments |
+//! | `shmlink_memory_budget_bytes` | gauge | the engine-wide memory budget |
 //! | `shmlink_messages_total` | counter | messages copied |
 //! | `shmlink_bytes_total` | counter | their payload bytes |
 //! | `shmlink_violations_total` | counter | nodes closed for breaking the protocol |
@@ -82,6 +84,14 @@ fn describe() {
     describe_gauge!(
         "shmlink_rx_arena_bytes_in_use",
         "Bytes in use in every node's receive arena together"
+    );
+    describe_gauge!(
+        "shmlink_memory_bytes",
+        "Shared memory the engine holds for nodes: blocks and topic segments"
+    );
+    describe_gauge!(
+        "shmlink_memory_budget_bytes",
+        "The engine-wide memory budget"
     );
     describe_counter!("shmlink_messages_total", "Messages copied");
     describe_counter!("shmlink_bytes_total", "Payload bytes copied");
@@ -160,6 +170,8 @@ fn record(last: &EngineStats, now: &EngineStats) {
     gauge("shmlink_queue_messages_unacked", now.queue_unacked);
     metrics::gauge!("shmlink_queue_memory_bytes_in_use").set(now.queue_bytes as f64);
     metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
+    metrics::gauge!("shmlink_memory_bytes").set(now.memory_used as f64);
+    metrics::gauge!("shmlink_memory_budget_bytes").set(now.memory_budget as f64);
     let counter = |name: &'static str, before: u64, after: u64| {
         metrics::counter!(name).increment(after.saturating_sub(before));
     };

@@ -32,6 +32,7 @@ mod datapath;
 pub mod inspect;
 mod link;
 mod listener;
+mod memory;
 mod metrics;
 mod queue;
 mod queue_router;

@@ -420,6 +420,7 @@ impl Router {
         let link = Link::new(LinkParts {
             name: h.name.clone(),
             block: h.block,
+            memory: h.memory,
             bell_in,
             bell_waker: self.sched.bell_waker(r.node),
             bell_out: h.node_bell,
@@ -544,6 +545,8 @@ impl Router {
         self.stats.queue_redelivered = totals.redelivered;
         self.stats.queue_acked = totals.acked;
         self.stats.queue_dead_lettered = totals.dead_lettered;
+        self.stats.memory_used = self.config.memory.used();
+        self.stats.memory_budget = self.config.memory.max();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.

@@ -26,6 +26,7 @@ use ipc_core::descriptor::ArenaBounds;
 use ipc_core::{IdMap, RawDescriptor, validate_topic_release};
 
 use crate::engine::command::{EndId, NodeId, Outbound};
+use crate::engine::memory::Charge;
 use crate::engine::router::Router;
 use crate::engine::topic::{
     Action, PubKey, Reserve, SubOptions, SubView, TopicError, TopicId, TopicView, Topics,
@@ -41,7 +42,8 @@ type Parked = (u64, u32);
 pub(crate) struct TopicPlane {
     state: Topics,
     config: TopicsConfig,
-    segments: IdMap<TopicId, BroadcastSegment>,
+    /// Each with its bytes in the memory budgets.
+    segments: IdMap<TopicId, (BroadcastSegment, Charge)>,
     /// Publisher id (as `DATA` entries name it) → the state machine's key.
     publishers: IdMap<EndId, PubKey>,
     /// The other way.
@@ -294,7 +296,7 @@ impl Router {
         };
         let topic = self.topics.state.topic_of(key).expect("a live publisher");
         let copied = match (self.links.get(&node), self.topics.segments.get(&topic)) {
-            (Some(link), Some(segment)) => {
+            (Some(link), Some((segment, _))) => {
                 copy_to_broadcast(&link.block, offset, segment, slot.offset, len)
                     .map_err(|e| e.to_string())
             }
@@ -422,10 +424,19 @@ impl Router {
         }
         match action {
             Action::CreateSegment { topic, name, size } => {
+                let charge = match self.config.memory.charge(size) {
+                    Ok(charge) => charge,
+                    Err((limit, max)) => {
+                        // As below: its subscribers get no attach, its publishers' data
+                        // cannot be copied, and the error log says why.
+                        tracing::error!(topic, %name, size, %limit, max, "no topic segment: the memory budget is reached");
+                        return;
+                    }
+                };
                 // Named by id: a topic name may be longer than a memfd name can be.
                 match BroadcastSegment::create(size, &format!("shmlink-topic-{topic}")) {
                     Ok(segment) => {
-                        self.topics.segments.insert(topic, segment);
+                        self.topics.segments.insert(topic, (segment, charge));
                     }
                     Err(e) => {
                         // Subscribers of this topic then get no attach, and its publishers'
@@ -438,7 +449,7 @@ impl Router {
                 self.topics.segments.remove(&topic);
             }
             Action::Attach { sub, topic } => {
-                let Some(segment) = self.topics.segments.get(&topic) else {
+                let Some((segment, _)) = self.topics.segments.get(&topic) else {
                     return;
                 };
                 let Some((name, ty)) = self.topics.state.topic_info(topic) else {

@@ -238,6 +238,7 @@ impl Node {
             EngineFrame::Error { message, .. } => return Err(ConnectError::Refused { message }),
             EngineFrame::Limit { limit, max, .. } => {
                 return Err(match control::Limit::from_u16(limit) {
+                    Some(limit) if limit.is_budget() => ConnectError::Budget { limit, max },
                     Some(limit) => ConnectError::LimitReached { limit, max },
                     None => ConnectError::Refused {
                         message: format!("unknown engine limit {limit} of {max}"),

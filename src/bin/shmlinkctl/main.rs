@@ -296,6 +296,13 @@ fn status(s: &Snapshot, json: bool) -> Result<(), Failure> {
                 e.tx_arena_bytes, e.rx_arena_bytes
             ),
         ],
+        vec![
+            "memory".into(),
+            format!(
+                "{} of {} bytes (blocks and topic segments)",
+                c.memory_used, c.memory_budget
+            ),
+        ],
         vec!["nodes".into(), c.nodes.to_string()],
         vec!["services".into(), c.services.to_string()],
         vec!["session ends".into(), c.session_ends.to_string()],

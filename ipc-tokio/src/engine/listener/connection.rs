@@ -175,6 +175,22 @@ pub(super) async fn rendezvous(
             return Err(format!("bad hello: {e}"));
         }
     };
+    // The block's memory is charged before the memfd exists: past a budget, nothing is made.
+    let size = ipc_core::Layout::compute(&config.block)
+        .map_err(|e| e.to_string())?
+        .total_size;
+    let memory = match config.memory.charge_node(size) {
+        Ok(charge) => charge,
+        Err((limit, max)) => {
+            let refusal = EngineFrame::Limit {
+                req: 0,
+                limit: limit as u16,
+                max,
+            };
+            let _ = write_frame(stream, &refusal.encode()).await;
+            return Err(format!("{limit} of {max} reached"));
+        }
+    };
     #[allow(clippy::type_complexity)]
     let setup = || -> Result<(Block, (Doorbell, Doorbell), (Doorbell, Doorbell)), String> {
         let block = Block::create(&config.block, &format!("shmlink-node-{node}"))
@@ -234,6 +250,7 @@ pub(super) async fn rendezvous(
             pid: cred.pid(),
             uid: cred.uid(),
             block: Arc::new(block),
+            memory,
             engine_bell,
             node_bell,
         },

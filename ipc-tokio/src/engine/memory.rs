@@ -1,0 +1,129 @@
+//! Memory budgets: the shared memory the engine creates, counted against an engine-wide
+//! budget and a per-node one.
+//!
+//! Every block the engine creates for a node, and every topic segment, takes a [`Charge`]
+//! before the memfd exists; the charge gives its bytes back when it is dropped, with the
+//! block's link or the topic's segment. A memfd's pages count against the host's memory as
+//! soon as anyone touches them (a node can `fallocate` its own block), so the budget counts
+//! the bytes the engine hands out, touched or not: the host's shared memory held for nodes
+//! never exceeds it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_core::control::Limit;
+
+/// The engine's memory accounting, shared by the listener (blocks) and the router (topic
+/// segments).
+#[derive(Debug)]
+pub(crate) struct Memory {
+    used: AtomicU64,
+    max: u64,
+    per_node: u64,
+}
+
+impl Memory {
+    pub(crate) fn new(max: u64, per_node: u64) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicU64::new(0),
+            max,
+            per_node,
+        })
+    }
+
+    /// Bytes charged now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The engine-wide budget.
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Takes `bytes` for one node's memory: refused, naming the budget, past the per-node or
+    /// the engine-wide budget.
+    pub(crate) fn charge_node(self: &Arc<Self>, bytes: u64) -> Result<Charge, (Limit, u64)> {
+        if bytes > self.per_node {
+            return Err((Limit::NodeMemoryBudget, self.per_node));
+        }
+        self.charge(bytes)
+    }
+
+    /// Takes `bytes` of the engine-wide budget: refused past it.
+    pub(crate) fn charge(self: &Arc<Self>, bytes: u64) -> Result<Charge, (Limit, u64)> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.max)
+            })
+            .map_err(|_| (Limit::MemoryBudget, self.max))?;
+        Ok(Charge {
+            memory: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes taken from the budget, given back on drop.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    memory: Arc<Memory>,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.memory.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The host's physical memory, from `/proc/meminfo`; `None` when it cannot be read.
+pub(crate) fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The default engine-wide budget: half of the host's memory (4 GiB when it cannot be read),
+/// so nodes can never push the host into swapping or the OOM killer through the engine,
+/// and the other half stays for the processes' own heaps.
+pub(crate) fn default_budget() -> u64 {
+    host_memory().map_or(4 << 30, |total| total / 2)
+}
+
+/// The default per-node budget: a quarter of the engine-wide one, so no single node can take
+/// the memory of all others.
+pub(crate) fn default_node_budget(engine: u64) -> u64 {
+    engine / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_refused_past_each_budget_and_given_back_on_drop() {
+        let memory = Memory::new(100, 60);
+        let a = memory.charge_node(60).expect("within both");
+        assert_eq!(
+            memory.charge_node(61).unwrap_err(),
+            (Limit::NodeMemoryBudget, 60)
+        );
+        let b = memory.charge(40).expect("exactly the rest");
+        assert_eq!(memory.used(), 100);
+        assert_eq!(memory.charge(1).unwrap_err(), (Limit::MemoryBudget, 100));
+        drop(a);
+        assert_eq!(memory.used(), 40);
+        let _c = memory.charge_node(60).expect("room again");
+        drop(b);
+        assert_eq!(memory.used(), 60);
+    }
+
+    #[test]
+    fn the_default_budget_is_half_the_host() {
+        let host = host_memory().expect("/proc/meminfo on Linux");
+        assert_eq!(default_budget(), host / 2);
+        assert_eq!(default_node_budget(default_budget()), host / 8);
+    }
+}
