@@ -51,9 +51,55 @@ pub enum BlockError {
     /// A region named by the header is misplaced (outside the block, overlapping, misaligned).
     #[error("inconsistent header: {0}")]
     Header(&'static str),
+    /// A hand-off segment given to a writer is already sealed against writing: it can no
+    /// longer be filled.
+    #[error("segment is already sealed against writing: seals {found:#x}")]
+    WriteSealed {
+        /// Seals found on the file descriptor.
+        found: u32,
+    },
 }
 
 impl BlockError {
+    pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
+        Self::Sys {
+            op,
+            source: err.into(),
+        }
+    }
+}
+
+/// Why the engine could not seal a hand-off segment against writing
+/// ([`Segment::seal_write`](crate::segment::Segment::seal_write)).
+///
+/// The first two variants are the writer's doing: the engine treats them as a violation of
+/// that node (it kept its mapping, or locked the seals), never as its own failure.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// A writable shared mapping of the segment still exists (the kernel's `EBUSY`): its
+    /// writer did not unmap it before announcing it done.
+    #[error("the segment is still mapped writable: its writer kept its mapping")]
+    StillMapped,
+    /// The seals were frozen (`F_SEAL_SEAL`) without `F_SEAL_WRITE` (the kernel's `EPERM`):
+    /// the writer locked them so that the segment can never be sealed.
+    #[error("the segment's seals are locked without F_SEAL_WRITE: seals {found:#x}")]
+    Locked {
+        /// Seals found on the file descriptor.
+        found: u32,
+    },
+    /// Another system call failure.
+    #[error("{op} failed: {source}")]
+    Sys {
+        /// The operation that failed.
+        op: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SealError {
     pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
         Self::Sys {
             op,

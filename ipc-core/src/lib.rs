@@ -2,8 +2,9 @@
 //! doorbells. No async and no I/O beyond the system calls that create these; the engine and
 //! nodes in `ipc-tokio` drive them.
 //!
-//! All `unsafe` code of the project lives in this crate, in [`block`], [`ring`]'s storage
-//! and `sync`'s cell; every block carries a `// SAFETY:` proof.
+//! All `unsafe` code of the project lives in this crate, in [`block`], [`broadcast`]'s and
+//! [`segment`]'s mappings, [`ring`]'s storage and `sync`'s cell; every block carries a
+//! `// SAFETY:` proof.
 //!
 //! # A block
 //!
@@ -77,6 +78,8 @@ pub mod frame;
 pub mod idhash;
 pub mod layout;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod segment;
 mod sync;
 
 #[doc(hidden)]
@@ -96,9 +99,11 @@ pub use descriptor::{
 };
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;
-pub use error::{AllocError, BlockError, FreeError, RingError};
+pub use error::{AllocError, BlockError, FreeError, RingError, SealError};
 pub use idhash::{IdMap, IdSet};
 pub use layout::{BlockConfig, Layout};
 #[cfg(not(loom))]
 pub use ring::ShmRing;
 pub use ring::{Consumer, HeapRing, Producer, RingStorage};
+#[cfg(not(loom))]
+pub use segment::{SealedView, Segment, SegmentWriter};
