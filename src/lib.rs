@@ -109,8 +109,8 @@ pub use ipc_tokio::{
     default_socket_path,
 };
 pub use ipc_tokio::{
-    DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, MAX_TOPIC_SEGMENT,
-    MIN_TOPIC_SEGMENT, STALLED_SESSIONS_AT_DEFAULTS,
+    DEFAULT_TOPIC_SEGMENT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, MAX_SESSION_PAYLOAD,
+    MAX_TOPIC_SEGMENT, MIN_TOPIC_SEGMENT, STALLED_SESSIONS_AT_DEFAULTS,
 };
 pub use ipc_tokio::{
     Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,

@@ -12,6 +12,7 @@
 //!   handed out the range, and it is freed only after the engine says it is done) and reads
 //!   deliveries through [`RxView`].
 
+use crate::RawDescriptor;
 use crate::idhash::IdSet;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -272,10 +273,11 @@ impl Block {
     pub fn rx_view(self: &Arc<Self>, offset: u64, len: u32) -> Result<RxView, Violation> {
         let ptr = arena_range(&self.mapping, &self.layout.rx, offset, u64::from(len))?;
         Ok(RxView {
-            _block: self.clone(),
+            _owner: Owner::Block(self.clone()),
             ptr,
             len: len as usize,
             offset,
+            segment: 0,
         })
     }
 }
@@ -604,10 +606,18 @@ impl Drop for TxBuf {
 /// the node releases the offset, so reading it in place is sound as long as the engine keeps
 /// its protocol (the node trusts its engine).
 pub struct RxView {
-    _block: Arc<Block>,
+    _owner: Owner,
     ptr: *mut u8,
     len: usize,
     offset: u64,
+    /// The hand-off segment holding the payload, or 0 for the receive arena.
+    segment: u32,
+}
+
+/// What keeps an [`RxView`]'s memory mapped.
+enum Owner {
+    Block(#[allow(dead_code)] Arc<Block>),
+    Sealed(#[allow(dead_code)] crate::segment::SealedView),
 }
 
 // SAFETY: a read-only view of memory nobody writes while it lives.
@@ -625,9 +635,51 @@ impl fmt::Debug for RxView {
 }
 
 impl RxView {
-    /// Offset in the receive arena (what the release entry names).
+    /// A payload of `len` bytes at the start of a write-sealed hand-off segment, `segment`
+    /// in the node's table (see [`crate::segment`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Violation::OutOfBounds`] when `len` is longer than the segment.
+    pub fn sealed(
+        view: crate::segment::SealedView,
+        segment: u32,
+        len: u32,
+    ) -> Result<Self, Violation> {
+        if u64::from(len) > view.len() {
+            return Err(Violation::OutOfBounds {
+                offset: 0,
+                len: u64::from(len),
+                size: view.len(),
+            });
+        }
+        // Cast to `*mut` only to share the field with arena views: nothing writes through it.
+        let ptr = view.as_ref().as_ptr().cast_mut();
+        Ok(Self {
+            _owner: Owner::Sealed(view),
+            ptr,
+            len: len as usize,
+            offset: 0,
+            segment,
+        })
+    }
+
+    /// Offset in the receive arena (what the release entry names); 0 in a segment.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The hand-off segment holding the payload, or 0 for the receive arena.
+    pub fn segment(&self) -> u32 {
+        self.segment
+    }
+
+    /// The entry that gives this payload's memory back to the engine.
+    pub fn release_entry(&self) -> RawDescriptor {
+        match self.segment {
+            0 => RawDescriptor::offset_only(crate::descriptor::kind::RELEASE, self.offset),
+            segment => RawDescriptor::segment_release(segment),
+        }
     }
 }
 
@@ -637,7 +689,9 @@ impl AsRef<[u8]> for RxView {
             return &[];
         }
         // SAFETY: the range lies in the receive arena (checked by rx_view) of a mapping kept
-        // alive by `_block`; the engine does not write it until we release it (type docs).
+        // alive by `_owner`, and the engine does not write it until we release it (type
+        // docs); or it lies in a write-sealed segment mapped by `_owner` (checked by
+        // `sealed`), which nobody can write any more (see `SealedView::as_ref`).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// The protocol version this build speaks.
 /// 3: the rings carry `FRAME` entries (several records of a session in one sub-block).
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -281,6 +281,15 @@ pub enum NodeFrame {
         /// Its lease in milliseconds; 0: the queue's default.
         lease_ms: u64,
     },
+    /// Ask for a hand-off segment of `len` bytes for one large payload (see
+    /// [`crate::segment`]): the engine answers [`EngineFrame::SegmentOk`] with the segment's
+    /// memfd, or an error (a memory budget as [`EngineFrame::Limit`]).
+    Segment {
+        /// Request id echoed in the reply.
+        req: u32,
+        /// The payload's length (at least 1).
+        len: u32,
+    },
     /// Instead of `Hello`, as a connection's first frame: ask for a snapshot of the engine
     /// (the inspector). The connection registers no node and gets no block; the engine
     /// answers with [`EngineFrame::InspectChunk`]s, then closes it.
@@ -408,6 +417,24 @@ pub enum EngineFrame {
         limit: u16,
         /// The limit's configured value.
         max: u64,
+    },
+    /// Answer to [`NodeFrame::Segment`]; the segment's memfd rides with it (SCM_RIGHTS). The
+    /// node fills it, unmaps it and names `segment` in a `DATA` entry of its submit ring.
+    SegmentOk {
+        /// The request id.
+        req: u32,
+        /// The segment's id in this node's table.
+        segment: u32,
+        /// Its size in bytes.
+        len: u32,
+    },
+    /// A large payload is on its way: the write-sealed memfd of hand-off segment `segment`
+    /// rides with this frame, sent before the `DATA` entry that names it in the deliver ring.
+    SegmentDelivery {
+        /// The segment's id in this node's table (the release entry names it).
+        segment: u32,
+        /// Its size in bytes.
+        len: u32,
     },
     /// A piece of the answer to [`NodeFrame::Inspect`]: the snapshot's bytes (JSON), split
     /// into frames of at most [`INSPECT_CHUNK`] bytes; at most [`MAX_INSPECT`] bytes in all.
@@ -713,6 +740,7 @@ mod tag {
     pub(super) const DECLARE_QUEUE: u8 = 11;
     pub(super) const PRODUCE: u8 = 12;
     pub(super) const CONSUME: u8 = 13;
+    pub(super) const SEGMENT: u8 = 14;
     pub(super) const WELCOME: u8 = 64;
     pub(super) const SERVE_OK: u8 = 65;
     pub(super) const UNSERVE_OK: u8 = 66;
@@ -727,6 +755,8 @@ mod tag {
     pub(super) const TOPIC_ATTACH: u8 = 75;
     pub(super) const INSPECT_CHUNK: u8 = 76;
     pub(super) const QUEUE_OK: u8 = 77;
+    pub(super) const SEGMENT_OK: u8 = 78;
+    pub(super) const SEGMENT_DELIVERY: u8 = 79;
 }
 
 impl NodeFrame {
@@ -787,6 +817,7 @@ impl NodeFrame {
                 .u32(*subscription)
                 .finish(),
             Self::Inspect { req } => Writer::new(tag::INSPECT).u32(*req).finish(),
+            Self::Segment { req, len } => Writer::new(tag::SEGMENT).u32(*req).u32(*len).finish(),
             Self::DeclareQueue { req, name, spec } => Writer::new(tag::DECLARE_QUEUE)
                 .u32(*req)
                 .str(name)
@@ -894,6 +925,15 @@ impl EngineFrame {
                 .ty(ty)
                 .finish(),
             Self::QueueOk { req, id } => Writer::new(tag::QUEUE_OK).u32(*req).u32(*id).finish(),
+            Self::SegmentOk { req, segment, len } => Writer::new(tag::SEGMENT_OK)
+                .u32(*req)
+                .u32(*segment)
+                .u32(*len)
+                .finish(),
+            Self::SegmentDelivery { segment, len } => Writer::new(tag::SEGMENT_DELIVERY)
+                .u32(*segment)
+                .u32(*len)
+                .finish(),
             Self::InspectChunk { req, last, bytes } => {
                 let bytes = &bytes[..bytes.len().min(INSPECT_CHUNK)];
                 Writer::new(tag::INSPECT_CHUNK)
@@ -911,7 +951,7 @@ impl EngineFrame {
     pub fn fd_count(&self) -> usize {
         match self {
             Self::Welcome { .. } => 3,
-            Self::TopicAttach { .. } => 1,
+            Self::TopicAttach { .. } | Self::SegmentOk { .. } | Self::SegmentDelivery { .. } => 1,
             _ => 0,
         }
     }
@@ -1151,6 +1191,13 @@ pub fn decode_node_frame(buf: &[u8]) -> Result<Option<(NodeFrame, usize)>, Frame
             },
             lease_ms: r.u64()?,
         },
+        tag::SEGMENT => NodeFrame::Segment {
+            req: r.u32()?,
+            len: match r.u32()? {
+                0 => return Err(FrameError::Field("empty segment")),
+                n => n,
+            },
+        },
         tag => return Err(FrameError::Tag { tag }),
     };
     r.end()?;
@@ -1223,6 +1270,15 @@ pub fn decode_engine_frame(buf: &[u8]) -> Result<Option<(EngineFrame, usize)>, F
         tag::QUEUE_OK => EngineFrame::QueueOk {
             req: r.u32()?,
             id: r.u32()?,
+        },
+        tag::SEGMENT_OK => EngineFrame::SegmentOk {
+            req: r.u32()?,
+            segment: r.u32()?,
+            len: r.u32()?,
+        },
+        tag::SEGMENT_DELIVERY => EngineFrame::SegmentDelivery {
+            segment: r.u32()?,
+            len: r.u32()?,
         },
         tag::INSPECT_CHUNK => {
             let req = r.u32()?;

@@ -199,6 +199,16 @@ pub enum Submission {
         /// Records the descriptor declares (at least one).
         records: u32,
     },
+    /// Send the first `len` bytes of hand-off segment `segment` (which the engine lent this
+    /// node, see [`crate::segment`]) on session end `session`.
+    Segment {
+        /// The sender's session end.
+        session: u32,
+        /// The segment's id in the node's table (never 0: 0 names the arenas).
+        segment: u32,
+        /// Payload length (at least 1).
+        len: u32,
+    },
     /// Half-close of `session`.
     Fin {
         /// The sender's session end.
@@ -214,6 +224,17 @@ pub enum Submission {
 /// An entry from the engine's deliver ring that passed validation (the node side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
+    /// A payload of `len` bytes in hand-off segment `segment`, whose sealed memfd came in an
+    /// [`EngineFrame::SegmentDelivery`](crate::control::EngineFrame::SegmentDelivery), for
+    /// session end `session`.
+    Segment {
+        /// The receiver's session end.
+        session: u32,
+        /// The segment's id in the node's table.
+        segment: u32,
+        /// Payload length.
+        len: u32,
+    },
     /// A payload at `offset` of the receive arena for session end `session`.
     Data {
         /// The receiver's session end.
@@ -401,6 +422,14 @@ fn check_frame(raw: &RawDescriptor, bounds: &ArenaBounds) -> Result<(u32, u32), 
 ///
 /// Returns the [`Violation`] that disqualifies the entry.
 pub fn validate_submit(raw: &RawDescriptor, tx: &ArenaBounds) -> Result<Submission, Violation> {
+    if raw.kind == kind::DATA && raw.segment != 0 {
+        check_segment_payload(raw)?;
+        return Ok(Submission::Segment {
+            session: raw.session,
+            segment: raw.segment,
+            len: raw.len,
+        });
+    }
     check_common(raw)?;
     match raw.kind {
         kind::DATA => {
@@ -431,6 +460,44 @@ pub fn validate_submit(raw: &RawDescriptor, tx: &ArenaBounds) -> Result<Submissi
     }
 }
 
+/// A payload in a hand-off segment: no flags, offset 0, at least one byte (whether the
+/// segment is the node's and the length fits it is the engine's table to say).
+fn check_segment_payload(raw: &RawDescriptor) -> Result<(), Violation> {
+    if raw.flags != 0 {
+        return Err(Violation::Flags { flags: raw.flags });
+    }
+    if raw.offset != 0 || raw.len == 0 {
+        return Err(Violation::OutOfBounds {
+            offset: raw.offset,
+            len: u64::from(raw.len),
+            size: u64::from(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Validates an entry of a node's release ring that names a hand-off segment (`segment`
+/// not 0); returns the segment's id. Whether the engine delivered that segment to this node
+/// is the engine's table to say.
+///
+/// # Errors
+///
+/// Returns the [`Violation`] that disqualifies the entry.
+pub fn validate_segment_release(raw: &RawDescriptor) -> Result<u32, Violation> {
+    if raw.kind != kind::RELEASE {
+        return Err(Violation::UnknownKind { kind: raw.kind });
+    }
+    if raw.flags != 0 {
+        return Err(Violation::Flags { flags: raw.flags });
+    }
+    if raw.segment == 0 || raw.offset != 0 {
+        return Err(Violation::Segment {
+            segment: raw.segment,
+        });
+    }
+    Ok(raw.segment)
+}
+
 /// Validates an entry of a node's release ring; returns the offset in the receive arena.
 ///
 /// Whether that offset is a sub-block the engine really delivered to this node is decided by
@@ -459,6 +526,14 @@ pub fn validate_deliver(
     rx: &ArenaBounds,
     tx: &ArenaBounds,
 ) -> Result<Delivery, Violation> {
+    if raw.kind == kind::DATA && raw.segment != 0 {
+        check_segment_payload(raw)?;
+        return Ok(Delivery::Segment {
+            session: raw.session,
+            segment: raw.segment,
+            len: raw.len,
+        });
+    }
     check_common(raw)?;
     match raw.kind {
         kind::DATA => {
@@ -704,6 +779,26 @@ impl RawDescriptor {
         Self {
             kind,
             offset,
+            ..Self::default()
+        }
+    }
+
+    /// A `DATA` entry naming `len` bytes of hand-off segment `segment` (not 0).
+    pub fn segment_data(session: u32, segment: u32, len: u32) -> Self {
+        Self {
+            session,
+            kind: kind::DATA,
+            segment,
+            len,
+            ..Self::default()
+        }
+    }
+
+    /// The `RELEASE` entry of hand-off segment `segment` (not 0).
+    pub fn segment_release(segment: u32) -> Self {
+        Self {
+            kind: kind::RELEASE,
+            segment,
             ..Self::default()
         }
     }

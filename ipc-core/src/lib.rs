@@ -94,8 +94,8 @@ pub use block::{
 pub use descriptor::{
     ArenaBounds, Delivery, QueueDelivery, QueueSettle, QueueSubmission, RawDescriptor, Submission,
     TopicDelivery, TopicRelease, Violation, kind, validate_deliver, validate_queue_deliver,
-    validate_queue_submit, validate_release, validate_submit, validate_topic_deliver,
-    validate_topic_release, window_charge,
+    validate_queue_submit, validate_release, validate_segment_release, validate_submit,
+    validate_topic_deliver, validate_topic_release, window_charge,
 };
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;

@@ -309,6 +309,27 @@ impl SegmentWriter {
     }
 }
 
+impl std::ops::Deref for SegmentWriter {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: base..base + len is one live mapping owned by `self` (unmapped only on its
+        // drop, which the borrow outlives), fully backed (`open` checked F_SEAL_SHRINK and
+        // the size). Only the writer's process maps it, and only through this value: the
+        // engine, the one other holder of the file, never maps nor writes a segment it lent
+        // (the node trusts its engine, as for its transmit arena), and no reader can exist
+        // before F_SEAL_WRITE, which the kernel refuses while this mapping lives. So the
+        // bytes change only through this value's `&mut` borrows.
+        unsafe { std::slice::from_raw_parts(self.mapping.base.as_ptr(), self.mapping.len) }
+    }
+}
+
+impl std::ops::DerefMut for SegmentWriter {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only borrow of the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping.base.as_ptr(), self.mapping.len) }
+    }
+}
+
 // ===== impl SealedView =====
 
 /// A write-sealed hand-off segment, the receiver side: a read-only mapping read in place as

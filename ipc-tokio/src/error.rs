@@ -240,6 +240,21 @@ pub enum SessionError {
     /// checked it. The rest of that frame is dropped; the session goes on.
     #[error("malformed frame from the peer: {0}")]
     MalformedFrame(ipc_core::frame::FrameError),
+    /// A large payload's hand-off segment would pass one of the engine's memory budgets
+    /// ([`Limit::MemoryBudget`] for all nodes, [`Limit::NodeMemoryBudget`] for this one).
+    /// Nothing was sent; the session goes on, and the payload may fit once others are
+    /// released.
+    #[error("the engine's memory budget is reached: {max} {limit}")]
+    Budget {
+        /// Which budget.
+        limit: Limit,
+        /// Its configured value, in bytes.
+        max: u64,
+    },
+    /// The engine could not lend a hand-off segment for a large payload (too many lent at
+    /// once, or no memory for one). Nothing was sent; the session goes on.
+    #[error("no hand-off segment for a large payload: {0}")]
+    Segment(String),
 }
 
 /// Why a typed message could not be encoded or decoded: which type, which codec, and the

@@ -31,7 +31,9 @@ pub use queue::{
     QueueOptions, QueueSetupError, Settle, WhenFull,
 };
 pub use service::{CallError, Client, ServeConfig, Server};
-pub use session::{DEFAULT_FRAME_SIZE, Loan, Payload, Session, SessionSink, SessionStream};
+pub use session::{
+    DEFAULT_FRAME_SIZE, Loan, MAX_SESSION_PAYLOAD, Payload, Session, SessionSink, SessionStream,
+};
 pub use topic::{
     Overflow, PublishError, Publisher, SubscribeError, SubscribeOptions, Subscription,
     TopicSetupError,

@@ -72,6 +72,8 @@ pub(crate) fn payload_sizes(max: u64) -> Vec<usize> {
     if !sizes.contains(&max) {
         sizes.push(max);
     }
+    // Past the arenas: hand-off segments of their own, just past and well past.
+    sizes.extend([max + 1, 2 * max + 3]);
     sizes.into_iter().map(|s| s as usize).collect()
 }
 
@@ -122,9 +124,9 @@ async fn sizes_sender(socket: &str, cmds: Commands) -> Result<(), String> {
     let sizes = payload_sizes(max);
     let session = support::open(&node, "sizes").await.map_err(ctx("open"))?;
     let (mut tx, mut rx) = session.split();
-    if tx.max_payload() != max {
+    if tx.max_payload() != shmlink::MAX_SESSION_PAYLOAD {
         return Err(format!(
-            "session max {} != node max {max}",
+            "session max {} != MAX_SESSION_PAYLOAD",
             tx.max_payload()
         ));
     }
@@ -132,7 +134,7 @@ async fn sizes_sender(socket: &str, cmds: Commands) -> Result<(), String> {
     let send = async {
         for (i, &len) in sizes.iter().enumerate() {
             if i == half {
-                too_large(&mut tx, max).await?;
+                too_large(&mut tx, shmlink::MAX_SESSION_PAYLOAD).await?;
             }
             let payload = pattern(SIZES_SEED, i as u64, len);
             // Loans for the empty payload and every odd index, `Bytes` for the rest (the
@@ -205,11 +207,12 @@ async fn too_large(tx: &mut shmlink::SessionSink, max: u64) -> Result<(), String
             )),
         }
     };
+    // Zeroed: the kernel maps such allocations lazily, and a refused payload is never read.
     check(
         "Sink<Bytes>",
-        tx.send(Bytes::from(vec![0xA5u8; too as usize])).await,
+        tx.send(Bytes::from(vec![0u8; too as usize])).await,
     )?;
-    check("Sink<Vec<u8>>", tx.send(vec![0x5Au8; too as usize]).await)?;
+    check("Sink<Vec<u8>>", tx.send(vec![0u8; too as usize]).await)?;
     check("loan", tx.loan(too as usize).await.map(drop))?;
     match tx.loan(usize::MAX).await {
         Err(SessionError::TooLarge { len, max: m }) if len == usize::MAX as u64 && m == max => {}

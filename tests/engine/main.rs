@@ -20,6 +20,7 @@ mod frames;
 mod isolation;
 
 mod kill;
+mod large;
 mod mesh;
 mod names;
 mod payloads;

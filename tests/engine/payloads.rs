@@ -18,16 +18,18 @@ async fn payload_sizes_across_every_size_class() {
     let sent = sender.finish_ok().await;
     let received = echo.finish_ok().await;
 
-    // The block is 4 MiB each way, so the largest payload is 4 MiB, and the list runs from
-    // 0 B through every power of two and its neighbours up to it.
+    // The block is 4 MiB each way, so the arenas' largest payload is 4 MiB, and the list
+    // runs from 0 B through every power of two and its neighbours up to it, then past it
+    // (hand-off segments).
     let max = 4u64 << 20;
     let sizes = payload_sizes(max);
     assert_eq!(sizes[..3], [0, 1, 2]);
     assert!(sizes.contains(&255) && sizes.contains(&256) && sizes.contains(&257));
-    assert_eq!(*sizes.iter().max().unwrap() as u64, max);
+    assert!(sizes.contains(&(max as usize)) && sizes.contains(&(max as usize + 1)));
+    assert_eq!(*sizes.iter().max().unwrap() as u64, 2 * max + 3);
     assert_eq!(ok_field(&sent, "max"), max, "sender: {sent}");
     assert_eq!(ok_field(&received, "max"), max, "echo: {received}");
-    assert_eq!(ok_field(&sent, "largest"), max, "sender: {sent}");
+    assert_eq!(ok_field(&sent, "largest"), 2 * max + 3, "sender: {sent}");
     assert_eq!(
         ok_field(&sent, "sent"),
         sizes.len() as u64,

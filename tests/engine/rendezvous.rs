@@ -73,6 +73,8 @@ fn kind(frame: &EngineFrame) -> &'static str {
         EngineFrame::TopicAttach { .. } => "TopicAttach",
         EngineFrame::InspectChunk { .. } => "InspectChunk",
         EngineFrame::QueueOk { .. } => "QueueOk",
+        EngineFrame::SegmentOk { .. } => "SegmentOk",
+        EngineFrame::SegmentDelivery { .. } => "SegmentDelivery",
     }
 }
 

@@ -143,7 +143,8 @@ async fn a_handler_panic_comes_back_as_panicked_and_the_server_goes_on() {
 async fn oversized_requests_and_replies_fail_that_call_only() {
     let world = World::start("rpc-oversized", 64, "ops", &["64"], 1).await;
     let (node, client) = ops_client(&world).await;
-    let max = node.max_payload();
+    // Past the arenas, payloads travel in hand-off segments, up to the session's maximum.
+    let max = shmlink::MAX_SESSION_PAYLOAD;
     let too_long = usize::try_from(max).expect("fits") + 1;
 
     // A request that can never fit fails at once with its size and the limit: the session's
@@ -153,7 +154,7 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
         "an oversized request",
         client.clone().oneshot(Op::Echo {
             id: 1,
-            text: "r".repeat(too_long),
+            text: String::from_utf8(vec![0; too_long]).expect("NUL is UTF-8"),
         }),
     )
     .await;
@@ -203,6 +204,20 @@ async fn oversized_requests_and_replies_fail_that_call_only() {
     .await;
     assert!(
         matches!(reply, Ok(OpReply::Echoed { id: 4, ref reversed, sum }) if reversed.len() == 3 << 20 && sum == 3 << 20)
+    );
+    // So is one past the arenas (a hand-off segment), and a request as large.
+    let past = (node.max_payload() as usize) * 2 + 5;
+    let reply = within(
+        "a reply past the arenas",
+        client.clone().oneshot(Op::Grow {
+            id: 6,
+            len: past as u64,
+        }),
+    )
+    .await;
+    assert!(
+        matches!(reply, Ok(OpReply::Echoed { id: 6, ref reversed, sum }) if reversed.len() == past && sum == past as u64),
+        "a reply of {past} bytes"
     );
     assert_eq!(
         within("a call after them", client.clone().oneshot(echo(5))).await,

@@ -115,6 +115,12 @@ pub(crate) enum Command {
         prefetch: u32,
         lease_ms: u64,
     },
+    /// A hand-off segment for one large payload.
+    Segment {
+        node: NodeId,
+        req: u32,
+        len: u32,
+    },
     Gone {
         node: NodeId,
         reason: String,

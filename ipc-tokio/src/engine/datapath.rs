@@ -49,6 +49,13 @@ impl Router {
                 }
                 continue;
             }
+            if raw.segment != 0 && raw.kind == kind::RELEASE {
+                if let Err(v) = self.release_segment(id, &raw) {
+                    self.doom(id, v);
+                    return true;
+                }
+                continue;
+            }
             let link = self.links.get_mut(&id).expect("checked above");
             let offset = match validate_release(&raw, &bounds) {
                 Ok(offset) => offset,
@@ -155,6 +162,19 @@ impl Router {
                 let charge = window_charge(len, self.links[&node].block.layout().tx.min_block);
                 self.send_data(node, session, offset, len, charge, 0)?;
             }
+            Submission::Segment { session, .. }
+                if self.is_publisher(session) || self.is_producer(session) =>
+            {
+                return Err(Violation::new(
+                    ViolationKind::Payload,
+                    format!("segment on {session}: topics and queues carry no segments"),
+                ));
+            }
+            Submission::Segment {
+                session,
+                segment,
+                len,
+            } => self.send_segment(node, session, segment, len)?,
             Submission::Frame { session, .. } if self.is_publisher(session) => {
                 return Err(Violation::new(
                     ViolationKind::Frame,
@@ -276,6 +296,20 @@ impl Router {
     /// Delivers one entry into `dst`: copies data into its receive arena. Gives the entry back
     /// when the arena has no room now.
     fn deliver(&mut self, dst: NodeId, end: EndId, entry: Inbound) -> Result<(), Inbound> {
+        // A sealed segment needs no room: it is handed over as it is.
+        let entry = match entry {
+            Inbound::Data {
+                src: Source::Segment(lent),
+                src_end,
+                charge,
+                len,
+                ..
+            } => {
+                self.deliver_segment(dst, end, *lent, src_end, charge, len);
+                return Ok(());
+            }
+            other => other,
+        };
         // Borrowed, not taken apart: the entry goes back whole if the receiver has no room.
         let (src_node, src, src_end, charge, len, records) = match &entry {
             Inbound::Control(raw) => {
@@ -312,6 +346,7 @@ impl Router {
                 ipc_core::copy_payload(block, *offset, &link.block, allocation.offset, len)
             }
             Source::Orphan(data) => ipc_core::copy_in(&link.block, allocation.offset, data),
+            Source::Segment(_) => unreachable!("segments are handed over above"),
         };
         if let Err(e) = copied {
             let _ = link.rx.free(allocation.offset);
@@ -345,7 +380,11 @@ impl Router {
                 src: Source::Orphan(data),
                 ..
             } => self.orphaned = self.orphaned.saturating_sub(data.len() as u64),
-            Inbound::Control(_) => {}
+            Inbound::Data {
+                src: Source::Segment(_),
+                ..
+            }
+            | Inbound::Control(_) => {}
         }
         Ok(())
     }
@@ -364,7 +403,12 @@ impl Router {
                 src: Source::Orphan(data),
                 ..
             } => self.orphaned = self.orphaned.saturating_sub(data.len() as u64),
-            Inbound::Control(_) => {}
+            // Its memfd closes and its bytes go back to the budget as it drops.
+            Inbound::Data {
+                src: Source::Segment(_),
+                ..
+            }
+            | Inbound::Control(_) => {}
         }
     }
 

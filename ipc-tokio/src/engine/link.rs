@@ -47,6 +47,8 @@ pub(crate) enum Source {
     Block { block: Arc<Block>, offset: u64 },
     /// In engine memory: its sender is gone, and its block with it (`Router::bury`).
     Orphan(Box<[u8]>),
+    /// In a write-sealed hand-off segment, handed to the receiver as it is (no copy).
+    Segment(Box<Lent>),
 }
 
 /// One node's block as the engine drives it.
@@ -83,6 +85,44 @@ pub(crate) struct Link {
     pub(crate) last_work: Instant,
     /// The receive arena's use last told to the node ([`Link::publish_rx`]).
     pub(crate) rx_published: u64,
+    /// Hand-off segments lent to this node to fill, by id (see `engine/segments.rs`).
+    pub(crate) lent: IdMap<u32, Lent>,
+    /// Hand-off segments delivered to this node and not yet released, by id.
+    pub(crate) held: IdMap<u32, Held>,
+    /// The last segment id given out (ids of both tables share one space, never 0).
+    pub(crate) last_segment: u32,
+}
+
+/// A hand-off segment lent to its sender, with its bytes in the sender's memory budget.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    pub(crate) segment: ipc_core::Segment,
+    pub(crate) memory: Charge,
+}
+
+/// A hand-off segment delivered to its receiver: what its release gives back. The engine
+/// keeps no descriptor of it (the receiver's mapping keeps the memory).
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The sender's end, credited on release.
+    pub(crate) src_end: EndId,
+    /// Its window charge.
+    pub(crate) charge: u64,
+    /// Its bytes, still in the sender's memory budget until released.
+    pub(crate) _memory: Charge,
+}
+
+impl Link {
+    /// The next segment id of this node: never 0, never one still in use.
+    pub(crate) fn next_segment(&mut self) -> u32 {
+        loop {
+            self.last_segment = self.last_segment.wrapping_add(1).max(1);
+            let id = self.last_segment;
+            if !self.lent.contains_key(&id) && !self.held.contains_key(&id) {
+                return id;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Link {
@@ -145,6 +185,9 @@ impl Link {
             active: false,
             last_work: Instant::now(),
             rx_published: 0,
+            lent: IdMap::default(),
+            held: IdMap::default(),
+            last_segment: 0,
         })
     }
 

@@ -8,8 +8,9 @@
 //! the bytes the engine hands out, touched or not: the host's shared memory held for nodes
 //! never exceeds it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ipc_core::control::Limit;
 
@@ -20,6 +21,8 @@ pub(crate) struct Memory {
     used: AtomicU64,
     max: u64,
     per_node: u64,
+    /// Bytes charged to each node: its block and the hand-off segments it asked for.
+    nodes: Mutex<HashMap<u32, u64>>,
 }
 
 impl Memory {
@@ -28,6 +31,7 @@ impl Memory {
             used: AtomicU64::new(0),
             max,
             per_node,
+            nodes: Mutex::default(),
         })
     }
 
@@ -41,13 +45,29 @@ impl Memory {
         self.max
     }
 
-    /// Takes `bytes` for one node's memory: refused, naming the budget, past the per-node or
-    /// the engine-wide budget.
-    pub(crate) fn charge_node(self: &Arc<Self>, bytes: u64) -> Result<Charge, (Limit, u64)> {
-        if bytes > self.per_node {
+    /// Takes `bytes` for node `node`'s memory: refused, naming the budget, past the per-node
+    /// or the engine-wide budget.
+    pub(crate) fn charge_node(
+        self: &Arc<Self>,
+        node: u32,
+        bytes: u64,
+    ) -> Result<Charge, (Limit, u64)> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let held = nodes.get(&node).copied().unwrap_or(0);
+        if held.saturating_add(bytes) > self.per_node {
             return Err((Limit::NodeMemoryBudget, self.per_node));
         }
-        self.charge(bytes)
+        let mut charge = self.charge(bytes)?;
+        *nodes.entry(node).or_default() += bytes;
+        charge.node = Some(node);
+        Ok(charge)
+    }
+
+    /// Bytes charged to node `node` now.
+    #[cfg(test)]
+    pub(crate) fn node_used(&self, node: u32) -> u64 {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(&node).copied().unwrap_or(0)
     }
 
     /// Takes `bytes` of the engine-wide budget: refused past it.
@@ -60,6 +80,7 @@ impl Memory {
         Ok(Charge {
             memory: self.clone(),
             bytes,
+            node: None,
         })
     }
 }
@@ -69,10 +90,21 @@ impl Memory {
 pub(crate) struct Charge {
     memory: Arc<Memory>,
     bytes: u64,
+    /// The node it is charged to, if any (topic segments are the engine's).
+    node: Option<u32>,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        if let Some(node) = self.node {
+            let mut nodes = self.memory.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(held) = nodes.get_mut(&node) {
+                *held = held.saturating_sub(self.bytes);
+                if *held == 0 {
+                    nodes.remove(&node);
+                }
+            }
+        }
         self.memory.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
@@ -105,19 +137,28 @@ mod tests {
     #[test]
     fn charges_are_refused_past_each_budget_and_given_back_on_drop() {
         let memory = Memory::new(100, 60);
-        let a = memory.charge_node(60).expect("within both");
+        let a = memory.charge_node(1, 50).expect("within both");
         assert_eq!(
-            memory.charge_node(61).unwrap_err(),
+            memory.charge_node(1, 11).unwrap_err(),
             (Limit::NodeMemoryBudget, 60)
         );
+        let a2 = memory.charge_node(1, 10).expect("the node's last 10");
+        assert_eq!(memory.node_used(1), 60);
         let b = memory.charge(40).expect("exactly the rest");
         assert_eq!(memory.used(), 100);
         assert_eq!(memory.charge(1).unwrap_err(), (Limit::MemoryBudget, 100));
+        assert_eq!(
+            memory.charge_node(2, 1).unwrap_err(),
+            (Limit::MemoryBudget, 100)
+        );
         drop(a);
-        assert_eq!(memory.used(), 40);
-        let _c = memory.charge_node(60).expect("room again");
+        assert_eq!((memory.used(), memory.node_used(1)), (50, 10));
+        let c = memory.charge_node(2, 50).expect("room again");
         drop(b);
-        assert_eq!(memory.used(), 60);
+        drop(a2);
+        assert_eq!((memory.used(), memory.node_used(1)), (50, 0));
+        drop(c);
+        assert_eq!((memory.used(), memory.node_used(2)), (0, 0));
     }
 
     #[test]

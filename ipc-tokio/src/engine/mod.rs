@@ -39,6 +39,7 @@ mod queue_router;
 mod registry;
 mod router;
 mod scheduler;
+mod segments;
 mod violation;
 // Topics are built as plain data first; the router wires them in a later step.
 #[allow(dead_code, unused_imports)]

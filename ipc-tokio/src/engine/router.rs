@@ -376,6 +376,7 @@ impl Router {
                 prefetch,
                 lease_ms,
             } => self.queue_consume(node, req, &queue, &ty, prefetch, lease_ms),
+            Command::Segment { node, req, len } => self.lend_segment(node, req, len),
             Command::Gone {
                 node,
                 reason,

@@ -163,15 +163,16 @@ pub enum DecodeError {
 /// memory, for example 8 bytes for a `u64`, `n` bytes for a string of `n` bytes) and stops with
 /// [`DecodeError::LimitExceeded`] *before* allocating when the next claim would pass it, so a
 /// hostile length prefix (a `Vec` of 2^60 bytes) costs nothing. The limit is
-/// [`DECODE_LIMIT`](Bincode::DECODE_LIMIT) (256 MiB), lowered for short payloads: a valid payload
+/// [`DECODE_LIMIT`](Bincode::DECODE_LIMIT), lowered for short payloads: a valid payload
 /// claims at most 16 bytes per byte it holds (a `u128` is 1 to 17 bytes on the wire, 16 in
-/// memory), so a payload of `len` bytes decodes under the smallest of 64 KiB, 1 MiB, 16 MiB and
-/// 256 MiB that is at least `16 * len`. A payload of a few bytes therefore can never make bincode
+/// memory), so a payload of `len` bytes decodes under the smallest of 64 KiB, 1 MiB, 16 MiB,
+/// 256 MiB, 4 GiB and 64 GiB that is at least `16 * len`. A payload of a few bytes therefore can never make bincode
 /// allocate more than 64 KiB for a string or a byte buffer (and serde itself reserves at most
 /// 1 MiB up front for a sequence, whatever its length prefix says; the rest grows only as
-/// elements actually decode). Messages whose encoding is longer than `DECODE_LIMIT` are
-/// refused when encoding ([`EncodeError::TooLarge`]); a message of many small integers can still
-/// claim more in memory than it takes on the wire, and is then refused when decoding.
+/// elements actually decode). Messages whose encoding is longer than
+/// [`MAX_ENCODING`](Bincode::MAX_ENCODING) (the largest payload a session carries, 4 GiB - 1)
+/// are refused when encoding ([`EncodeError::TooLarge`]); a message of many small integers can
+/// still claim more in memory than it takes on the wire, and is then refused when decoding.
 ///
 /// bincode is not self-describing, so serde features that need `deserialize_any` (untagged or
 /// internally tagged enums, `#[serde(flatten)]`) decode to [`DecodeError::Invalid`]; use
@@ -180,8 +181,19 @@ pub enum DecodeError {
 pub struct Bincode;
 
 impl Bincode {
-    /// The most memory one decode may claim, and the longest encoding accepted: 256 MiB.
-    pub const DECODE_LIMIT: usize = 256 << 20;
+    /// The most memory one decode may claim: 16 bytes for each byte of the longest encoding
+    /// (64 GiB on 64-bit targets), for a payload that needs it; shorter payloads get the
+    /// lower limits of the type docs.
+    pub const DECODE_LIMIT: usize = if usize::BITS >= 64 {
+        (64u64 << 30) as usize
+    } else {
+        usize::MAX
+    };
+
+    /// The longest encoding accepted: the largest payload a session carries (4 GiB - 1,
+    /// see [`MAX_SESSION_PAYLOAD`](crate::MAX_SESSION_PAYLOAD)), in hand-off segments past
+    /// the arenas.
+    pub const MAX_ENCODING: usize = u32::MAX as usize;
 
     /// Claimed bytes per payload byte that a valid payload never exceeds (see the type docs).
     const MAX_EXPANSION: usize = 16;
@@ -245,14 +257,14 @@ impl Codec for Bincode {
         let mut counter = bincode::enc::write::SizeWriter::default();
         bincode::serde::encode_into_writer(value, &mut counter, bincode_config())
             .map_err(|e| encode_error_from_bincode(e, usize::MAX))?;
-        check_len(counter.bytes_written, Self::DECODE_LIMIT)
+        check_len(counter.bytes_written, Self::MAX_ENCODING)
     }
 
     fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let capacity = buf.len();
         let written = bincode::serde::encode_into_slice(value, buf, bincode_config())
             .map_err(|e| encode_error_from_bincode(e, capacity))?;
-        check_len(written, Self::DECODE_LIMIT)
+        check_len(written, Self::MAX_ENCODING)
     }
 
     fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T, DecodeError> {
@@ -265,6 +277,10 @@ impl Codec for Bincode {
             bincode_decode_limited::<T, MIB>(buf)
         } else if need <= 16 * MIB {
             bincode_decode_limited::<T, { 16 * MIB }>(buf)
+        } else if need <= 256 * MIB {
+            bincode_decode_limited::<T, { 256 * MIB }>(buf)
+        } else if need <= Self::DECODE_LIMIT / 16 {
+            bincode_decode_limited::<T, { Bincode::DECODE_LIMIT / 16 }>(buf)
         } else {
             bincode_decode_limited::<T, { Bincode::DECODE_LIMIT }>(buf)
         }

@@ -1,11 +1,14 @@
 //! The node's driver: the one task that reads the deliver ring and the control socket.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ipc_core::control::{self, EngineFrame};
 use ipc_core::descriptor::close_reason;
-use ipc_core::{Consumer, Delivery, Doorbell, RawDescriptor, ShmRing, validate_deliver};
+use ipc_core::{
+    Consumer, Delivery, Doorbell, RawDescriptor, RxView, SealedView, ShmRing, validate_deliver,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -113,12 +116,13 @@ impl Driver {
                 }
             }
         });
+        let mut stalled = VecDeque::new();
         let mut busy_passes = 0u32;
         let mut last_work = Instant::now();
         let mut spins = 0u32;
         let mut wakes = 0u32;
         let reason = loop {
-            match drain(&shared, &mut deliver, &mut scratch) {
+            match drain(&shared, &mut deliver, &mut scratch, &mut stalled) {
                 Err(reason) => break reason,
                 Ok(0) => busy_passes = 0,
                 Ok(_) => {
@@ -137,10 +141,14 @@ impl Driver {
                 crate::spin::pause(spins).await;
                 continue;
             }
-            match deliver.prepare_sleep() {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => break format!("deliver ring: {e}"),
+            // Entries waiting for a segment's memfd wait for the control socket, not the
+            // ring: the ring has more, and its doorbell would not ring for them.
+            if stalled.is_empty() {
+                match deliver.prepare_sleep() {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => break format!("deliver ring: {e}"),
+                }
             }
             let woke = tokio::select! {
                 _ = &mut stop => break "node dropped".to_owned(),
@@ -190,7 +198,7 @@ impl Driver {
             if let Err(reason) = woke {
                 // Deliveries already in the ring were sent before the engine let go of us:
                 // hand them to their sessions before failing everything else.
-                let _ = drain(&shared, &mut deliver, &mut scratch);
+                let _ = drain(&shared, &mut deliver, &mut scratch, &mut stalled);
                 break reason;
             }
         };
@@ -206,7 +214,7 @@ impl Driver {
 /// early deliveries, or back to the engine if this node is closing the end.
 fn received(
     ends: &mut ipc_core::IdMap<u32, EndSlot>,
-    to_release: &mut Vec<u64>,
+    to_release: &mut Vec<RawDescriptor>,
     session: u32,
     view: ipc_core::RxView,
     frame: bool,
@@ -216,117 +224,170 @@ fn received(
         .or_insert_with(|| EndSlot::Early(Vec::new()))
     {
         EndSlot::Open(core) => core.push_data(view, frame),
-        EndSlot::Closing => to_release.push(view.offset()),
+        EndSlot::Closing => to_release.push(view.release_entry()),
         EndSlot::Early(early) => early.push(Early::Data(view, frame)),
     }
 }
 
-/// Pops and dispatches one batch from the deliver ring; returns how many entries.
+/// What a pass of [`drain`] collects to do after it lets go of the node's state.
+#[derive(Default)]
+struct After {
+    to_release: Vec<RawDescriptor>,
+    tx_freed: bool,
+}
+
+/// Pops and dispatches one batch from the deliver ring; returns how many entries moved on.
+///
+/// A `DATA` entry naming a hand-off segment needs the segment's memfd, which the engine sends
+/// on the control socket just before it: if it has not been read yet, that entry and every
+/// one after it wait in `stalled` (in order) until it has, and no more are popped meanwhile.
 fn drain(
     shared: &Arc<NodeShared>,
     deliver: &mut Consumer<ShmRing>,
     scratch: &mut [RawDescriptor],
+    stalled: &mut VecDeque<RawDescriptor>,
 ) -> Result<usize, String> {
-    let n = deliver
-        .pop_batch(scratch)
-        .map_err(|e| format!("deliver ring: {e}"))?;
-    if n == 0 {
-        return Ok(0);
-    }
-    let layout = *shared.block.layout();
-    let (rx, tx) = (layout.rx.bounds(), layout.tx.bounds());
-    let mut tx_freed = false;
-    let mut to_release = Vec::new();
+    let mut after = After::default();
+    let mut moved = 0;
     {
         let mut state = shared.state();
-        for raw in &scratch[..n] {
-            if ipc_core::kind::is_topic(raw.kind) {
-                crate::topic::on_entry(shared, &mut state, *raw)?;
-                continue;
+        while let Some(raw) = stalled.front() {
+            if !dispatch(shared, &mut state, raw, &mut after)? {
+                break;
             }
-            if ipc_core::kind::is_queue(raw.kind) {
-                crate::queue::on_entry(shared, &mut state, *raw, &mut to_release)?;
-                continue;
-            }
-            let delivery = validate_deliver(raw, &rx, &tx)
-                .map_err(|e| format!("bad entry from the engine: {e}"))?;
-            match delivery {
-                Delivery::Data {
-                    session,
-                    offset,
-                    len,
-                } => {
-                    let view = shared
-                        .block
-                        .rx_view(offset, len)
-                        .map_err(|e| format!("bad entry from the engine: {e}"))?;
-                    received(&mut state.ends, &mut to_release, session, view, false);
+            stalled.pop_front();
+            moved += 1;
+        }
+        if stalled.is_empty() {
+            let n = deliver
+                .pop_batch(scratch)
+                .map_err(|e| format!("deliver ring: {e}"))?;
+            for (i, raw) in scratch[..n].iter().enumerate() {
+                if !dispatch(shared, &mut state, raw, &mut after)? {
+                    stalled.extend(&scratch[i..n]);
+                    break;
                 }
-                Delivery::Frame {
-                    session,
-                    offset,
-                    len,
-                    ..
-                } => {
-                    let view = shared
-                        .block
-                        .rx_view(offset, len)
-                        .map_err(|e| format!("bad entry from the engine: {e}"))?;
-                    received(&mut state.ends, &mut to_release, session, view, true);
-                }
-                Delivery::Fin { session } => {
-                    match state
-                        .ends
-                        .entry(session)
-                        .or_insert_with(|| EndSlot::Early(Vec::new()))
-                    {
-                        EndSlot::Open(core) => core.peer_fin(),
-                        EndSlot::Closing => {}
-                        EndSlot::Early(early) => early.push(Early::Fin),
-                    }
-                }
-                Delivery::Closed { session, reason } if reason == close_reason::CLOSE_ACK => {
-                    if matches!(state.ends.get(&session), Some(EndSlot::Closing)) {
-                        state.ends.remove(&session);
-                    }
-                }
-                Delivery::Closed { session, reason } => {
-                    match state
-                        .ends
-                        .entry(session)
-                        .or_insert_with(|| EndSlot::Early(Vec::new()))
-                    {
-                        EndSlot::Open(core) => core.peer_closed(reason),
-                        EndSlot::Closing => {}
-                        EndSlot::Early(early) => early.push(Early::Closed(reason)),
-                    }
-                }
-                Delivery::TxDone { offset } => {
-                    if let Err(e) = shared.tx.complete(offset) {
-                        tracing::warn!(node = %shared.name, error = %e, "engine completed a loan that is not in flight");
-                    }
-                    tx_freed = true;
-                }
-                Delivery::Credit {
-                    session,
-                    count,
-                    bytes,
-                } => {
-                    if let Some(EndSlot::Open(core)) = state.ends.get(&session) {
-                        core.credit(count, bytes);
-                    }
-                }
+                moved += 1;
             }
         }
     }
-    for offset in to_release {
-        shared.release(offset);
+    for entry in after.to_release {
+        shared.release_entry(entry);
     }
-    if tx_freed {
+    if after.tx_freed {
         shared.tx_waiters.wake_all();
     }
-    if deliver.needs_space_wake() {
+    if moved > 0 && deliver.needs_space_wake() {
         shared.ring_engine();
     }
-    Ok(n)
+    Ok(moved)
+}
+
+/// Hands one deliver-ring entry to its session, topic or queue; `false` if it names a
+/// hand-off segment whose memfd has not arrived yet (nothing was done).
+fn dispatch(
+    shared: &Arc<NodeShared>,
+    state: &mut crate::node::shared::State,
+    raw: &RawDescriptor,
+    after: &mut After,
+) -> Result<bool, String> {
+    if ipc_core::kind::is_topic(raw.kind) {
+        crate::topic::on_entry(shared, state, *raw)?;
+        return Ok(true);
+    }
+    if ipc_core::kind::is_queue(raw.kind) {
+        let mut offsets = Vec::new();
+        crate::queue::on_entry(shared, state, *raw, &mut offsets)?;
+        after.to_release.extend(
+            offsets
+                .into_iter()
+                .map(|offset| RawDescriptor::offset_only(ipc_core::kind::RELEASE, offset)),
+        );
+        return Ok(true);
+    }
+    let layout = *shared.block.layout();
+    let delivery = validate_deliver(raw, &layout.rx.bounds(), &layout.tx.bounds())
+        .map_err(|e| format!("bad entry from the engine: {e}"))?;
+    match delivery {
+        Delivery::Segment {
+            session,
+            segment,
+            len,
+        } => {
+            let Some((fd, size)) = state.arrived.remove(&segment) else {
+                return Ok(false);
+            };
+            let view = SealedView::open(fd, u64::from(size))
+                .map_err(|e| format!("bad segment {segment} from the engine: {e}"))?;
+            let view = RxView::sealed(view, segment, len)
+                .map_err(|e| format!("bad entry from the engine: {e}"))?;
+            received(&mut state.ends, &mut after.to_release, session, view, false);
+        }
+        Delivery::Data {
+            session,
+            offset,
+            len,
+        } => {
+            let view = shared
+                .block
+                .rx_view(offset, len)
+                .map_err(|e| format!("bad entry from the engine: {e}"))?;
+            received(&mut state.ends, &mut after.to_release, session, view, false);
+        }
+        Delivery::Frame {
+            session,
+            offset,
+            len,
+            ..
+        } => {
+            let view = shared
+                .block
+                .rx_view(offset, len)
+                .map_err(|e| format!("bad entry from the engine: {e}"))?;
+            received(&mut state.ends, &mut after.to_release, session, view, true);
+        }
+        Delivery::Fin { session } => {
+            match state
+                .ends
+                .entry(session)
+                .or_insert_with(|| EndSlot::Early(Vec::new()))
+            {
+                EndSlot::Open(core) => core.peer_fin(),
+                EndSlot::Closing => {}
+                EndSlot::Early(early) => early.push(Early::Fin),
+            }
+        }
+        Delivery::Closed { session, reason } if reason == close_reason::CLOSE_ACK => {
+            if matches!(state.ends.get(&session), Some(EndSlot::Closing)) {
+                state.ends.remove(&session);
+            }
+        }
+        Delivery::Closed { session, reason } => {
+            match state
+                .ends
+                .entry(session)
+                .or_insert_with(|| EndSlot::Early(Vec::new()))
+            {
+                EndSlot::Open(core) => core.peer_closed(reason),
+                EndSlot::Closing => {}
+                EndSlot::Early(early) => early.push(Early::Closed(reason)),
+            }
+        }
+        Delivery::TxDone { offset } => {
+            if let Err(e) = shared.tx.complete(offset) {
+                tracing::warn!(node = %shared.name, error = %e, "engine completed a loan that is not in flight");
+            }
+            after.tx_freed = true;
+        }
+        Delivery::Credit {
+            session,
+            count,
+            bytes,
+        } => {
+            if let Some(EndSlot::Open(core)) = state.ends.get(&session) {
+                core.credit(count, bytes);
+            }
+        }
+    }
+    Ok(true)
 }

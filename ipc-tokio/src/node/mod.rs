@@ -304,7 +304,10 @@ impl Node {
         &self.handle.shared.name
     }
 
-    /// The largest payload a session of this node can carry.
+    /// The largest payload this node's arenas carry: what topics and queues take, and up to
+    /// which a session's payloads are copied. Sessions carry larger ones too, up to
+    /// [`MAX_SESSION_PAYLOAD`](crate::MAX_SESSION_PAYLOAD), each in a hand-off segment of
+    /// its own (see [`SessionSink::max_payload`](crate::SessionSink::max_payload)).
     pub fn max_payload(&self) -> u64 {
         self.handle.shared.max_payload
     }

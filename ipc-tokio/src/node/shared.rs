@@ -46,6 +46,12 @@ pub(crate) enum Reply {
     TopicDone,
     /// A `DeclareQueue`, `Produce` or `Consume` succeeded (the driver registered its id).
     Queue,
+    /// A hand-off segment lent for one large payload: its id, size and memfd.
+    Segment {
+        segment: u32,
+        len: u32,
+        fd: std::os::fd::OwnedFd,
+    },
 }
 
 impl Reply {
@@ -78,6 +84,17 @@ impl Reply {
             _ => OpenError::Refused(message),
         }
     }
+}
+
+/// Session payloads of more than this many bytes go in a hand-off segment of their own, when
+/// the arenas could carry them too (see `benches/handoff.rs` and docs/ARCHITECTURE.md,
+/// "Large payloads"): from here on, handing a sealed segment over beats copying it.
+pub(crate) const HANDOFF_MIN: u64 = 8 << 20;
+
+/// The size from which a node's session payloads travel in hand-off segments: the larger
+/// ones must (no arena holds them), and from [`HANDOFF_MIN`] they should.
+pub(crate) fn handoff_at(arena_max: u64) -> u64 {
+    arena_max.min(HANDOFF_MIN)
 }
 
 /// A delivery for a session end this node does not know yet (its `OpenOk` or `Accept` is
@@ -234,6 +251,9 @@ pub(crate) struct State {
     pub(crate) topics: crate::topic::NodeTopics,
     /// Producers, consumers and queue requests in flight.
     pub(crate) queues: crate::queue::NodeQueues,
+    /// Sealed memfds of hand-off segments announced by `SegmentDelivery` whose `DATA` entry
+    /// the driver has not read yet, by id, with their size.
+    pub(crate) arrived: IdMap<u32, (std::os::fd::OwnedFd, u32)>,
 }
 
 /// Everything a node's driver and its sessions share.
@@ -243,7 +263,11 @@ pub(crate) struct NodeShared {
     pub(crate) id: u32,
     pub(crate) credits: u32,
     pub(crate) window_bytes: u64,
+    /// The largest payload of the transmit arena (topics and queues carry no more).
     pub(crate) max_payload: u64,
+    /// Session payloads of more than this many bytes travel in a hand-off segment of their
+    /// own (see `ipc_core::segment`).
+    pub(crate) handoff_at: u64,
     pub(crate) block: Arc<Block>,
     pub(crate) tx: TxArena,
     submit: Mutex<RingSide>,
@@ -290,6 +314,7 @@ impl NodeShared {
             credits,
             window_bytes,
             max_payload: block.layout().max_payload(),
+            handoff_at: handoff_at(block.layout().max_payload()),
             block,
             tx,
             submit: Mutex::new(RingSide {
@@ -379,6 +404,28 @@ impl NodeShared {
             }
         }
         rx.await.map_err(|_| OpenError::Disconnected)
+    }
+
+    /// Asks the engine for a hand-off segment of `len` bytes; the receiver resolves with its
+    /// answer (`Reply::Segment`, or why not), or closes when the node is gone.
+    pub(crate) fn request_segment(&self, len: u32) -> Option<oneshot::Receiver<Reply>> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.state();
+        if state.dead {
+            return None;
+        }
+        state.next_req = state.next_req.wrapping_add(1).max(1);
+        let req = state.next_req;
+        state.requests.insert(req, tx);
+        if self
+            .out
+            .send(NodeFrame::Segment { req, len }.encode())
+            .is_err()
+        {
+            state.requests.remove(&req);
+            return None;
+        }
+        Some(rx)
     }
 
     /// Completes the request `req` (called by the driver).
@@ -473,13 +520,13 @@ impl NodeShared {
         match slot {
             Some(EndSlot::Open(core)) => {
                 for view in core.take_unread() {
-                    self.release(view.offset());
+                    self.release_view(&view);
                 }
             }
             Some(EndSlot::Early(early)) => {
                 for e in early {
                     if let Early::Data(view, _) = e {
-                        self.release(view.offset());
+                        self.release_view(&view);
                     }
                 }
             }
@@ -580,6 +627,24 @@ impl NodeShared {
                 return crate::topic::on_frame(self, topic, fds);
             }
             EngineFrame::QueueOk { req, id } => crate::queue::on_queue_ok(self, req, id),
+            EngineFrame::SegmentOk { req, segment, len } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    return Err("a SegmentOk without its memfd".into());
+                };
+                if self
+                    .answer(req, Reply::Segment { segment, len, fd })
+                    .is_err()
+                {
+                    // Its sender gave up: the segment goes back unused.
+                    self.release_entry(RawDescriptor::segment_release(segment));
+                }
+            }
+            EngineFrame::SegmentDelivery { segment, len } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    return Err("a SegmentDelivery without its memfd".into());
+                };
+                self.state().arrived.insert(segment, (fd, len));
+            }
             other @ EngineFrame::InspectChunk { .. } => {
                 tracing::warn!(node = %self.name, frame = ?other, "unexpected inspector frame; ignored");
             }

@@ -38,7 +38,7 @@ use bytes::Bytes;
 
 pub(crate) use self::core::{Permit, SessionCore};
 pub use payload::Payload;
-pub use sink::{DEFAULT_FRAME_SIZE, Loan, SessionSink};
+pub use sink::{DEFAULT_FRAME_SIZE, Loan, MAX_SESSION_PAYLOAD, SessionSink};
 pub use stream::SessionStream;
 
 use crate::error::SessionError;

@@ -35,51 +35,129 @@
 //! `OwnedWriteHalf` shuts down writing.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use ipc_core::control::Limit;
 use ipc_core::frame::RECORD_HEADER;
-use ipc_core::{RawDescriptor, TxBuf, kind, window_charge};
+use ipc_core::{RawDescriptor, SegmentWriter, TxBuf, kind, window_charge};
+use tokio::sync::oneshot;
 
 use crate::error::SessionError;
 use crate::message::Bincode;
-use crate::node::{Batch, LoanError, SharedBatch, lock_batch};
+use crate::node::{Batch, LoanError, NodeShared, Reply, SharedBatch, lock_batch};
 use crate::session::{Payload, Permit, TxHandle};
 
 mod frame;
 
-/// A payload being written in place in this node's transmit arena. Send it with the sink of
-/// a byte session (`Sink<Loan>`) or a byte topic's publisher (`Sink<Loan>` of
-/// [`Publisher`](crate::Publisher)); dropping it unsent returns the memory.
+/// A payload being written in place: in this node's transmit arena, or, for a large one of
+/// a session, in a hand-off segment of its own (see [`SessionSink::loan`]). Send it with the
+/// sink of a byte session (`Sink<Loan>`) or, for an arena loan, a byte topic's publisher
+/// (`Sink<Loan>` of [`Publisher`](crate::Publisher)); dropping it unsent returns the memory.
 #[derive(Debug)]
 pub struct Loan {
-    buf: TxBuf,
+    buf: LoanBuf,
+}
+
+#[derive(Debug)]
+enum LoanBuf {
+    Arena(TxBuf),
+    Segment(SegmentLoan),
+}
+
+/// A hand-off segment the engine lent this node for one payload, mapped for writing.
+pub(crate) struct SegmentLoan {
+    /// `None` once submitted (unmapped, so the engine can seal it).
+    writer: Option<SegmentWriter>,
+    id: u32,
+    len: usize,
+    node: Arc<NodeShared>,
+}
+
+impl fmt::Debug for SegmentLoan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentLoan")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SegmentLoan {
+    /// Unmaps it and returns its `DATA` entry for session end `end`.
+    fn submit(mut self, end: u32) -> RawDescriptor {
+        self.writer = None;
+        RawDescriptor::segment_data(end, self.id, self.len as u32)
+    }
+}
+
+impl Drop for SegmentLoan {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            // Never sent: the segment goes back to the engine unused.
+            self.node
+                .release_entry(RawDescriptor::segment_release(self.id));
+        }
+    }
 }
 
 impl Deref for Loan {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf
+        match &self.buf {
+            LoanBuf::Arena(buf) => buf,
+            LoanBuf::Segment(s) => s.writer.as_ref().map_or(&[], |w| &w[..s.len]),
+        }
     }
 }
 
 impl DerefMut for Loan {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+        match &mut self.buf {
+            LoanBuf::Arena(buf) => buf,
+            LoanBuf::Segment(s) => s.writer.as_mut().map_or(&mut [], |w| &mut w[..s.len]),
+        }
     }
 }
 
 impl Loan {
     pub(crate) fn new(buf: TxBuf) -> Self {
-        Self { buf }
+        Self {
+            buf: LoanBuf::Arena(buf),
+        }
     }
 
-    pub(crate) fn into_buf(self) -> TxBuf {
-        self.buf
+    /// The transmit-arena loan, or `None` for a hand-off segment (which only a session of
+    /// its node can send).
+    pub(crate) fn into_arena(self) -> Option<TxBuf> {
+        match self.buf {
+            LoanBuf::Arena(buf) => Some(buf),
+            LoanBuf::Segment(_) => None,
+        }
+    }
+
+    /// Gives the payload up for its `DATA` entry on session end `end`.
+    pub(crate) fn submit(self, end: u32) -> RawDescriptor {
+        match self.buf {
+            LoanBuf::Arena(buf) => {
+                let sent = buf.submit();
+                RawDescriptor::data(end, sent.offset, sent.len)
+            }
+            LoanBuf::Segment(segment) => segment.submit(end),
+        }
+    }
+
+    /// Whether this node's session may send it (a loan of its arena, or a segment lent to it).
+    fn is_of(&self, node: &Arc<NodeShared>) -> bool {
+        match &self.buf {
+            LoanBuf::Arena(buf) => buf.is_from(&node.tx),
+            LoanBuf::Segment(s) => Arc::ptr_eq(&s.node, node),
+        }
     }
 
     /// Shortens the payload to `len` bytes (the memory stays allocated until sent).
@@ -88,7 +166,13 @@ impl Loan {
     ///
     /// If `len` exceeds the loan's length.
     pub fn truncate(&mut self, len: usize) {
-        self.buf.truncate(len);
+        match &mut self.buf {
+            LoanBuf::Arena(buf) => buf.truncate(len),
+            LoanBuf::Segment(s) => {
+                assert!(len <= s.len, "truncate({len}) of a loan of {} bytes", s.len);
+                s.len = len;
+            }
+        }
     }
 }
 
@@ -98,6 +182,9 @@ const SUBMIT_BATCH: usize = 32;
 
 /// Payload bytes a sink gathers before it pushes them (at most a 64th of the arena).
 const BATCH_BYTES: u64 = 64 << 10;
+
+/// The largest payload a session carries: a descriptor's length is a `u32`.
+pub const MAX_SESSION_PAYLOAD: u64 = u32::MAX as u64;
 
 /// The default frame size (see [`SessionSink::set_frame_size`]).
 pub const DEFAULT_FRAME_SIZE: usize = 64 << 10;
@@ -132,6 +219,9 @@ pub struct SessionSink<T = Bytes, C = Bincode> {
     /// first after a flush goes alone, so a send-and-flush pattern (a round trip) never pays
     /// for a frame of one record.
     fed: bool,
+    /// A hand-off segment asked of the engine for a payload of this many bytes, and its
+    /// answer to come.
+    segment: Option<(u32, oneshot::Receiver<Reply>)>,
     _codec: PhantomData<fn() -> C>,
 }
 
@@ -170,6 +260,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             reserved: None,
             frame_size: DEFAULT_FRAME_SIZE,
             fed: false,
+            segment: None,
             _codec: PhantomData,
         }
     }
@@ -179,9 +270,11 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         &self.tx.guard.core.peer
     }
 
-    /// The largest payload this session carries.
+    /// The largest payload this session carries: 4 GiB - 1 bytes (a payload too large for
+    /// the arenas travels in a hand-off segment of its own), within the node's memory budget
+    /// ([`SessionError::Budget`] past it).
     pub fn max_payload(&self) -> u64 {
-        self.tx.guard.node.shared.max_payload
+        MAX_SESSION_PAYLOAD
     }
 
     /// Resolves when the session is over; see [`SessionStream::closed`](crate::SessionStream::closed).
@@ -299,16 +392,63 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
         }
     }
 
-    fn try_loan(&self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
+    fn try_loan(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let len32 = match self.check_len(len) {
             Ok(len32) => len32,
             Err(e) => return Poll::Ready(Err(e)),
         };
+        if u64::from(len32) > self.tx.guard.node.shared.handoff_at {
+            return self.poll_segment(len32, cx);
+        }
         match ready!(self.tx.guard.node.shared.poll_loan(len32, cx)) {
-            Ok(buf) => Poll::Ready(Ok(Loan { buf })),
+            Ok(buf) => Poll::Ready(Ok(Loan::new(buf))),
             Err(LoanError::Disconnected) => Poll::Ready(Err(SessionError::Disconnected)),
             Err(LoanError::TooLarge) => Poll::Ready(Err(self.too_large(len as u64))),
         }
+    }
+
+    /// A hand-off segment of `len` bytes from the engine (asked for once, then awaited).
+    fn poll_segment(&mut self, len: u32, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
+        let node = self.tx.guard.node.shared.clone();
+        if self.segment.as_ref().is_none_or(|(asked, _)| *asked != len) {
+            let Some(answer) = node.request_segment(len) else {
+                return Poll::Ready(Err(SessionError::Disconnected));
+            };
+            self.segment = Some((len, answer));
+        }
+        let (_, answer) = self.segment.as_mut().expect("asked above");
+        let reply = ready!(Pin::new(answer).poll(cx));
+        self.segment = None;
+        Poll::Ready(match reply {
+            Ok(Reply::Segment { segment, len, fd }) => {
+                match SegmentWriter::open(fd, u64::from(len)) {
+                    Ok(writer) => Ok(Loan {
+                        buf: LoanBuf::Segment(SegmentLoan {
+                            writer: Some(writer),
+                            id: segment,
+                            len: len as usize,
+                            node,
+                        }),
+                    }),
+                    Err(e) => {
+                        // It goes back unused.
+                        node.release_entry(RawDescriptor::segment_release(segment));
+                        Err(SessionError::Segment(e.to_string()))
+                    }
+                }
+            }
+            Ok(Reply::Limit { limit, max }) => match Limit::from_u16(limit) {
+                Some(limit) => Err(SessionError::Budget { limit, max }),
+                None => Err(SessionError::Segment(format!(
+                    "unknown engine limit {limit} of {max}"
+                ))),
+            },
+            Ok(Reply::Error { message, .. }) => Err(SessionError::Segment(message)),
+            Ok(_) => Err(SessionError::Segment(
+                "unexpected reply from the engine".into(),
+            )),
+            Err(_) => Err(SessionError::Disconnected),
+        })
     }
 
     /// Moves the pending item through encoding and loan into the batch; pushes the batch onto
@@ -429,7 +569,7 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
 
     fn start_send_inner(&mut self, item: Pending<T>) -> Result<(), SessionError> {
         if let Pending::Loan(loan) = &item
-            && !loan.buf.is_from(&self.tx.guard.node.shared.tx)
+            && !loan.is_of(&self.tx.guard.node.shared)
         {
             // Its offset names bytes of another arena: submitted here, it would send this
             // node's bytes and free them twice. Dropped, it goes back to its own arena.

@@ -29,7 +29,7 @@ impl AsRef<[u8]> for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.node.release(self.view.offset());
+        self.node.release_view(&self.view);
     }
 }
 

@@ -119,7 +119,10 @@ impl<T, C> Publisher<T, C> {
         if self.stage.is_some() {
             return Err(PublishError::NotReady);
         }
-        let buf = loan.into_buf();
+        // A session's hand-off segment is no loan of this arena either.
+        let Some(buf) = loan.into_arena() else {
+            return Err(PublishError::ForeignLoan);
+        };
         if !buf.is_from(&self.node.shared.tx) {
             // Dropping it frees it in its own node's arena.
             return Err(PublishError::ForeignLoan);

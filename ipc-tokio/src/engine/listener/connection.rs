@@ -179,7 +179,7 @@ pub(super) async fn rendezvous(
     let size = ipc_core::Layout::compute(&config.block)
         .map_err(|e| e.to_string())?
         .total_size;
-    let memory = match config.memory.charge_node(size) {
+    let memory = match config.memory.charge_node(node, size) {
         Ok(charge) => charge,
         Err((limit, max)) => {
             let refusal = EngineFrame::Limit {
@@ -315,7 +315,8 @@ fn request_id(frame: &NodeFrame) -> Option<u32> {
         | NodeFrame::Unsubscribe { req, .. }
         | NodeFrame::DeclareQueue { req, .. }
         | NodeFrame::Produce { req, .. }
-        | NodeFrame::Consume { req, .. } => Some(*req),
+        | NodeFrame::Consume { req, .. }
+        | NodeFrame::Segment { req, .. } => Some(*req),
         _ => None,
     }
 }
@@ -332,11 +333,13 @@ pub(super) fn is_answer(frame: &EngineFrame) -> bool {
         | EngineFrame::PublishOk { req, .. }
         | EngineFrame::TopicDone { req }
         | EngineFrame::SubscribeOk { req, .. }
-        | EngineFrame::QueueOk { req, .. } => *req != 0,
+        | EngineFrame::QueueOk { req, .. }
+        | EngineFrame::SegmentOk { req, .. } => *req != 0,
         EngineFrame::Welcome { .. }
         | EngineFrame::Accept { .. }
         | EngineFrame::TopicAttach { .. }
-        | EngineFrame::InspectChunk { .. } => false,
+        | EngineFrame::InspectChunk { .. }
+        | EngineFrame::SegmentDelivery { .. } => false,
     }
 }
 
@@ -445,6 +448,7 @@ pub(super) async fn serve(
                     Ok(Some(NodeFrame::DeclareQueue { req, name, spec })) => Command::DeclareQueue { node, req, name, spec },
                     Ok(Some(NodeFrame::Produce { req, queue, ty })) => Command::Produce { node, req, queue, ty },
                     Ok(Some(NodeFrame::Consume { req, queue, ty, prefetch, lease_ms })) => Command::Consume { node, req, queue, ty, prefetch, lease_ms },
+                    Ok(Some(NodeFrame::Segment { req, len })) => Command::Segment { node, req, len },
                     Ok(Some(other)) => {
                         let _ = wr.try_write(&error_frame(0, ErrorCode::BadFrame, "unexpected frame after rendezvous"));
                         break Ended::Unexpected(match other {

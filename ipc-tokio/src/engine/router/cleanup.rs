@@ -100,12 +100,18 @@ impl Router {
                     else {
                         return true;
                     };
-                    let Source::Block { offset, .. } = src else {
-                        return true;
-                    };
                     if *src_node != id {
                         return true;
                     }
+                    // A sealed segment needs nothing of the dead node: it goes on, unless
+                    // data ahead of it on this end was dropped.
+                    if matches!(src, Source::Segment(_)) {
+                        dropped += usize::from(cut);
+                        return !cut;
+                    }
+                    let Source::Block { offset, .. } = src else {
+                        return true;
+                    };
                     let len64 = u64::from(*len);
                     if !cut && orphaned.saturating_add(len64) <= budget {
                         match ipc_core::copy_out(block, *offset, *len) {

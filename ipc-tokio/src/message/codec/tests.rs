@@ -352,15 +352,16 @@ impl Serialize for Bytes {
 #[test]
 fn bincode_refuses_to_encode_past_the_limit() {
     // Zeroed allocations of this size are mapped lazily; measuring never reads them.
-    let big = Bytes(vec![0u8; Bincode::DECODE_LIMIT + 1]);
+    let big = Bytes(vec![0u8; Bincode::MAX_ENCODING + 1]);
     assert!(matches!(
         Bincode::encoded_len(&big),
         Err(EncodeError::TooLarge {
-            max: Bincode::DECODE_LIMIT,
+            max: Bincode::MAX_ENCODING,
             ..
         })
     ));
-    let at_limit = Bytes(vec![0u8; Bincode::DECODE_LIMIT - 16]);
+    drop(big);
+    let at_limit = Bytes(vec![0u8; Bincode::MAX_ENCODING - 16]);
     assert!(Bincode::encoded_len(&at_limit).is_ok());
 }
 

@@ -229,6 +229,12 @@ impl NodeShared {
         );
     }
 
+    /// Hands a delivery's memory back to the engine: its receive sub-block, or its hand-off
+    /// segment.
+    pub(crate) fn release_view(&self, view: &ipc_core::RxView) {
+        self.push_or_queue(&self.release, view.release_entry());
+    }
+
     /// The node's doorbell rang: the engine may have made room in our rings.
     pub(crate) fn on_doorbell(&self) {
         for side in [&self.submit, &self.release] {

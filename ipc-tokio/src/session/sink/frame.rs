@@ -5,7 +5,7 @@ use std::future::poll_fn;
 use std::task::{Context, Poll, ready};
 
 use ipc_core::frame::{RECORD_HEADER, reserve_record, set_record_len};
-use ipc_core::{RawDescriptor, window_charge};
+use ipc_core::window_charge;
 
 use super::{BATCH_BYTES, Loan, MIN_FRAME, SUBMIT_BATCH, SessionSink};
 use crate::error::SessionError;
@@ -46,13 +46,19 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
             self.batch_full = is_full(&batch, cap);
         }
         let loan = ready!(self.poll_loan(self.frame_size().max(need), cx))?;
+        // A frame is at most a 64th of the arena: never a hand-off segment.
+        let Some(buf) = loan.into_arena() else {
+            return Poll::Ready(Err(SessionError::Segment(
+                "a frame cannot live in a hand-off segment".into(),
+            )));
+        };
         let end = self.tx.guard.core.end;
         let first = {
             let mut batch = lock_batch(&self.batch);
             // poll_loan may have pushed the batch (sealing nothing: the frame was sealed above).
             batch.seal();
             batch.frame = Some(OpenFrame {
-                buf: loan.buf,
+                buf,
                 used: 0,
                 records: 0,
             });
@@ -198,17 +204,15 @@ impl<T, C> SessionSink<T, C> {
     /// Hands `loan` over: its descriptor joins the batch (after the open frame, sealed
     /// first), and its permit the bytes in flight.
     pub(super) fn add_to_batch(&mut self, loan: Loan, permit: Permit) {
-        let sent = loan.buf.submit();
-        permit.consume(window_charge(sent.len, self.min_block()));
         let end = self.tx.guard.core.end;
+        let entry = loan.submit(end);
+        permit.consume(window_charge(entry.len, self.min_block()));
         let cap = self.batch_cap();
         let first = {
             let mut batch = lock_batch(&self.batch);
             batch.seal();
-            batch
-                .entries
-                .push(RawDescriptor::data(end, sent.offset, sent.len));
-            batch.bytes += u64::from(sent.len);
+            batch.entries.push(entry);
+            batch.bytes += u64::from(entry.len);
             batch.messages += 1;
             self.batch_full = is_full(&batch, cap);
             !std::mem::replace(&mut batch.listed, true)
