@@ -299,6 +299,18 @@ pub enum Violation {
         /// The flags found.
         flags: u16,
     },
+    /// A payload in a hand-off segment starts at its offset 0 and holds at least one byte.
+    #[error(
+        "a payload in segment {segment} at offset {offset} of {len} bytes: it must start at 0 and hold a byte"
+    )]
+    SegmentSpan {
+        /// The segment named.
+        segment: u32,
+        /// The offset found.
+        offset: u64,
+        /// The length found.
+        len: u32,
+    },
     /// The segment index names no segment.
     #[error("segment {segment} does not exist")]
     Segment {
@@ -467,10 +479,10 @@ fn check_segment_payload(raw: &RawDescriptor) -> Result<(), Violation> {
         return Err(Violation::Flags { flags: raw.flags });
     }
     if raw.offset != 0 || raw.len == 0 {
-        return Err(Violation::OutOfBounds {
+        return Err(Violation::SegmentSpan {
+            segment: raw.segment,
             offset: raw.offset,
-            len: u64::from(raw.len),
-            size: u64::from(u32::MAX),
+            len: raw.len,
         });
     }
     Ok(())

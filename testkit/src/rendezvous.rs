@@ -18,6 +18,20 @@ use tokio::net::UnixStream;
 /// Descriptors a welcome carries: the block, the engine's doorbell, the node's doorbell.
 pub const WELCOME_FDS: usize = 3;
 
+/// One blocking `recvmsg` on `sock` into `buf`, appending the descriptors that came along
+/// (close-on-exec, at most three) to `fds`. Returns the bytes read (0 at end of stream).
+///
+/// # Errors
+///
+/// As `recvmsg(2)`; `InvalidData` if more descriptors came.
+pub fn recvmsg_with_fds(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    recvmsg_once(sock, buf, fds)
+}
+
 /// One `recvmsg` on `sock` into `buf`, appending the descriptors that came along
 /// (close-on-exec) to `fds`. Returns the bytes read (0 at end of stream).
 fn recvmsg_once(sock: impl AsFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {

@@ -221,6 +221,9 @@ async fn attack(socket: &str, name: &str, cmds: &mut Commands) -> Result<Outcome
     if let Some(outcome) = control::attack(socket, me, name)? {
         return Ok(outcome);
     }
+    if let Some(outcome) = crate::segments::attack(socket, me, name)? {
+        return outcome;
+    }
     match name {
         // ===== ring indices =====
         "submit-tail-past-capacity" => {

@@ -127,11 +127,40 @@ fn descriptor_kinds_flags_segments() {
                 "flags-high-bit-on-fin",
                 Violation("reserved flags set: 0x8000"),
             ),
-            ("segment-one", Violation("segment 1 does not exist")),
+            // A `DATA` entry naming a segment is a hand-off: of a segment never lent, here.
+            ("segment-one", Violation("segment 1 is not lent to it")),
             (
                 "segment-max-on-close",
                 Violation("segment 4294967295 does not exist"),
             ),
+        ],
+    );
+}
+
+/// Hand-off segments (issue 15): ids never lent, lengths past a segment, offsets, a segment
+/// still mapped writable, sent twice or after it was given back, given back twice, released
+/// with an offset, or named by a frame. A well-behaved hand-off goes through.
+#[test]
+fn segments() {
+    run(
+        "segments",
+        &[
+            ("seg-valid", Survives),
+            ("seg-never-lent", Violation("segment 9 is not lent to it")),
+            (
+                "seg-len-past-it",
+                Violation("2000 bytes of segment 1, which holds 1000"),
+            ),
+            ("seg-offset", Violation("it must start at 0")),
+            (
+                "seg-still-mapped",
+                Violation("is still mapped writable when sent"),
+            ),
+            ("seg-sent-twice", Violation("is not lent to it")),
+            ("seg-after-giving-back", Violation("is not lent to it")),
+            ("seg-given-back-twice", Violation("which it does not hold")),
+            ("seg-release-offset", Violation("segment")),
+            ("seg-on-a-frame", Violation("does not exist")),
         ],
     );
 }
@@ -262,7 +291,10 @@ fn releases() {
                 Violation("release entry: unknown descriptor kind 1"),
             ),
             ("release-flags", Violation("release entry: reserved flags")),
-            ("release-segment", Violation("release entry: segment 7")),
+            (
+                "release-segment",
+                Violation("release of segment 7, which it does not hold"),
+            ),
             ("release-twice-in-one-batch", Violation("does not hold")),
             ("release-twice-later", Violation("does not hold")),
         ],

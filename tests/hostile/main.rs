@@ -24,6 +24,7 @@ mod cases;
 mod control;
 mod races;
 mod raw;
+mod segments;
 mod world;
 
 /// The entry point of child processes: returns at once unless this process was started as

@@ -163,6 +163,10 @@ pub(crate) struct RawNode {
     pub(crate) tx_done: u64,
     /// `DATA` entries received and not yet taken.
     pub(crate) received: VecDeque<RawDescriptor>,
+    /// Descriptors that came with the engine's frames, not yet matched to one.
+    fds: VecDeque<OwnedFd>,
+    /// Memfds of hand-off segments the engine lent us (`SegmentOk`), by id.
+    pub(crate) segments: std::collections::HashMap<u32, OwnedFd>,
 }
 
 impl RawNode {
@@ -206,6 +210,8 @@ impl RawNode {
             in_flight: 0,
             tx_done: 0,
             received: VecDeque::new(),
+            fds: VecDeque::new(),
+            segments: std::collections::HashMap::new(),
         };
         // The payload every valid message of ours carries a prefix of.
         let payload = crate::support::pattern(HOSTILE_SEED, 0, PAYLOAD_MAX);
@@ -279,6 +285,26 @@ impl RawNode {
         }
     }
 
+    /// Asks the engine for a hand-off segment of `len` bytes; returns its id and memfd.
+    pub(crate) fn lend(&mut self, len: u32) -> Result<(u32, OwnedFd), String> {
+        let req = self.req();
+        self.send(&NodeFrame::Segment { req, len }.encode())?;
+        let lent =
+            |f: &EngineFrame| matches!(f, EngineFrame::SegmentOk { req: r, .. } if *r == req);
+        self.wait_until(&format!("the segment of request {req}"), |n| {
+            n.frames.iter().any(lent)
+        })?;
+        let at = self.frames.iter().position(lent).expect("found");
+        let Some(EngineFrame::SegmentOk { segment, .. }) = self.frames.remove(at) else {
+            unreachable!("matched above")
+        };
+        let fd = self
+            .segments
+            .remove(&segment)
+            .ok_or_else(|| format!("segment {segment} came without its memfd"))?;
+        Ok((segment, fd))
+    }
+
     /// Waits for the reply to request `req` (an `OpenOk`, `ServeOk`, `UnserveOk` or `Error`).
     pub(crate) fn wait_reply(&mut self, req: u32) -> Result<EngineFrame, String> {
         let is_reply = |f: &EngineFrame| match f {
@@ -298,14 +324,22 @@ impl RawNode {
     /// Reads what the socket has (it must be readable: the call blocks otherwise).
     fn read_socket(&mut self) {
         let mut chunk = [0u8; 4096];
-        match self.sock.read(&mut chunk) {
+        let mut fds = Vec::new();
+        match rendezvous::recvmsg_with_fds(&self.sock, &mut chunk, &mut fds) {
             Ok(0) | Err(_) => self.closed = true,
             Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
         }
+        self.fds.extend(fds);
         loop {
             match control::decode_engine_frame(&self.inbuf) {
                 Ok(Some((frame, used))) => {
                     self.inbuf.drain(..used);
+                    for _ in 0..frame.fd_count() {
+                        let fd = self.fds.pop_front();
+                        if let (EngineFrame::SegmentOk { segment, .. }, Some(fd)) = (&frame, fd) {
+                            self.segments.insert(*segment, fd);
+                        }
+                    }
                     if let EngineFrame::Error { code, message, .. } = &frame {
                         self.errors.push((*code, message.clone()));
                     }

@@ -196,7 +196,8 @@ impl Router {
         self.stats.bytes += u64::from(len);
     }
 
-    /// A release entry of `node` naming a segment: its window goes back to the sender.
+    /// A release entry of `node` naming a segment: one delivered to it (its window goes back
+    /// to the sender), or one lent to it and given back unused (its sender gave up).
     pub(super) fn release_segment(
         &mut self,
         node: NodeId,
@@ -207,6 +208,9 @@ impl Router {
         })?;
         let link = self.links.get_mut(&node).expect("the caller's own link");
         let Some(held) = link.held.remove(&id) else {
+            if link.lent.remove(&id).is_some() {
+                return Ok(());
+            }
             return Err(Violation::new(
                 ViolationKind::Release,
                 format!("release of segment {id}, which it does not hold"),
