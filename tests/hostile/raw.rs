@@ -11,7 +11,7 @@
 //! of its own) and has nothing else to do.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::mem::{offset_of, size_of};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
