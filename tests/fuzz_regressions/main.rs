@@ -403,6 +403,13 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 subscription: 2,
             },
         ),
+        (
+            "segment",
+            NodeFrame::Segment {
+                req: 9,
+                len: 33 << 20,
+            },
+        ),
     ];
     let mut all = Vec::new();
     let mut seeds = Vec::new();
@@ -427,6 +434,21 @@ fn control_msg_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 req: 3,
                 session: 9,
                 peer: "billing".into(),
+            },
+        ),
+        (
+            "segment-ok",
+            EngineFrame::SegmentOk {
+                req: 9,
+                segment: 1,
+                len: 33 << 20,
+            },
+        ),
+        (
+            "segment-delivery",
+            EngineFrame::SegmentDelivery {
+                segment: 4,
+                len: 33 << 20,
             },
         ),
         (
@@ -676,6 +698,20 @@ fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let seq = |parts: &[Vec<u8>]| parts.concat();
     let data = kind::DATA;
     vec![
+        (
+            // A hand-off segment (kind 0xf0: 1 + 10 * 64 bytes) sent on the node's session
+            // (shape 2: segment 1, offset 0), to `fuzz-b`, who echoes it; then the same one
+            // again (no longer lent: the node is closed).
+            "segment-hand-off",
+            seq(&[
+                control(0xf0, 3, 10),
+                vec![REPLIES, SETTLE],
+                submit(OWN, data, 2, 600, 0, 0),
+                vec![BELL, SETTLE, DELIVER],
+                submit(OWN, data, 2, 600, 0, 0),
+                vec![BELL, SETTLE],
+            ]),
+        ),
         (
             "echo-and-release",
             seq(&[

@@ -45,7 +45,7 @@
 //! | 5 deliver | | drains its deliver ring: records `DATA`, completes `TX_DONE` |
 //! | 6 bell | | rings the engine's doorbell |
 //! | 7 frame | len u8, bytes | writes raw bytes on the control socket |
-//! | 8 control | kind u8, req u8, name u8 | sends a well-formed hello, ready, serve, unserve or open frame |
+//! | 8 control | kind u8, req u8, name u8 | sends a well-formed hello, ready, serve, unserve or open frame; from `kind` 0xf0 on, a request for a hand-off segment (which a `submit` with `segment` 1 then names) |
 //! | 9 settle | | waits until the legitimate pair exchanged a message (the engine made a pass over every node) |
 //! | 10 yield | n u8 | yields to the runtime `n % 8 + 1` times |
 //! | 11 replies | | reads the engine's frames; `OpenOk` and `Accept` add session ends it may name |

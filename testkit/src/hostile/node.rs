@@ -313,6 +313,12 @@ impl Hostile {
                 };
                 let req = u32::from(*req);
                 let frame = match k % 5 {
+                    // A hand-off segment (its id, from 1 on, is what `Submit` names with
+                    // `segment` 1): a few KiB, or far past any budget.
+                    _ if *k >= 0xf0 => NodeFrame::Segment {
+                        req,
+                        len: 1 + u32::from(*name) * 64 + u32::from(*k - 0xf0) * (256 << 20),
+                    },
                     0 => NodeFrame::Hello { name: service },
                     1 => NodeFrame::Ready,
                     2 => NodeFrame::Serve {
