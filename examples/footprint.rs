@@ -5,7 +5,9 @@
 //! 4). The engine runs in this process; the nodes run in a child process (this program
 //! re-executed), so this process's resident memory is the engine's. It prints the engine's
 //! RSS and descriptor count before, with the idle nodes connected, and with their sessions
-//! open, and the cost per node and per session.
+//! open, and the cost per node and per session; and the blocks' memory that is touched
+//! (allocated in the host's memory: a memfd's pages exist only once someone touches them),
+//! read from the engine's own descriptors of the blocks.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -29,6 +31,24 @@ fn rss_kib() -> u64 {
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Bytes of the nodes' blocks held in the host's memory (`st_blocks` of each block's memfd,
+/// through the engine's descriptors), and how many blocks.
+fn blocks_touched() -> (u64, usize) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return (0, 0);
+    };
+    let mut total = (0, 0);
+    for entry in dir.flatten() {
+        let is_block = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmlink-node-"));
+        if let (true, Ok(stat)) = (is_block, rustix::fs::stat(entry.path())) {
+            total.0 += stat.st_blocks as u64 * 512;
+            total.1 += 1;
+        }
+    }
+    total
 }
 
 /// The child: connects `nodes` nodes, says CONNECTED, opens `sessions` sessions from each
@@ -94,10 +114,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let socket = dir.join("engine.sock");
     runtime.block_on(async {
         // Default blocks (32 MiB + 32 MiB arenas): what a user gets.
+        // The memory budget (half the host's memory by default) counts every block whole,
+        // touched or not: this measures what idle blocks really hold, so it lifts it.
         let engine = Engine::builder()
             .socket(&socket)
             .block(BlockConfig::default())
             .max_sessions_per_node(1 << 20)
+            .memory_budget(u64::MAX)
             .spawn()?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (rss0, fds0) = (rss_kib(), fds());
@@ -114,6 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine.wait_for_stats(|s| s.nodes == nodes + 1).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (rss1, fds1) = (rss_kib(), fds());
+        let (touched, blocks) = blocks_touched();
         stdin.write_all(b"\n").await?;
         line.clear();
         out.read_line(&mut line).await?;
@@ -138,6 +162,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "per idle node: {per_node:.1} KiB RSS, {:.1} fds; per open session: {:.0} B RSS",
             (fds1 - fds0) as f64 / nodes as f64,
             per_session * 1024.0
+        );
+        let touched_per_node = touched as f64 / 1024.0 / blocks.max(1) as f64;
+        println!(
+            "blocks touched: {} KiB in {blocks} blocks, {touched_per_node:.1} KiB per idle node; \
+             footprint per idle node (engine RSS + block memory touched): {:.1} KiB",
+            touched / 1024,
+            per_node + touched_per_node
         );
         engine.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
