@@ -1761,7 +1761,9 @@ mod tests {
             }
         }
         assert_eq!(Limit::from_u16(9), Some(Limit::QueuedFrames));
-        assert_eq!(Limit::from_u16(10), None);
+        assert_eq!(Limit::from_u16(11), Some(Limit::NodeMemoryBudget));
+        assert!(Limit::NodeMemoryBudget.is_budget() && !Limit::QueuedFrames.is_budget());
+        assert_eq!(Limit::from_u16(12), None);
     }
 
     #[test]

@@ -875,12 +875,33 @@ mod tests {
         ));
         let segment = RawDescriptor {
             segment: 3,
-            ..RawDescriptor::data(1, 0, 1)
+            ..RawDescriptor::data(1, 64, 1)
         };
         assert!(matches!(
             validate_submit(&segment, &TX),
+            Err(Violation::SegmentSpan { segment: 3, .. })
+        ));
+        let closing_segment = RawDescriptor {
+            segment: 3,
+            ..RawDescriptor::control(kind::CLOSE, 1, 0)
+        };
+        assert!(matches!(
+            validate_submit(&closing_segment, &TX),
             Err(Violation::Segment { segment: 3 })
         ));
+        assert_eq!(
+            validate_submit(&RawDescriptor::segment_data(1, 3, 10), &TX),
+            Ok(Submission::Segment {
+                session: 1,
+                segment: 3,
+                len: 10
+            })
+        );
+        assert_eq!(
+            validate_segment_release(&RawDescriptor::segment_release(3)),
+            Ok(3)
+        );
+        assert!(validate_segment_release(&RawDescriptor::offset_only(kind::RELEASE, 0)).is_err());
         let empty_with_offset = RawDescriptor::data(1, 64, 0);
         assert!(validate_submit(&empty_with_offset, &TX).is_err());
         let release_oob = RawDescriptor::offset_only(kind::RELEASE, 1 << 21);

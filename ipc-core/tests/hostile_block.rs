@@ -810,12 +810,48 @@ fn hostile_submissions_are_violations() {
             },
             Err(Violation::Flags { flags: 0x8000 }),
         ),
+        // A `DATA` entry naming a segment is a hand-off: well-formed here (whether the
+        // segment was lent to the node is the engine's table to say), but only at offset 0
+        // and with a byte at least.
         (
             RawDescriptor {
                 segment: u32::MAX,
                 ..d(1, 0, 1)
             },
-            Err(Violation::Segment { segment: u32::MAX }),
+            Ok(Submission::Segment {
+                session: 1,
+                segment: u32::MAX,
+                len: 1,
+            }),
+        ),
+        (
+            RawDescriptor {
+                segment: 5,
+                ..d(1, 64, 1)
+            },
+            Err(Violation::SegmentSpan {
+                segment: 5,
+                offset: 64,
+                len: 1,
+            }),
+        ),
+        (
+            RawDescriptor {
+                segment: 5,
+                ..d(1, 0, 0)
+            },
+            Err(Violation::SegmentSpan {
+                segment: 5,
+                offset: 0,
+                len: 0,
+            }),
+        ),
+        (
+            RawDescriptor {
+                segment: 5,
+                ..RawDescriptor::frame(1, 0, 8, 1)
+            },
+            Err(Violation::Segment { segment: 5 }),
         ),
         // The control: a good entry passes.
         (
