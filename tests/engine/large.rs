@@ -156,3 +156,56 @@ async fn a_payload_past_the_node_budget_is_refused_and_the_session_goes_on() {
     drop((opened, accepted, pair.listener, pair.client, pair.server));
     support::all_gone(engine).await;
 }
+
+/// A burst of large payloads takes a segment each, and the segments go as the receiver
+/// drops its payloads: none is left once the node is idle again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_come_with_a_burst_and_go_when_it_is_read() {
+    const BURST: usize = 8;
+    const LEN: usize = 5 * MIB;
+    let dir = TestDir::new("large-burst");
+    // A window that holds the whole burst, so that all of it is in flight at once.
+    let engine = support::engine_builder(&dir)
+        .window_bytes((BURST * 8 * MIB) as u64)
+        .spawn()
+        .expect("engine");
+    let pair = support::pair(&engine, "burst").await;
+    let baseline = engine.stats().memory_used;
+    let (mut opened, mut accepted) = (pair.opened, pair.accepted);
+    for i in 0..BURST {
+        within("feed", opened.feed(Bytes::from(pattern(18, i as u64, LEN))))
+            .await
+            .expect("feed");
+    }
+    within("flush", opened.flush()).await.expect("flush");
+    let stats = within(
+        "a segment for each payload of the burst",
+        engine.wait_for_stats(|s| s.segments == BURST as u64),
+    )
+    .await;
+    assert!(
+        stats.memory_used >= baseline + (BURST * LEN) as u64,
+        "{stats:?}"
+    );
+    let mut got = Vec::new();
+    for i in 0..BURST {
+        let payload = within("receive", accepted.next())
+            .await
+            .expect("the stream goes on")
+            .expect("a payload");
+        check_pattern(18, i as u64, LEN, &payload).expect("intact");
+        got.push(payload);
+    }
+    // Held by the receiver until it lets go.
+    assert_eq!(engine.stats().segments, BURST as u64);
+    drop(got);
+    within(
+        "the segments go once the payloads are dropped",
+        engine.wait_for_stats(|s| s.segments == 0 && s.memory_used == baseline),
+    )
+    .await;
+    assert_eq!(segment_fds(), 0, "no segment stays open");
+    assert_eq!(segment_mappings(), 0, "no segment stays mapped");
+    drop((opened, accepted, pair.listener, pair.client, pair.server));
+    support::all_gone(engine).await;
+}

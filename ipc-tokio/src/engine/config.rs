@@ -213,6 +213,9 @@ pub struct EngineStats {
     pub memory_used: u64,
     /// The engine-wide memory budget, in bytes.
     pub memory_budget: u64,
+    /// Hand-off segments alive: lent to their senders, on their way, or held by their
+    /// receivers (one per large payload; each goes when its receiver drops the payload).
+    pub segments: u64,
 }
 
 /// Default engine memory for queued payloads ([`EngineBuilder::queue_memory`](crate::EngineBuilder::queue_memory)): 256 MiB.

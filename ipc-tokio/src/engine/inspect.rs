@@ -400,6 +400,9 @@ pub struct Counters {
     /// The engine-wide memory budget, in bytes.
     #[serde(default)]
     pub memory_budget: u64,
+    /// Hand-off segments alive.
+    #[serde(default)]
+    pub segments: u64,
 }
 
 impl From<&EngineStats> for Counters {
@@ -438,6 +441,7 @@ impl From<&EngineStats> for Counters {
             queue_expired: s.queue_expired,
             memory_used: s.memory_used,
             memory_budget: s.memory_budget,
+            segments: s.segments,
         }
     }
 }

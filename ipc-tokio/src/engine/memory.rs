@@ -23,6 +23,8 @@ pub(crate) struct Memory {
     per_node: u64,
     /// Bytes charged to each node: its block and the hand-off segments it asked for.
     nodes: Mutex<HashMap<u32, u64>>,
+    /// Hand-off segments alive (lent, on their way, or held by their receivers).
+    segments: AtomicU64,
 }
 
 impl Memory {
@@ -32,6 +34,7 @@ impl Memory {
             max,
             per_node,
             nodes: Mutex::default(),
+            segments: AtomicU64::new(0),
         })
     }
 
@@ -63,6 +66,24 @@ impl Memory {
         Ok(charge)
     }
 
+    /// Takes `bytes` for a hand-off segment of node `node` (counted in
+    /// [`Memory::segments`] until it drops), or refuses as [`Memory::charge_node`].
+    pub(crate) fn charge_segment(
+        self: &Arc<Self>,
+        node: u32,
+        bytes: u64,
+    ) -> Result<Charge, (Limit, u64)> {
+        let mut charge = self.charge_node(node, bytes)?;
+        charge.segment = true;
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        Ok(charge)
+    }
+
+    /// Hand-off segments alive now.
+    pub(crate) fn segments(&self) -> u64 {
+        self.segments.load(Ordering::Relaxed)
+    }
+
     /// Bytes charged to node `node` now.
     #[cfg(test)]
     pub(crate) fn node_used(&self, node: u32) -> u64 {
@@ -81,6 +102,7 @@ impl Memory {
             memory: self.clone(),
             bytes,
             node: None,
+            segment: false,
         })
     }
 }
@@ -92,6 +114,8 @@ pub(crate) struct Charge {
     bytes: u64,
     /// The node it is charged to, if any (topic segments are the engine's).
     node: Option<u32>,
+    /// A hand-off segment's.
+    segment: bool,
 }
 
 impl Drop for Charge {
@@ -104,6 +128,9 @@ impl Drop for Charge {
                     nodes.remove(&node);
                 }
             }
+        }
+        if self.segment {
+            self.memory.segments.fetch_sub(1, Ordering::Relaxed);
         }
         self.memory.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }

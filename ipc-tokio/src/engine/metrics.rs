@@ -21,8 +21,9 @@
 //! | `shmlink_active_nodes` | gauge | nodes the router polls on every pass |
 //! | `shmlink_waiting_messages` | gauge | messages waiting for room in a receive arena |
 //! | `shmlink_rx_arena_bytes_in_use` | gauge | bytes in use in every receive arena together |
-//! | `shmlink_memory_bytes` | gauge | shared memory the engine holds for nodes: blocks and topic segments |
+//! | `shmlink_memory_bytes` | gauge | shared memory the engine holds for nodes: blocks, topic and hand-off segments |
 //! | `shmlink_memory_budget_bytes` | gauge | the engine-wide memory budget |
+//! | `shmlink_segments` | gauge | hand-off segments alive (one per large payload) |
 //! | `shmlink_messages_total` | counter | messages copied |
 //! | `shmlink_bytes_total` | counter | their payload bytes |
 //! | `shmlink_violations_total` | counter | nodes closed for breaking the protocol |
@@ -92,6 +93,10 @@ fn describe() {
     describe_gauge!(
         "shmlink_memory_budget_bytes",
         "The engine-wide memory budget"
+    );
+    describe_gauge!(
+        "shmlink_segments",
+        "Hand-off segments alive (one per large payload)"
     );
     describe_counter!("shmlink_messages_total", "Messages copied");
     describe_counter!("shmlink_bytes_total", "Payload bytes copied");
@@ -172,6 +177,7 @@ fn record(last: &EngineStats, now: &EngineStats) {
     metrics::gauge!("shmlink_rx_arena_bytes_in_use").set(now.rx_in_use as f64);
     metrics::gauge!("shmlink_memory_bytes").set(now.memory_used as f64);
     metrics::gauge!("shmlink_memory_budget_bytes").set(now.memory_budget as f64);
+    metrics::gauge!("shmlink_segments").set(now.segments as f64);
     let counter = |name: &'static str, before: u64, after: u64| {
         metrics::counter!(name).increment(after.saturating_sub(before));
     };

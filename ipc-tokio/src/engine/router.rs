@@ -548,6 +548,7 @@ impl Router {
         self.stats.queue_dead_lettered = totals.dead_lettered;
         self.stats.memory_used = self.config.memory.used();
         self.stats.memory_budget = self.config.memory.max();
+        self.stats.segments = self.config.memory.segments();
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             // The listener's counts are the listener's to publish.

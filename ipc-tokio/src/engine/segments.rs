@@ -46,7 +46,7 @@ impl Router {
             let _ = link.frames.send(frame.into());
             return;
         }
-        let charge = match memory.charge_node(node, u64::from(len)) {
+        let charge = match memory.charge_segment(node, u64::from(len)) {
             Ok(charge) => charge,
             Err((limit, max)) => {
                 let frame = EngineFrame::Limit {

@@ -299,10 +299,11 @@ fn status(s: &Snapshot, json: bool) -> Result<(), Failure> {
         vec![
             "memory".into(),
             format!(
-                "{} of {} bytes (blocks and topic segments)",
+                "{} of {} bytes (blocks, topic and hand-off segments)",
                 c.memory_used, c.memory_budget
             ),
         ],
+        vec!["hand-off segments".into(), c.segments.to_string()],
         vec!["nodes".into(), c.nodes.to_string()],
         vec!["services".into(), c.services.to_string()],
         vec!["session ends".into(), c.session_ends.to_string()],
