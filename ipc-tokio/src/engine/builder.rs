@@ -94,8 +94,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Shared memory the engine may hold for all nodes together, in bytes: every node's block
-    /// and every topic's segment count, touched or not (default: half of the host's memory,
+    /// Shared memory the engine may hold for all nodes together, in bytes: every node's block,
+    /// every topic's segment and every large payload's hand-off segment count, touched or not (default: half of the host's memory,
     /// which leaves the other half for the processes' own heaps). A node whose block would
     /// pass it is refused at connect with [`ConnectError::Budget`](crate::ConnectError::Budget)
     /// naming [`Limit::MemoryBudget`](ipc_core::control::Limit::MemoryBudget); the engine and
@@ -108,9 +108,9 @@ impl EngineBuilder {
 
     /// Shared memory the engine may hold for one node, in bytes (default: a quarter of the
     /// engine-wide budget, so no single node takes the memory of all others, and at least
-    /// one block). Today a node's
-    /// memory is its block, so this bounds the block the engine is configured with
-    /// ([`SpawnError::Budget`] otherwise).
+    /// one block): its block, and the hand-off segments of the large payloads it sends until
+    /// their receivers release them ([`SessionError::Budget`](crate::SessionError::Budget)
+    /// past it). A block larger than it is refused at spawn ([`SpawnError::Budget`]).
     pub fn node_memory_budget(mut self, bytes: u64) -> Self {
         self.config.node_memory_budget = Some(bytes);
         self

@@ -208,8 +208,9 @@ pub struct EngineStats {
     /// Queued messages that went to a dead-letter queue (or were dropped for having none)
     /// since start.
     pub queue_dead_lettered: u64,
-    /// Bytes of shared memory the engine holds for nodes now: their blocks and the topics'
-    /// segments ([`EngineBuilder::memory_budget`](crate::EngineBuilder::memory_budget)).
+    /// Bytes of shared memory the engine holds for nodes now: their blocks, the topics'
+    /// segments and the hand-off segments of large payloads
+    /// ([`EngineBuilder::memory_budget`](crate::EngineBuilder::memory_budget)).
     pub memory_used: u64,
     /// The engine-wide memory budget, in bytes.
     pub memory_budget: u64,
