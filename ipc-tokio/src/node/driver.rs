@@ -323,28 +323,23 @@ fn dispatch(
                 .map_err(|e| format!("bad entry from the engine: {e}"))?;
             received(&mut state.ends, &mut after.to_release, session, view, false);
         }
-        Delivery::Data {
+        delivery @ (Delivery::Data {
             session,
             offset,
             len,
-        } => {
-            let view = shared
-                .block
-                .rx_view(offset, len)
-                .map_err(|e| format!("bad entry from the engine: {e}"))?;
-            received(&mut state.ends, &mut after.to_release, session, view, false);
         }
-        Delivery::Frame {
+        | Delivery::Frame {
             session,
             offset,
             len,
             ..
-        } => {
+        }) => {
             let view = shared
                 .block
                 .rx_view(offset, len)
                 .map_err(|e| format!("bad entry from the engine: {e}"))?;
-            received(&mut state.ends, &mut after.to_release, session, view, true);
+            let frame = matches!(delivery, Delivery::Frame { .. });
+            received(&mut state.ends, &mut after.to_release, session, view, frame);
         }
         Delivery::Fin { session } => {
             match state
