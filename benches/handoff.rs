@@ -13,18 +13,21 @@
 //!   part of the copy: that is what a new segment costs) and hands it to the receiver, which
 //!   maps it and reads every byte.
 //! - `copy-warm`, the copy in the steady state of a payload that fits the arenas: as `copy`,
-//!   but into a receiver block whose arena pages were touched (by the engine) and mapped and
-//!   read (by the receiver) before the measurement, as an arena in use is. Not a cost a
-//!   payload with a segment of its own can have; shown for scale.
+//!   but the sender writes into a loan it has written before, and the engine copies into a
+//!   receiver block whose arena pages were touched (by the engine) and mapped and read (by
+//!   the receiver) before the measurement, as arenas in use are. Not a cost a payload with a
+//!   segment of its own can have (its pages are new); shown for scale.
 //! - `handoff`: the engine creates a [`Segment`] and hands it over; the sender writes every
 //!   byte through a [`SegmentWriter`] and unmaps it; the engine seals it against writing
 //!   ([`Segment::seal_write`]) and hands the same fd to the receiver, which maps it read-only
 //!   ([`SealedView`]) and reads every byte. The engine never maps it.
 //!
-//! The time measured is from "the sender finished writing" (before the sender's unmap in
-//! `handoff`, before its submit in `copy`) to "the receiver finished reading" (a checksum of
-//! every byte, checked against the sender's), on `CLOCK_MONOTONIC`, which all processes
-//! share. Memory touched is what the kernel allocated for the memfds involved (`st_blocks` of
+//! The time measured (`deliver`) is from "the sender finished writing" (before the sender's
+//! unmap in `handoff`, before its submit in `copy`) to "the receiver finished reading" (a
+//! checksum of every byte, checked against the sender's), on `CLOCK_MONOTONIC`, which all
+//! processes share. Beside it, `write`: the sender's copy of the payload from its private
+//! memory into shared memory (for `handoff`, with its mapping of the segment), where the
+//! first touch of new pages shows; the end-to-end ratios add the two. Memory touched is what the kernel allocated for the memfds involved (`st_blocks` of
 //! each, after the receiver read). Each figure is the median over `--runs` runs (7), the two
 //! modes interleaved within a run so drift hits them alike; the ratio is handoff / copy.
 //! Processes are not pinned: on a loaded machine, expect noise, not bias.
@@ -44,7 +47,7 @@ use rustix::net::{
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// The sender writes its payload in chunks of this size, from a private buffer.
+/// The engine touches a warm receiver arena in chunks of this size.
 const CHUNK: usize = 1 << 20;
 /// Smallest size class of the blocks (large: the transmit tree stays small).
 const MIN_BLOCK: u64 = 1 << 12;
@@ -52,7 +55,7 @@ const MIN_BLOCK: u64 = 1 << 12;
 const UNUSED_ARENA: u64 = 1 << 16;
 
 /// A message on a control socket: a tag and three words.
-type Msg = [u64; 4];
+type Msg = [u64; 5];
 const WRITTEN: u64 = 1;
 const READY: u64 = 2;
 const READ: u64 = 3;
@@ -91,6 +94,8 @@ impl Mode {
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     ns: u64,
+    /// The sender's write of the payload (and, for `handoff`, its mapping of the segment).
+    write_ns: u64,
     touched: u64,
 }
 
@@ -151,7 +156,7 @@ fn allocated(fd: BorrowedFd<'_>) -> Res<u64> {
 // ===== the control socket =====
 
 fn send(stream: &UnixStream, msg: Msg, fd: Option<BorrowedFd<'_>>) -> Res<()> {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 40];
     for (chunk, w) in bytes.chunks_exact_mut(8).zip(msg) {
         chunk.copy_from_slice(&w.to_le_bytes());
     }
@@ -177,7 +182,7 @@ fn send(stream: &UnixStream, msg: Msg, fd: Option<BorrowedFd<'_>>) -> Res<()> {
 }
 
 fn recv(stream: &UnixStream) -> Res<(Msg, Option<OwnedFd>)> {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 40];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(
@@ -195,7 +200,7 @@ fn recv(stream: &UnixStream) -> Res<(Msg, Option<OwnedFd>)> {
             fd = rights.next();
         }
     }
-    let mut msg = [0u64; 4];
+    let mut msg = [0u64; 5];
     for (w, chunk) in msg.iter_mut().zip(bytes.chunks_exact(8)) {
         *w = u64::from_le_bytes(chunk.try_into()?);
     }
@@ -240,46 +245,46 @@ fn child(role: &str, args: &[String]) -> Res<()> {
     }
 }
 
-/// Writes the payload chunk by chunk through `write`; returns the checksum of what it wrote.
-fn write_payload(len: usize, mut write: impl FnMut(usize, &[u8]) -> Res<()>) -> Res<u64> {
-    let mut chunk = vec![0u8; CHUNK];
-    let mut sum = 0u64;
-    let mut at = 0;
-    while at < len {
-        let n = CHUNK.min(len - at);
-        fill(&mut chunk[..n], at);
-        sum = sum.wrapping_add(checksum(&chunk[..n]));
-        write(at, &chunk[..n])?;
-        at += n;
-    }
-    Ok(sum)
+/// The payload, made in the sender's private memory before anything is timed.
+fn payload(len: usize) -> (Vec<u8>, u64) {
+    let mut bytes = vec![0u8; len];
+    fill(&mut bytes, 0);
+    let sum = checksum(&bytes);
+    (bytes, sum)
 }
 
 fn sender(socket: &UnixStream, mode: Mode, len: u64) -> Res<()> {
+    let (bytes, sum) = payload(usize::try_from(len)?);
     let (_, fd) = recv(socket)?;
     let fd = fd.ok_or("no fd")?;
-    let size = usize::try_from(len)?;
     match mode {
         Mode::Copy | Mode::CopyWarm => {
             let block = Arc::new(Block::open(fd)?);
             let tx = block.take_tx_arena()?;
             let mut loan = tx.alloc(u32::try_from(len)?)?;
-            let sum = write_payload(size, |at, bytes| {
-                loan[at..at + bytes.len()].copy_from_slice(bytes);
-                Ok(())
-            })?;
+            if mode == Mode::CopyWarm {
+                // A node in use writes into arena pages it has written before.
+                loan.copy_from_slice(&bytes);
+            }
+            let start = now_ns();
+            loan.copy_from_slice(&bytes);
             let written = now_ns();
             let sub = loan.submit();
-            send(socket, [WRITTEN, sub.offset, written, sum], None)?;
+            send(
+                socket,
+                [WRITTEN, sub.offset, written, sum, written - start],
+                None,
+            )?;
             // A live node keeps its block mapped: stay until the measurement is over.
             expect(socket, BYE)?;
         }
         Mode::Handoff => {
+            let start = now_ns();
             let mut writer = SegmentWriter::open(fd, len)?;
-            let sum = write_payload(size, |at, bytes| Ok(writer.write_at(at as u64, bytes)?))?;
+            writer.write_at(0, &bytes)?;
             let written = now_ns();
             writer.finish();
-            send(socket, [WRITTEN, 0, written, sum], None)?;
+            send(socket, [WRITTEN, 0, written, sum, written - start], None)?;
             expect(socket, BYE)?;
         }
     }
@@ -299,7 +304,7 @@ fn receiver(socket: &UnixStream, mode: Mode, len: u64) -> Res<()> {
             let (_, fd) = expect(socket, SETUP)?;
             let block = Arc::new(Block::open(fd.ok_or("no fd")?)?);
             let primed = checksum(block.rx_view(0, len32)?.as_ref());
-            send(socket, [PRIMED, primed, 0, 0], None)?;
+            send(socket, [PRIMED, primed, 0, 0, 0], None)?;
             let (msg, _) = expect(socket, READY)?;
             checksum(block.rx_view(msg[1], len32)?.as_ref())
         }
@@ -309,7 +314,7 @@ fn receiver(socket: &UnixStream, mode: Mode, len: u64) -> Res<()> {
         }
     };
     let read = now_ns();
-    send(socket, [READ, read, sum, 0], None)?;
+    send(socket, [READ, read, sum, 0, 0], None)?;
     Ok(())
 }
 
@@ -354,17 +359,18 @@ fn measure(mode: Mode, len: u64) -> Res<Sample> {
     let sample = match mode {
         Mode::Copy => {
             let source = Block::create(&sender_config(len), "bench-sender")?;
-            send(&to_sender, [READY, 0, 0, 0], Some(source.fd()))?;
+            send(&to_sender, [READY, 0, 0, 0, 0], Some(source.fd()))?;
             let (written, _) = expect(&to_sender, WRITTEN)?;
             // The window: a fresh receiver block, the copy, the hand-over, the read.
             let target = Block::create(&receiver_config(len), "bench-receiver")?;
             copy_payload(&source, written[1], &target, 0, u32::try_from(len)?)?;
-            send(&to_receiver, [READY, 0, 0, 0], Some(target.fd()))?;
+            send(&to_receiver, [READY, 0, 0, 0, 0], Some(target.fd()))?;
             let (read, _) = expect(&to_receiver, READ)?;
             check(written, read)?;
             let touched = allocated(source.fd())? + allocated(target.fd())?;
             Sample {
                 ns: read[1].saturating_sub(written[2]),
+                write_ns: written[4],
                 touched,
             }
         }
@@ -375,35 +381,37 @@ fn measure(mode: Mode, len: u64) -> Res<Sample> {
             for at in (0..len).step_by(CHUNK) {
                 copy_in(&target, at, &zeros[..CHUNK.min((len - at) as usize)])?;
             }
-            send(&to_receiver, [SETUP, 0, 0, 0], Some(target.fd()))?;
+            send(&to_receiver, [SETUP, 0, 0, 0, 0], Some(target.fd()))?;
             expect(&to_receiver, PRIMED)?;
             // Only now may the sender write: the window starts when it is done.
-            send(&to_sender, [READY, 0, 0, 0], Some(source.fd()))?;
+            send(&to_sender, [READY, 0, 0, 0, 0], Some(source.fd()))?;
             let (written, _) = expect(&to_sender, WRITTEN)?;
             copy_payload(&source, written[1], &target, 0, u32::try_from(len)?)?;
-            send(&to_receiver, [READY, 0, 0, 0], None)?;
+            send(&to_receiver, [READY, 0, 0, 0, 0], None)?;
             let (read, _) = expect(&to_receiver, READ)?;
             check(written, read)?;
             Sample {
                 ns: read[1].saturating_sub(written[2]),
+                write_ns: written[4],
                 touched: allocated(source.fd())? + allocated(target.fd())?,
             }
         }
         Mode::Handoff => {
             let segment = Segment::create(len, "bench-handoff")?;
-            send(&to_sender, [READY, 0, 0, 0], Some(segment.fd()))?;
+            send(&to_sender, [READY, 0, 0, 0, 0], Some(segment.fd()))?;
             let (written, _) = expect(&to_sender, WRITTEN)?;
             segment.seal_write()?;
-            send(&to_receiver, [READY, 0, 0, 0], Some(segment.fd()))?;
+            send(&to_receiver, [READY, 0, 0, 0, 0], Some(segment.fd()))?;
             let (read, _) = expect(&to_receiver, READ)?;
             check(written, read)?;
             Sample {
                 ns: read[1].saturating_sub(written[2]),
+                write_ns: written[4],
                 touched: allocated(segment.fd())?,
             }
         }
     };
-    send(&to_sender, [BYE, 0, 0, 0], None)?;
+    send(&to_sender, [BYE, 0, 0, 0, 0], None)?;
     sender.wait()?;
     receiver.wait()?;
     Ok(sample)
@@ -464,35 +472,53 @@ fn coordinate(args: &[String]) -> Res<()> {
     }
     let runs = runs.max(1);
     println!(
-        "{:>8} | {:>10} {:>10} {:>10} | {:>7} {:>7} | {:>8} {:>8}",
-        "payload", "copy", "copy-warm", "handoff", "h/copy", "h/warm", "mem copy", "mem h/o"
+        "{:>8} | {:>22} | {:>22} | {:>6} {:>6} | {:>8} {:>8} | {:>8} {:>8}",
+        "payload",
+        "deliver: copy/warm/h-o",
+        "write: copy/warm/h-o",
+        "h/copy",
+        "h/warm",
+        "e2e/copy",
+        "e2e/warm",
+        "mem copy",
+        "mem h/o"
     );
     for &len in &sizes {
-        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        let mut deliver = [Vec::new(), Vec::new(), Vec::new()];
+        let mut write = [Vec::new(), Vec::new(), Vec::new()];
         let mut touched = [0u64; 3];
         for _ in 0..runs {
             for (k, mode) in MODES.into_iter().enumerate() {
                 let sample = measure(mode, len)?;
-                times[k].push(sample.ns);
+                deliver[k].push(sample.ns);
+                write[k].push(sample.write_ns);
                 touched[k] = touched[k].max(sample.touched);
             }
         }
-        let [copy, warm, handoff] = times.each_mut().map(|t| median(t) as f64 / 1e6);
+        let [copy, warm, handoff] = deliver.each_mut().map(|t| median(t) as f64 / 1e6);
+        let [w_copy, w_warm, w_handoff] = write.each_mut().map(|t| median(t) as f64 / 1e6);
         println!(
-            "{:>8} | {:>7.2} ms {:>7.2} ms {:>7.2} ms | {:>7.3} {:>7.3} | {:>8} {:>8}",
+            "{:>8} | {:>6.1} {:>6.1} {:>6.1} ms | {:>6.1} {:>6.1} {:>6.1} ms | {:>6.3} {:>6.3} | {:>8.3} {:>8.3} | {:>8} {:>8}",
             human(len),
             copy,
             warm,
             handoff,
+            w_copy,
+            w_warm,
+            w_handoff,
             handoff / copy,
             handoff / warm,
+            (w_handoff + handoff) / (w_copy + copy),
+            (w_handoff + handoff) / (w_warm + warm),
             human(touched[0]),
             human(touched[2]),
         );
     }
     println!(
-        "(p50 of {runs} runs, from \"sender finished writing\" to \"receiver finished reading\"; \
-         h/copy = handoff / copy, h/warm = handoff / copy-warm; mem = memfd pages touched)"
+        "p50 of {runs} runs. deliver: from \"sender finished writing\" to \"receiver finished \
+         reading\"; write: the sender's write of the payload (handoff: with its mapping of the \
+         segment); h/copy = handoff / copy and h/warm = handoff / copy-warm (deliver); e2e/copy \
+         and e2e/warm: the same ratios of write + deliver; mem = memfd pages touched."
     );
     Ok(())
 }
