@@ -60,6 +60,8 @@ pub enum BlockError {
     },
 }
 
+// Used by the modules that make system calls, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 impl BlockError {
     pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
         Self::Sys {
@@ -99,6 +101,8 @@ pub enum SealError {
     },
 }
 
+// Used by the modules that make system calls, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 impl SealError {
     pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
         Self::Sys {
