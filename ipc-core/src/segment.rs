@@ -574,7 +574,8 @@ mod tests {
             Some(Errno::PERM)
         );
         // The view's own read-only mapping cannot be made writable: the kernel dropped its
-        // VM_MAYWRITE when it was mapped (EACCES).
+        // VM_MAYWRITE when it was mapped (EACCES). Linux 6.7 and later: an older kernel maps
+        // the view privately (see `SealedView::open`), and this check does not apply there.
         let base = view.as_ref().as_ptr().cast_mut().cast();
         // SAFETY: exactly the view's own mapping (page-aligned base, its length); had the
         // kernel allowed it, the mapping would only have become writable, and the test fails.
