@@ -6,9 +6,10 @@
 //! sender and a receiver. Each child gets one end of a Unix socket pair as its standard input;
 //! memfds travel over it with `SCM_RIGHTS`, as blocks do at rendezvous.
 //!
-//! - `copy`, what the engine does today: the engine creates the sender's block (a transmit
-//!   arena of the payload's size) and hands it over; the sender loans the payload from its
-//!   arena, writes every byte and submits it. The engine then creates a fresh receiver block,
+//! - `copy`, the engine's copy (its path for every payload before hand-off segments, and
+//!   still within the arenas) for a payload with memory of its own: the engine creates the
+//!   sender's block (a transmit arena of the payload's size) and hands it over; the sender
+//!   loans the payload from its arena, writes every byte and submits it. The engine then creates a fresh receiver block,
 //!   [`copy_payload`]s the payload into its receive arena (the first touch of its pages is
 //!   part of the copy: that is what a new segment costs) and hands it to the receiver, which
 //!   maps it and reads every byte.

@@ -286,8 +286,8 @@ impl SegmentWriter {
         }
         // SAFETY: offset + len <= the mapping's length (checked above), so the destination
         // lies inside the live mapping, and `&mut self` makes this the writer's only access.
-        // `bytes` cannot lie in this mapping (the writer lends no slice of it), so the two
-        // ranges do not overlap. The copy is raw: no reference into shared memory is formed,
+        // `bytes` cannot lie in this mapping (a slice of it borrows `self`, which `&mut self`
+        // excludes), so the two ranges do not overlap. The copy is raw: no reference into shared memory is formed,
         // so another party writing the same file at once (the engine never does; a second
         // writer on a duplicate fd would be the sender's own doing) can only garble bytes,
         // never break a Rust reference. No reader exists yet: a `SealedView` needs
