@@ -60,6 +60,8 @@ pub enum BlockError {
     },
 }
 
+// Used by the modules that make system calls, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 impl BlockError {
     pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
         Self::Sys {
@@ -77,8 +79,9 @@ impl BlockError {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SealError {
-    /// A writable shared mapping of the segment still exists (the kernel's `EBUSY`): its
-    /// writer did not unmap it before announcing it done.
+    /// A writable shared mapping of the segment still exists, or its pages are pinned (for
+    /// I/O, e.g. io_uring fixed buffers): the kernel's `EBUSY`. Its writer did not let go of
+    /// it before announcing it done.
     #[error("the segment is still mapped writable: its writer kept its mapping")]
     StillMapped,
     /// The seals were frozen (`F_SEAL_SEAL`) without `F_SEAL_WRITE` (the kernel's `EPERM`):
@@ -99,6 +102,8 @@ pub enum SealError {
     },
 }
 
+// Used by the modules that make system calls, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 impl SealError {
     pub(crate) fn sys(op: &'static str, err: rustix::io::Errno) -> Self {
         Self::Sys {

@@ -286,8 +286,8 @@ impl SegmentWriter {
         }
         // SAFETY: offset + len <= the mapping's length (checked above), so the destination
         // lies inside the live mapping, and `&mut self` makes this the writer's only access.
-        // `bytes` cannot lie in this mapping (the writer lends no slice of it), so the two
-        // ranges do not overlap. The copy is raw: no reference into shared memory is formed,
+        // `bytes` cannot lie in this mapping (a slice of it borrows `self`, which `&mut self`
+        // excludes), so the two ranges do not overlap. The copy is raw: no reference into shared memory is formed,
         // so another party writing the same file at once (the engine never does; a second
         // writer on a duplicate fd would be the sender's own doing) can only garble bytes,
         // never break a Rust reference. No reader exists yet: a `SealedView` needs
@@ -574,7 +574,8 @@ mod tests {
             Some(Errno::PERM)
         );
         // The view's own read-only mapping cannot be made writable: the kernel dropped its
-        // VM_MAYWRITE when it was mapped (EACCES).
+        // VM_MAYWRITE when it was mapped (EACCES). Linux 6.7 and later: an older kernel maps
+        // the view privately (see `SealedView::open`), and this check does not apply there.
         let base = view.as_ref().as_ptr().cast_mut().cast();
         // SAFETY: exactly the view's own mapping (page-aligned base, its length); had the
         // kernel allowed it, the mapping would only have become writable, and the test fails.
