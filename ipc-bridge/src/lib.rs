@@ -1,0 +1,52 @@
+//! shmlink's bridge: engines on different hosts, over [Zenoh](https://zenoh.io).
+//!
+//! A [`Bridge`] is a node of its local engine and a member of a Zenoh session. Nothing
+//! crosses unless its [`BridgeConfig`] names it: a service one bridge exports and another
+//! imports is served on the importing host by the bridge, which tunnels each session to the
+//! exporting bridge and from there to the real server; a topic one exports and another
+//! imports is republished on the importing host. Local nodes' code does not change:
+//! `client("quotes")` reaches the remote server when none is local.
+//!
+//! ```no_run
+//! use ipc_bridge::{Bridge, BridgeConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // On the host that serves "quotes":
+//! let mut zenoh = zenoh::Config::default();
+//! zenoh.insert_json5("listen/endpoints", r#"["tcp/0.0.0.0:7447"]"#)?;
+//! let config = BridgeConfig::new(zenoh).export_service("quotes");
+//! let bridge = Bridge::start("/run/user/1000/shmlink.sock", config).await?;
+//! # bridge.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How calls and sessions cross
+//!
+//! A tower client is a session whose envelopes carry call ids, so tunnelling the session
+//! carries request/response with many calls in flight and out-of-order replies, and
+//! streams too, with one mechanism. Each tunnelled session has its own credit window
+//! ([`BridgeConfig::window`]): a slow receiver stalls only its own session, and Zenoh
+//! (reliable, `CongestionControl::Block`) never drops a message. When the other bridge goes
+//! (its liveliness token goes with its Zenoh session or its link), the tunnelled sessions end:
+//! a local client's pending calls fail with `CallError::Disconnected`.
+//!
+//! # Security
+//!
+//! The Zenoh configuration decides who may join: TLS with mutual authentication
+//! (`transport/link/tls`) or user/password (`transport/auth/usrpwd`); see the repository's
+//! docs/ARCHITECTURE.md, "Bridge". Local access control is unchanged: a remote peer reaches
+//! only what its peer bridge exports.
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+mod bridge;
+mod config;
+mod service;
+mod topic;
+mod tunnel;
+mod wire;
+
+pub use bridge::{Bridge, ImportState};
+pub use config::{BridgeConfig, BridgeError, DEFAULT_NAMESPACE, DEFAULT_WINDOW};
+pub use wire::WireError;
