@@ -44,6 +44,7 @@ pub struct Bridge {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
     imports: HashMap<String, watch::Receiver<ImportState>>,
+    topics: HashMap<String, Arc<Publisher<'static>>>,
     _tokens: Vec<zenoh::liveliness::LivelinessToken>,
     _subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
 }
@@ -51,16 +52,24 @@ pub struct Bridge {
 impl Bridge {
     /// Connects a node to the engine listening on `socket`, joins Zenoh with the config's
     /// session settings, and starts exporting and importing what the config names. Call it
-    /// inside a Tokio runtime (the engine's, or any).
+    /// inside a multi-thread Tokio runtime (the engine's, or any; one worker is enough):
+    /// Zenoh does not run on a current-thread runtime.
     ///
     /// # Errors
     ///
-    /// [`BridgeError`]: the config is inconsistent, the engine or Zenoh refused.
+    /// [`BridgeError`]: the config is inconsistent, the runtime is a current-thread one,
+    /// the engine or Zenoh refused.
     pub async fn start(
         socket: impl AsRef<Path>,
         config: BridgeConfig,
     ) -> Result<Self, BridgeError> {
         config.validate()?;
+        // Zenoh's own runtime panics inside a current-thread runtime: refuse first.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread
+        {
+            return Err(BridgeError::CurrentThreadRuntime);
+        }
         let node = Node::connect(socket.as_ref(), &config.node_name).await?;
         let session = zenoh::open(config.zenoh)
             .await
@@ -113,8 +122,17 @@ impl Bridge {
         );
         tasks.spawn(dispatch(shared.clone(), events_rx));
 
+        let mut topics = HashMap::new();
         for (name, ty) in &config.export_topics {
-            topic::export(&shared, &mut tasks, name, ty.clone()).await?;
+            let publisher = topic::export(
+                &shared,
+                &mut tasks,
+                name,
+                ty.clone(),
+                config.topic_subscription,
+            )
+            .await?;
+            topics.insert(name.clone(), publisher);
         }
         for (name, ty) in &config.import_topics {
             subscribers.push(topic::import(&shared, &mut tasks, name, ty.clone()).await?);
@@ -148,6 +166,7 @@ impl Bridge {
             shared,
             tasks,
             imports,
+            topics,
             _tokens: tokens,
             _subscribers: subscribers,
         })
@@ -162,6 +181,37 @@ impl Bridge {
     /// until it is served locally: `watch_import("quotes")?.wait_for(|s| s.exporter.is_some())`.
     pub fn watch_import(&self, name: &str) -> Option<watch::Receiver<ImportState>> {
         self.imports.get(name).cloned()
+    }
+
+    /// Waits until some bridge imports the exported topic `topic` (a Zenoh subscriber
+    /// matches it): what is published on it before then reaches no other host.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::NotExported`] if this bridge does not export `topic`,
+    /// [`BridgeError::Zenoh`] if the Zenoh session closes first.
+    pub async fn wait_topic_importers(&self, topic: &str) -> Result<(), BridgeError> {
+        let Some(publisher) = self.topics.get(topic) else {
+            return Err(BridgeError::NotExported(topic.to_owned()));
+        };
+        // The listener first, then the status: a match in between is not missed.
+        let listener = publisher
+            .matching_listener()
+            .await
+            .map_err(BridgeError::zenoh)?;
+        let status = publisher
+            .matching_status()
+            .await
+            .map_err(BridgeError::zenoh)?;
+        if status.matching() {
+            return Ok(());
+        }
+        while let Ok(status) = listener.recv_async().await {
+            if status.matching() {
+                return Ok(());
+            }
+        }
+        Err(BridgeError::Zenoh("the Zenoh session closed".to_owned()))
     }
 
     /// Stops the bridge: its tasks end, its tunnelled sessions are dropped (their local

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ipc_tokio::message::Bincode;
-use ipc_tokio::{ConnectError, MessageType, Payload, TopicSetupError};
+use ipc_tokio::{ConnectError, MessageType, Overflow, Payload, SubscribeOptions, TopicSetupError};
 use thiserror::Error;
 
 /// The default namespace: the first chunk of every Zenoh key a bridge uses.
@@ -12,6 +12,9 @@ pub const DEFAULT_NAMESPACE: &str = "shmlink";
 /// The default credit window of a tunnelled session: messages one side may send before the
 /// other has delivered them to its local node.
 pub const DEFAULT_WINDOW: u32 = 256;
+
+/// The default untether timeout of the bridge's subscriptions to exported topics.
+pub const DEFAULT_UNTETHER_MS: u64 = 10_000;
 
 /// A bridge's settings: the Zenoh session to join and the names that cross. Nothing crosses
 /// unless named here.
@@ -32,6 +35,7 @@ pub struct BridgeConfig {
     pub(crate) namespace: String,
     pub(crate) node_name: String,
     pub(crate) window: u32,
+    pub(crate) topic_subscription: SubscribeOptions,
     pub(crate) export_services: Vec<String>,
     pub(crate) import_services: Vec<String>,
     pub(crate) export_topics: Vec<(String, MessageType)>,
@@ -47,6 +51,13 @@ impl BridgeConfig {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             node_name: "bridge".to_owned(),
             window: DEFAULT_WINDOW,
+            topic_subscription: SubscribeOptions {
+                overflow: Overflow::Block {
+                    untether_ms: DEFAULT_UNTETHER_MS,
+                },
+                queue: 1024,
+                history: 0,
+            },
             export_services: Vec::new(),
             import_services: Vec::new(),
             export_topics: Vec::new(),
@@ -83,6 +94,15 @@ impl BridgeConfig {
     /// only its own session once its window is used.
     pub fn window(mut self, messages: u32) -> Self {
         self.window = messages.max(1);
+        self
+    }
+
+    /// How the bridge subscribes to the topics it exports (default: `Overflow::Block` with a
+    /// [`DEFAULT_UNTETHER_MS`] untether timeout, a queue of 1024): blocking holds local
+    /// publishers back while the bridge forwards, so nothing is dropped on the way out;
+    /// `DropOldest` keeps local publishers free and logs what the bridge missed.
+    pub fn topic_subscription(mut self, options: SubscribeOptions) -> Self {
+        self.topic_subscription = options;
         self
     }
 
@@ -157,6 +177,12 @@ impl BridgeConfig {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum BridgeError {
+    /// `Bridge::start` was called in a current-thread Tokio runtime; Zenoh needs a
+    /// multi-thread one (one worker thread is enough).
+    #[error(
+        "the bridge needs a multi-thread Tokio runtime (Zenoh does not run on a current-thread one)"
+    )]
+    CurrentThreadRuntime,
     /// The bridge's node could not connect to its engine.
     #[error("the bridge cannot connect to its engine: {0}")]
     Connect(#[from] ConnectError),
@@ -169,6 +195,9 @@ pub enum BridgeError {
     /// The namespace is empty or not a single Zenoh key chunk.
     #[error("invalid namespace {0:?}: one non-empty Zenoh key chunk without / * $ ? #")]
     Namespace(String),
+    /// The name is not exported by this bridge.
+    #[error("{0:?} is not exported by this bridge")]
+    NotExported(String),
     /// A topic could not be set up on the local engine.
     #[error("topic {topic:?}: {source}")]
     Topic {

@@ -38,6 +38,7 @@
 //! docs/ARCHITECTURE.md, "Bridge". Local access control is unchanged: a remote peer reaches
 //! only what its peer bridge exports.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
 mod bridge;
@@ -48,5 +49,7 @@ mod tunnel;
 mod wire;
 
 pub use bridge::{Bridge, ImportState};
-pub use config::{BridgeConfig, BridgeError, DEFAULT_NAMESPACE, DEFAULT_WINDOW};
+pub use config::{
+    BridgeConfig, BridgeError, DEFAULT_NAMESPACE, DEFAULT_UNTETHER_MS, DEFAULT_WINDOW,
+};
 pub use wire::WireError;

@@ -12,6 +12,7 @@ use futures::{SinkExt, StreamExt};
 use ipc_tokio::{MessageType, SubscribeError, SubscribeOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use zenoh::pubsub::Publisher;
 use zenoh::qos::CongestionControl;
 
 use crate::bridge::{Shared, key_chunk};
@@ -28,10 +29,11 @@ pub(crate) async fn export(
     tasks: &mut JoinSet<()>,
     name: &str,
     ty: MessageType,
-) -> Result<(), BridgeError> {
+    options: SubscribeOptions,
+) -> Result<Arc<Publisher<'static>>, BridgeError> {
     let mut subscription = shared
         .node
-        .subscribe_as(name, ty.clone(), SubscribeOptions::default())
+        .subscribe_as(name, ty.clone(), options)
         .await
         .map_err(|source| BridgeError::Topic {
             topic: name.to_owned(),
@@ -43,9 +45,15 @@ pub(crate) async fn export(
         .congestion_control(CongestionControl::Block)
         .await
         .map_err(BridgeError::zenoh)?;
+    let publisher = Arc::new(publisher);
     let name = name.to_owned();
+    let out = publisher.clone();
+    let node = shared.node.clone();
     tasks.spawn(async move {
-        while let Some(item) = subscription.next().await {
+        loop {
+        let Some(item) = subscription.next().await else {
+            break;
+        };
             match item {
                 Ok(payload) => {
                     let bytes = match encode_topic(&ty, &payload) {
@@ -63,6 +71,16 @@ pub(crate) async fn export(
                     tracing::warn!(topic = %name, dropped = n, "the bridge's subscription lagged: messages were not exported");
                 }
                 Err(SubscribeError::Codec(_)) => {}
+                Err(SubscribeError::Untethered) => {
+                    tracing::error!(topic = %name, "the bridge held the topic's publishers back past its untether timeout and was cut loose; it subscribes again (messages in between were not exported)");
+                    match node.subscribe_as(&name, ty.clone(), options).await {
+                        Ok(again) => subscription = again,
+                        Err(e) => {
+                            tracing::error!(topic = %name, error = %e, "cannot subscribe again: topic export ends");
+                            break;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(topic = %name, error = %e, "topic export ends");
                     break;
@@ -70,7 +88,7 @@ pub(crate) async fn export(
             }
         }
     });
-    Ok(())
+    Ok(out)
 }
 
 /// Subscribes on Zenoh to what bridges elsewhere export on `name` and publishes it locally.
