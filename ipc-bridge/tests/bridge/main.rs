@@ -13,7 +13,7 @@ use testkit::child::{ChildProc, child_spec, spawn_child};
 use testkit::setup::{TestDir, engine, within};
 use tower::ServiceExt;
 
-use support::{Hosts, free_port, quote_service, zenoh_listen};
+use support::{Hosts, free_port, quote_service, zenoh_connect, zenoh_listen};
 
 #[derive(Message, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct GetQuote {
@@ -359,3 +359,95 @@ async fn a_slow_receiver_across_hosts_holds_the_sender_back_without_loss() {
 
 /// Not `Infallible`-free: the quote service's error type, named for the helper.
 pub(crate) type ServiceError = Infallible;
+
+/// User/password authentication (Zenoh's `transport/auth/usrpwd`): a bridge with the right
+/// credentials reaches the exported service; a peer with a wrong password is refused at
+/// connection, so its bridge does not start (with `connect/exit_on_failure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_authentication_admits_only_known_peers() {
+    let dir_a = TestDir::new("bridge-auth-a");
+    let dir_b = TestDir::new("bridge-auth-b");
+    let dir_x = TestDir::new("bridge-auth-x");
+    let (engine_a, engine_b, engine_x) = (engine(&dir_a), engine(&dir_b), engine(&dir_x));
+    let users = dir_b.path().join("users.txt");
+    std::fs::write(&users, "host-a:correct horse\n").unwrap();
+    let port = free_port();
+    let ns = format!("auth{}", std::process::id());
+    let with_auth = |mut config: zenoh::Config, user: &str, password: &str| {
+        let auth = format!(r#"{{ user: "{user}", password: "{password}" }}"#);
+        config.insert_json5("transport/auth/usrpwd", &auth).unwrap();
+        config
+    };
+    let mut config_b = with_auth(zenoh_listen(port), "host-b", "battery staple");
+    config_b
+        .insert_json5(
+            "transport/auth/usrpwd/dictionary_file",
+            &format!("{:?}", users.to_str().unwrap()),
+        )
+        .unwrap();
+    let server = shmlink::Node::connect(dir_b.socket(), "billing")
+        .await
+        .unwrap();
+    let _server = server.serve("quotes", quote_service()).await.unwrap();
+    let bridge_b = Bridge::start(
+        dir_b.socket(),
+        BridgeConfig::new(config_b)
+            .namespace(&ns)
+            .export_service("quotes"),
+    )
+    .await
+    .expect("bridge B");
+
+    let strict = |mut config: zenoh::Config| {
+        config.insert_json5("connect/timeout_ms", "0").unwrap();
+        config
+            .insert_json5("connect/exit_on_failure", "true")
+            .unwrap();
+        config
+    };
+    let intruder = Bridge::start(
+        dir_x.socket(),
+        BridgeConfig::new(strict(with_auth(zenoh_connect(port), "host-a", "wrong")))
+            .namespace(&ns)
+            .import_service("quotes"),
+    )
+    .await;
+    assert!(
+        matches!(intruder, Err(ipc_bridge::BridgeError::Zenoh(_))),
+        "a wrong password must be refused: {intruder:?}"
+    );
+
+    let bridge_a = Bridge::start(
+        dir_a.socket(),
+        BridgeConfig::new(strict(with_auth(
+            zenoh_connect(port),
+            "host-a",
+            "correct horse",
+        )))
+        .namespace(&ns)
+        .import_service("quotes"),
+    )
+    .await
+    .expect("bridge A, with the right password");
+    let mut imported = bridge_a.watch_import("quotes").unwrap();
+    within("A serves the import", imported.wait_for(|s| s.served >= 1))
+        .await
+        .unwrap();
+    let web = shmlink::Node::connect(dir_a.socket(), "web").await.unwrap();
+    let client = web.client::<GetQuote, Quote>("quotes").await.unwrap();
+    let quote = within(
+        "call",
+        client.oneshot(GetQuote {
+            sku: "auth".into(),
+            n: 5,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(quote.cents, 16);
+    bridge_a.shutdown().await;
+    bridge_b.shutdown().await;
+    for engine in [engine_a, engine_b, engine_x] {
+        engine.shutdown().await;
+    }
+}
