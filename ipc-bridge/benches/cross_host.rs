@@ -81,6 +81,7 @@ async fn main() -> Result<(), BoxError> {
     let bridged = bridged(&dir, &plan).await?;
     let tarpc = tarpc_tcp(&plan).await?;
     let local = local(&dir, &plan).await?;
+    let zenoh_only = zenoh_ping_pong(&plan).await?;
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -91,6 +92,7 @@ async fn main() -> Result<(), BoxError> {
         ("shmlink bridged (Zenoh)", bridged),
         ("tarpc over TCP", tarpc),
         ("shmlink one engine", local),
+        ("Zenoh put/subscribe alone", zenoh_only),
     ] {
         println!(
             "{name:<28} {:>14.1} {:>16.1} {:>16.0}",
@@ -231,6 +233,78 @@ async fn tarpc_tcp(plan: &Plan) -> Result<Row, BoxError> {
     let row = measure(plan, call).await?;
     drop(client);
     server.abort();
+    Ok(row)
+}
+
+/// Zenoh alone, as the bridges use it (two peers on loopback, reliable, `Block`, express):
+/// a request published on one key, answered on another by a subscriber's callback. The
+/// floor under the bridged figures.
+async fn zenoh_ping_pong(plan: &Plan) -> Result<Row, BoxError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use zenoh::qos::CongestionControl;
+
+    let port = free_port()?;
+    let server = zenoh::open(zenoh(("listen", port))?).await?;
+    let client = zenoh::open(zenoh(("connect", port))?).await?;
+    let pong = Arc::new(
+        server
+            .declare_publisher("bench/pong")
+            .congestion_control(CongestionControl::Block)
+            .express(true)
+            .await?,
+    );
+    let answer = pong.clone();
+    let _echo = server
+        .declare_subscriber("bench/ping")
+        .callback(move |sample| {
+            let _ = zenoh::Wait::wait(answer.put(sample.payload().clone()));
+        })
+        .await?;
+    type Waiters = Mutex<HashMap<u64, tokio::sync::oneshot::Sender<usize>>>;
+    let waiters: Arc<Waiters> = Arc::new(Mutex::new(HashMap::new()));
+    let w = waiters.clone();
+    let _replies = client
+        .declare_subscriber("bench/pong")
+        .callback(move |sample| {
+            let bytes = sample.payload().to_bytes();
+            let id = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            if let Some(tx) = w.lock().expect("lock").remove(&id) {
+                let _ = tx.send(bytes.len());
+            }
+        })
+        .await?;
+    let ping = Arc::new(
+        client
+            .declare_publisher("bench/ping")
+            .congestion_control(CongestionControl::Block)
+            .express(true)
+            .await?,
+    );
+    // Wait until each side sees the other's subscriber.
+    for publisher in [&ping, &pong] {
+        let listener = publisher.matching_listener().await?;
+        if !publisher.matching_status().await?.matching() {
+            while !listener.recv_async().await?.matching() {}
+        }
+    }
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let call = |n: usize| {
+        let (ping, waiters, next) = (ping.clone(), waiters.clone(), next.clone());
+        async move {
+            let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiters.lock().expect("lock").insert(id, tx);
+            let mut data = vec![7u8; n.max(8)];
+            data[..8].copy_from_slice(&id.to_le_bytes());
+            ping.put(data).await?;
+            let got = rx.await?;
+            check(got, n.max(8))
+        }
+    };
+    let row = measure(plan, call).await?;
+    client.close().await?;
+    server.close().await?;
     Ok(row)
 }
 

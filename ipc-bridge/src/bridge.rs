@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ipc_tokio::{MessageType, Node, OpenError, Schema};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use zenoh::pubsub::Publisher;
 use zenoh::qos::CongestionControl;
@@ -76,7 +76,6 @@ impl Bridge {
             .map_err(BridgeError::zenoh)?;
         let me = session.zid().to_string();
         let ns = config.namespace;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             session: session.clone(),
             ns: ns.clone(),
@@ -93,34 +92,43 @@ impl Bridge {
         let mut subscribers = Vec::new();
         let mut tokens = Vec::new();
 
-        // The inbox, and peers' deaths, feed one ordered queue of events.
-        let inbox = events_tx.clone();
+        // The inbox and peers' deaths are dispatched in Zenoh's callbacks, in arrival order:
+        // routing a message to its tunnel is a map look-up and a channel send, never a wait.
+        let runtime = tokio::runtime::Handle::current();
+        let weak = Arc::downgrade(&shared);
+        let rt = runtime.clone();
         subscribers.push(
             session
                 .declare_subscriber(format!("{ns}/bridge/{me}/in/*"))
                 .callback(move |sample| {
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
                     let from = sample.key_expr().as_str().rsplit('/').next().unwrap_or("");
                     let bytes = Bytes::from(sample.payload().to_bytes().into_owned());
-                    let _ = inbox.send(Event::Message(from.to_owned(), bytes));
+                    dispatch(&shared, &rt, Event::Message(from.to_owned(), bytes));
                 })
                 .await
                 .map_err(BridgeError::zenoh)?,
         );
-        let deaths = events_tx.clone();
+        let weak = Arc::downgrade(&shared);
+        let rt = runtime.clone();
         subscribers.push(
             session
                 .liveliness()
                 .declare_subscriber(format!("{ns}/alive/*"))
                 .callback(move |sample| {
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
                     if sample.kind() == SampleKind::Delete {
                         let zid = sample.key_expr().as_str().rsplit('/').next().unwrap_or("");
-                        let _ = deaths.send(Event::Gone(zid.to_owned()));
+                        dispatch(&shared, &rt, Event::Gone(zid.to_owned()));
                     }
                 })
                 .await
                 .map_err(BridgeError::zenoh)?,
         );
-        tasks.spawn(dispatch(shared.clone(), events_rx));
 
         let mut topics = HashMap::new();
         for (name, ty) in &config.export_topics {
@@ -375,31 +383,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The dispatcher: routes each peer message to its tunnel or handler, in arrival order.
-async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
-    while let Some(event) = events.recv().await {
+/// The dispatcher: routes one peer message to its tunnel or handler (called in Zenoh's
+/// callbacks, in arrival order; what may wait is spawned on the bridge's runtime).
+fn dispatch(shared: &Arc<Shared>, runtime: &tokio::runtime::Handle, event: Event) {
+    {
         let (from, bytes) = match event {
             Event::Message(from, bytes) => (from, bytes),
             Event::Gone(peer) => {
                 tracing::info!(peer = %peer, "peer bridge gone");
                 shared.peer_gone(&peer);
-                if let Some(p) = shared.peers.lock().await.remove(&peer) {
-                    drop(p);
-                }
-                continue;
+                let shared = shared.clone();
+                runtime.spawn(async move {
+                    shared.peers.lock().await.remove(&peer);
+                });
+                return;
             }
         };
         let wire = match Wire::decode(bytes) {
             Ok(wire) => wire,
             Err(e) => {
                 tracing::warn!(peer = %from, error = %e, "malformed message from a peer bridge, dropped");
-                continue;
+                return;
             }
         };
         match wire {
             Wire::Describe { req, service } => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     let answer = describe_local(&shared, &service).await;
                     let _ = shared.send(&from, &Wire::Described { req, answer }).await;
                 });
@@ -414,7 +424,7 @@ async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event
                 service,
                 schema,
             } => {
-                tokio::spawn(service::accept_remote(
+                runtime.spawn(service::accept_remote(
                     shared.clone(),
                     from,
                     tunnel,

@@ -160,11 +160,11 @@ pub(crate) async fn pump(
             let next = match inbound.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if owed > 0 {
-                        if !broken && sink.flush().await.is_err() {
-                            broken = true;
-                        }
-                        shared.credit(&key, from_opener, &mut owed).await;
+                    // Credits go back a quarter window at a time (not per message: a credit
+                    // is a Zenoh message too); the sender never waits on fewer than
+                    // three quarters of its window.
+                    if !broken && sink.flush().await.is_err() {
+                        broken = true;
                     }
                     match inbound.recv().await {
                         Some(next) => next,
@@ -179,7 +179,7 @@ pub(crate) async fn pump(
                         broken = true;
                     }
                     owed += 1;
-                    if owed >= window.div_ceil(2) {
+                    if owed >= window.div_ceil(4) {
                         if !broken && sink.flush().await.is_err() {
                             broken = true;
                         }
