@@ -114,7 +114,7 @@ async fn main() -> Result<(), BoxError> {
         println!("host A received {tick:?} published on host B");
     }
 
-    drop((client, ticks, publisher));
+    drop((ticks, publisher));
     bridge_a.shutdown().await;
     bridge_b.shutdown().await;
     engine_a.shutdown().await;
