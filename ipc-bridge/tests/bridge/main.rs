@@ -1,6 +1,7 @@
 //! Two engines bridged over Zenoh (peer mode on loopback TCP, multicast scouting off,
 //! connected explicitly): services, topics, schemas and the death of the other host.
 
+mod netns;
 mod support;
 
 use std::convert::Infallible;
@@ -304,7 +305,12 @@ async fn sigkill_of_host_b_ends_pending_calls_and_a_restart_serves_again() {
 fn spawn_host_b(port: u16, ns: &str, round: u64) -> ChildProc {
     spawn_child(
         "host-b",
-        &[port.to_string(), ns.to_owned(), round.to_string()],
+        &[
+            "127.0.0.1".to_owned(),
+            port.to_string(),
+            ns.to_owned(),
+            format!("kill-{round}"),
+        ],
     )
 }
 

@@ -40,9 +40,23 @@ pub(crate) fn zenoh_listen(port: u16) -> zenoh::Config {
 
 /// A peer connecting to `127.0.0.1:port`.
 pub(crate) fn zenoh_connect(port: u16) -> zenoh::Config {
+    zenoh_connect_to("127.0.0.1", port)
+}
+
+/// A peer connecting to `addr:port`.
+pub(crate) fn zenoh_connect_to(addr: &str, port: u16) -> zenoh::Config {
     let mut config = base();
     config
-        .insert_json5("connect/endpoints", &format!(r#"["tcp/127.0.0.1:{port}"]"#))
+        .insert_json5("connect/endpoints", &format!(r#"["tcp/{addr}:{port}"]"#))
+        .unwrap();
+    config
+}
+
+/// A peer listening on `addr:port`.
+pub(crate) fn zenoh_listen_on(addr: &str, port: u16) -> zenoh::Config {
+    let mut config = base();
+    config
+        .insert_json5("listen/endpoints", &format!(r#"["tcp/{addr}:{port}"]"#))
         .unwrap();
     config
 }
@@ -230,11 +244,13 @@ where
 }
 
 /// Host B in a child process: an engine, the quote server and a bridge exporting it,
-/// connected to A's bridge on the port in `args[0]`, namespace `args[1]`.
+/// connected to A's bridge at address `args[0]`, port `args[1]`, namespace `args[2]`
+/// (`args[3]` tells runs apart).
 pub(crate) async fn host_b(spec: ChildSpec, commands: Commands) -> Result<(), String> {
-    let port: u16 = spec.args[0].parse().map_err(|e| format!("port: {e}"))?;
-    let ns = &spec.args[1];
-    let dir = TestDir::new(&format!("bridge-kill-b-{}", spec.args[2]));
+    let addr = &spec.args[0];
+    let port: u16 = spec.args[1].parse().map_err(|e| format!("port: {e}"))?;
+    let ns = &spec.args[2];
+    let dir = TestDir::new(&format!("bridge-b-{}", spec.args[3]));
     let engine = engine(&dir);
     let billing = Node::connect(dir.socket(), "billing")
         .await
@@ -245,7 +261,7 @@ pub(crate) async fn host_b(spec: ChildSpec, commands: Commands) -> Result<(), St
         .map_err(|e| e.to_string())?;
     let bridge = Bridge::start(
         dir.socket(),
-        BridgeConfig::new(zenoh_connect(port))
+        BridgeConfig::new(zenoh_connect_to(addr, port))
             .namespace(ns)
             .export_service("quotes"),
     )
