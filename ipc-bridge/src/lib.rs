@@ -7,16 +7,27 @@
 //! imports is republished on the importing host. Local nodes' code does not change:
 //! `client("quotes")` reaches the remote server when none is local.
 //!
-//! ```no_run
+//! ```
 //! use ipc_bridge::{Bridge, BridgeConfig};
+//! use shmlink::Engine;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! // On the host that serves "quotes":
+//! // Zenoh needs a multi-thread runtime.
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let dir = std::env::temp_dir().join(format!("ipc-bridge-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let socket = dir.join("engine.sock");
+//! let engine = Engine::builder().socket(&socket).spawn()?;
+//!
+//! // On the host that serves "quotes": a Zenoh peer listening on a port of its own.
 //! let mut zenoh = zenoh::Config::default();
-//! zenoh.insert_json5("listen/endpoints", r#"["tcp/0.0.0.0:7447"]"#)?;
+//! zenoh.insert_json5("listen/endpoints", r#"["tcp/127.0.0.1:0"]"#)?;
+//! zenoh.insert_json5("scouting/multicast/enabled", "false")?;
 //! let config = BridgeConfig::new(zenoh).export_service("quotes");
-//! let bridge = Bridge::start("/run/user/1000/shmlink.sock", config).await?;
+//! let bridge = Bridge::start(&socket, config).await?;
 //! # bridge.shutdown().await;
+//! # engine.shutdown().await;
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok(())
 //! # }
 //! ```
