@@ -117,6 +117,11 @@ pub use ipc_tokio::{
     TopicSetupError,
 };
 
+/// The bridge to engines on other hosts, over Zenoh (the `bridge` feature): the
+/// `ipc-bridge` crate.
+#[cfg(feature = "bridge")]
+pub use ipc_bridge as bridge;
+
 #[doc(hidden)]
 pub mod __private;
 

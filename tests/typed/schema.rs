@@ -208,3 +208,89 @@ async fn a_schema_mismatch_fails_the_open_and_names_both_sides() {
     drop((client, typed, raw, generic, node));
     world.finish().await;
 }
+
+/// `open_as`, `listen_as`, `publish_as` and `subscribe_as` carry encodings under a declared
+/// type (what the bridge does): the engine checks the declared schema as a typed one, and
+/// the bytes pass through unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_schema_is_checked_like_a_type_and_carries_encodings() {
+    use shmlink::{Bincode, Payload, Schema, SubscribeOptions, TopicSetupError};
+
+    let dir = crate::harness::TestDir::new("schema-declared");
+    let engine = crate::harness::engine(&dir, 64);
+    let socket = dir.path().join("engine.sock");
+    let typed = Node::connect(&socket, "typed").await.expect("connect");
+    let raw = Node::connect(&socket, "raw").await.expect("connect");
+    let stream_a = <StreamA as Payload<Bincode>>::message_type();
+    let stream_c = <StreamC as Payload<Bincode>>::message_type();
+    let both = |ty: &shmlink::MessageType| Schema {
+        send: ty.clone(),
+        recv: ty.clone(),
+    };
+
+    // A raw end declaring StreamA opens a typed StreamA listener and echoes its encodings.
+    let mut listener = typed.listen::<StreamA>("declared").await.expect("listen");
+    let mismatch_result = within("open_as", raw.open_as("declared", both(&stream_c))).await;
+    mismatch(
+        "open_as StreamC",
+        mismatch_result,
+        &["StreamC", "StreamA"],
+        &[StreamC::FINGERPRINT, StreamA::FINGERPRINT],
+    );
+    let mut echo = within("open_as", raw.open_as("declared", both(&stream_a)))
+        .await
+        .expect("open_as with the listener's type");
+    let mut session = within("accept", listener.accept()).await.expect("accepted");
+    let sent = StreamA {
+        text: "declared ✓".into(),
+    };
+    within("send", session.send(sent.clone()))
+        .await
+        .expect("send");
+    let encoding = within("raw receive", echo.next())
+        .await
+        .expect("a message")
+        .expect("bytes");
+    within("echo", echo.send(encoding)).await.expect("echo");
+    let back = within("typed receive", session.next())
+        .await
+        .expect("a message")
+        .expect("decodes as StreamA");
+    assert_eq!(back, sent);
+
+    // A raw listener declaring StreamA is opened by a typed StreamA end, and only by one.
+    let _served = raw
+        .listen_as("served-as", both(&stream_a))
+        .await
+        .expect("listen_as");
+    within("typed open", typed.open::<StreamA>("served-as"))
+        .await
+        .expect("a typed StreamA end opens it");
+    mismatch(
+        "open::<StreamC> on listen_as StreamA",
+        within("typed open", typed.open::<StreamC>("served-as")).await,
+        &["StreamC", "StreamA"],
+        &[StreamC::FINGERPRINT, StreamA::FINGERPRINT],
+    );
+
+    // A topic declared StreamA by publish_as refuses a StreamC subscriber, and a
+    // subscribe_as of another type.
+    let _publisher = raw
+        .publish_as("declared-topic", stream_a.clone(), 0)
+        .await
+        .expect("publish_as");
+    let refused = typed.subscribe::<StreamC>("declared-topic").await;
+    assert!(
+        matches!(refused, Err(TopicSetupError::SchemaMismatch { .. })),
+        "{refused:?}"
+    );
+    let refused = raw
+        .subscribe_as("declared-topic", stream_c, SubscribeOptions::default())
+        .await;
+    assert!(
+        matches!(refused, Err(TopicSetupError::SchemaMismatch { .. })),
+        "{refused:?}"
+    );
+    drop((typed, raw, echo, session, listener));
+    engine.shutdown().await;
+}

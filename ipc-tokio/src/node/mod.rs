@@ -356,6 +356,23 @@ impl Node {
         Ok(Session::new(self.handle.clone(), core))
     }
 
+    /// Opens a byte session to `service` declaring `schema` as this end's types, for code
+    /// that forwards encoded messages without decoding them (a bridge to another host, a
+    /// gateway): the engine checks `schema` against the server's exactly as for a typed open,
+    /// and the session carries each message's encoding as [`Bytes`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::open`].
+    pub async fn open_as(
+        &self,
+        service: &str,
+        schema: Schema,
+    ) -> Result<Session<Bytes>, OpenError> {
+        let core = self.open_core(service, schema).await?;
+        Ok(Session::new(self.handle.clone(), core))
+    }
+
     pub(crate) async fn open_core(
         &self,
         service: &str,
@@ -404,6 +421,26 @@ impl Node {
         service: &str,
     ) -> Result<Listener<T, C>, OpenError> {
         let (id, accept) = self.listen_core(service, symmetric::<T, C>()).await?;
+        Ok(Listener::from_parts(
+            self.handle.clone(),
+            id,
+            service.to_owned(),
+            accept,
+        ))
+    }
+
+    /// Serves `service` declaring `schema` as the serving end's types, carrying each
+    /// message's encoding as [`Bytes`] (see [`Node::open_as`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::listen`].
+    pub async fn listen_as(
+        &self,
+        service: &str,
+        schema: Schema,
+    ) -> Result<Listener<Bytes>, OpenError> {
+        let (id, accept) = self.listen_core(service, schema).await?;
         Ok(Listener::from_parts(
             self.handle.clone(),
             id,

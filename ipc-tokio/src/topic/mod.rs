@@ -28,7 +28,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use ipc_core::broadcast::{BroadcastLease, ReadOnlySegment};
-use ipc_core::control::{EngineFrame, ErrorCode, NodeFrame};
+use ipc_core::control::{EngineFrame, ErrorCode, MessageType, NodeFrame};
 use ipc_core::descriptor::{ArenaBounds, TopicDelivery, validate_topic_deliver};
 use ipc_core::{IdMap, RawDescriptor};
 use thiserror::Error;
@@ -438,8 +438,31 @@ impl Node {
         topic: &str,
         history: u32,
     ) -> Result<Publisher<T, C>, TopicSetupError> {
+        self.publish_core(topic, T::message_type(), history).await
+    }
+
+    /// Publishes on `topic` declaring its type as `ty`, each message given as its encoding
+    /// (for code that forwards messages without decoding them, such as a bridge).
+    ///
+    /// # Errors
+    ///
+    /// [`TopicSetupError`].
+    pub async fn publish_as(
+        &self,
+        topic: &str,
+        ty: MessageType,
+        history: u32,
+    ) -> Result<Publisher<Bytes>, TopicSetupError> {
+        self.publish_core(topic, ty, history).await
+    }
+
+    async fn publish_core<T, C>(
+        &self,
+        topic: &str,
+        ty: MessageType,
+        history: u32,
+    ) -> Result<Publisher<T, C>, TopicSetupError> {
         let shared = &self.handle().shared;
-        let ty = T::message_type();
         let reply = shared
             .request(
                 |req| NodeFrame::Publish {
@@ -490,8 +513,32 @@ impl Node {
         pattern: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription<T, C>, TopicSetupError> {
+        self.subscribe_core(pattern, T::message_type(), options)
+            .await
+    }
+
+    /// Subscribes to `pattern` declaring the type `ty`, each message yielded as its encoding
+    /// (see [`Node::publish_as`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TopicSetupError`].
+    pub async fn subscribe_as(
+        &self,
+        pattern: &str,
+        ty: MessageType,
+        options: SubscribeOptions,
+    ) -> Result<Subscription<Bytes>, TopicSetupError> {
+        self.subscribe_core(pattern, ty, options).await
+    }
+
+    async fn subscribe_core<T, C>(
+        &self,
+        pattern: &str,
+        ty: MessageType,
+        options: SubscribeOptions,
+    ) -> Result<Subscription<T, C>, TopicSetupError> {
         let shared = &self.handle().shared;
-        let ty = T::message_type();
         let wire = ipc_core::control::SubscribeOptions {
             overflow: options.overflow,
             queue: options.queue.max(1),
