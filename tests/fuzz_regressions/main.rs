@@ -699,6 +699,13 @@ fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let data = kind::DATA;
     vec![
         (
+            // A fuzzer's input after which LeakSanitizer took a node driver's emptied control
+            // buffer for a leak (an advanced `BytesMut` points one past its allocation): the
+            // driver now lets an emptied buffer go. A seed, so that libFuzzer starts from it.
+            "emptied-control-buffer",
+            vec![3, 0, 43, 1, 14, 13, 2, 12, 6, 9, 3, 0, 43, 1, 15, 6, 9],
+        ),
+        (
             // A hand-off segment (kind 0xf0: 1 + 10 * 64 bytes) sent on the node's session
             // (shape 2: segment 1, offset 0), to `fuzz-b`, who echoes it; then the same one
             // again (no longer lent: the node is closed).
