@@ -58,6 +58,21 @@ impl Waiter {
     }
 }
 
+/// Chunks of the largest payload iceoryx2 preallocates for the round trip (`rtt`), each of
+/// them zeroed when the ports are created: the client's request segment holds
+/// `max_servers × 2 × max_active_requests + max_loaned_requests` = 1 × 2 × 1 + 1 = 3, the
+/// server's response segment `max_clients × 2 × max_active_requests × (max_response_buffer
+/// + max_borrowed_responses_per_pending_response + max_loaned_responses_per_request)` =
+/// 1 × 2 × 1 × (1 + 1 + 1) = 6, with every one of these settings at its least, 1 (iceoryx2
+/// 0.10, `required_amount_of_chunks_per_{client,server}_data_segment`).
+pub(crate) const RTT_CHUNKS: usize = 9;
+
+/// The shared memory the harness lets iceoryx2 take for a round trip: 4 GiB (a few GiB on
+/// a shared 24 GiB machine, `/dev/shm` being 24 GiB). A round trip of `size` needs
+/// `RTT_CHUNKS × size`, so iceoryx2 measures up to 455 MiB here: 256 MiB (2.25 GiB) of the
+/// default sizes, not 1 GiB (9 GiB, all of it written with zeroes before the first sample).
+pub(crate) const MAX_RTT_SHM: usize = 4 << 30;
+
 fn quiet() {
     set_log_level(LogLevel::Error);
 }
@@ -144,12 +159,16 @@ pub(crate) fn client(spec: &Spec) -> Res<Measured> {
         return Ok(m);
     }
 
+    // A round trip has one request in flight and loans one request and one response at a
+    // time: every buffer at 1 keeps the preallocated segments at `RTT_CHUNKS` payloads.
+    let rtt = spec.pattern == Pattern::Rtt;
     let rr = node
         .service_builder(&ServiceName::new(&format!("{base}/rr"))?)
         .request_response::<[u8], [u8]>()
-        .max_active_requests_per_client(spec.inflight.max(2))
-        .max_response_buffer_size(2)
-        .max_loaned_requests(2)
+        .max_active_requests_per_client(if rtt { 1 } else { spec.inflight.max(2) })
+        .max_response_buffer_size(if rtt { 1 } else { 2 })
+        .max_borrowed_responses_per_pending_response(if rtt { 1 } else { 2 })
+        .max_loaned_requests(if rtt { 1 } else { 2 })
         .enable_safe_overflow_for_requests(false)
         .enable_safe_overflow_for_responses(false)
         .max_servers(1)
@@ -267,7 +286,11 @@ pub(crate) fn serve(spec: &Spec) -> Res<()> {
         .service_builder(&ServiceName::new(&format!("{base}/rr"))?)
         .request_response::<[u8], [u8]>()
         .open()?;
-    let server = rr.server_builder().initial_max_slice_len(slice).create()?;
+    let server = rr
+        .server_builder()
+        .initial_max_slice_len(slice)
+        .max_loaned_responses_per_request(if spec.pattern == Pattern::Rtt { 1 } else { 2 })
+        .create()?;
     let waiter = Waiter::new(&node, base, "server", event)?;
     println!("ready");
     loop {

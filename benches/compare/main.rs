@@ -13,7 +13,24 @@
 //! `[--sizes 64,1K,16M] [--idle-nodes 0,100,1000] [--subscribers 1,4,16]`
 //! `[--placements split,free] [--window-ms MS] [--warmup-ms MS]`
 //!
-//! `--sizes` sets the sizes of `rtt` and of `fanout`.
+//! `--sizes` sets the sizes of `rtt` and of `fanout`, from 8 B to 1 GiB (`64,1M,256M,1G`).
+//!
+//! Large round trips (issue 15), a few GiB alive at once at most:
+//!
+//! ```text
+//! cargo bench -p shmlink-benches --bench compare -- --patterns rtt --sizes 64,1M,16M,256M,1G \
+//!     --transports shmlink,uds,tcp,iceoryx2-event,iceoryx2-poll --placements split --runs 3 \
+//!     --json docs/bench-large.json
+//! ```
+//!
+//! A round trip that outlasts the window is measured `MIN_ITERS` (5) times after
+//! `MIN_WARMUP_ITERS` (2) warm-ups, so at 256 MiB and 1 GiB each p50 is the median of 5 or a
+//! few more samples and p99 the slowest of them; the progress lines say how many. shmlink
+//! sends such payloads in hand-off segments (past 8 MiB); `uds` and `tcp` write each frame
+//! in place in the codec's write buffer. iceoryx2 preallocates its segments for the largest
+//! payload (`iox::RTT_CHUNKS` payloads, zeroed at creation), so its round trips stop at
+//! `iox::MAX_RTT_SHM` / `RTT_CHUNKS` (455 MiB): larger sizes are skipped for it with the
+//! reason printed, never silently.
 //!
 //! `--patterns queue` (not in the default set): durable queues, shmlink against NATS
 //! JetStream and a naive redb queue; its own setup (nats-server) and figures are described
@@ -184,6 +201,9 @@ struct Measured {
     /// `queue`: publisher confirms per second.
     #[serde(default)]
     confirms_per_s: Option<f64>,
+    /// `rtt`: round trips measured (printed; few for the largest sizes).
+    #[serde(default)]
+    samples: Option<f64>,
 }
 
 fn main() {
@@ -321,6 +341,7 @@ fn parse_size(s: &str) -> Option<usize> {
     let (num, mult) = match s.chars().last()? {
         'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
         'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
     num.parse::<usize>().ok().map(|v| v * mult)
@@ -380,8 +401,10 @@ fn options(args: &[String]) -> Res<Options> {
                     .split(',')
                     .map(|s| {
                         parse_size(s)
-                            .filter(|&v| v >= MIN_SIZE)
-                            .ok_or_else(|| format!("bad size {s} (at least {MIN_SIZE} B)"))
+                            .filter(|v| (MIN_SIZE..=MAX_SIZE).contains(v))
+                            .ok_or_else(|| {
+                                format!("bad size {s} ({MIN_SIZE} B to {})", size_label(MAX_SIZE))
+                            })
                     })
                     .collect::<Result<_, _>>()?;
                 o.fanout_sizes.clone_from(&o.rtt_sizes);
@@ -519,6 +542,7 @@ fn median_of(runs: &[Measured]) -> Measured {
         sender_cpu_s_per_million: m(|r| r.sender_cpu_s_per_million),
         receivers_cpu_s_per_million: m(|r| r.receivers_cpu_s_per_million),
         confirms_per_s: m(|r| r.confirms_per_s),
+        samples: m(|r| r.samples),
     }
 }
 
@@ -572,13 +596,34 @@ fn coordinate(args: &[String]) -> Res<()> {
             .filter(|t| TRANSPORTS.contains(t) && t.measures(pattern))
             .collect(),
     };
+    // Measurements a transport cannot make, each said once, never dropped silently.
+    let mut skipped: Vec<String> = Vec::new();
+    for &(pattern, size, subscribers) in &cases {
+        for transport in transports_for(pattern) {
+            if let Some(why) = beyond_limit(transport, pattern, size) {
+                let line = format!(
+                    "{} {} {}: skipped: {why}",
+                    transport.name(),
+                    pattern.name(),
+                    case_label(pattern, size, subscribers)
+                );
+                eprintln!("compare: {line}");
+                skipped.push(line);
+            }
+        }
+    }
+    let measured_for = |(pattern, size, _): Case| {
+        transports_for(pattern)
+            .into_iter()
+            .filter(move |&t| beyond_limit(t, pattern, size).is_none())
+    };
     let idle = o.patterns.contains(&Pattern::Idle) && o.transports.contains(&Transport::Shmlink);
     let idle_runs = if o.quick { 1 } else { o.runs };
     let total = o.runs
         * placements.len()
         * cases
             .iter()
-            .map(|&(p, _, _)| transports_for(p).len())
+            .map(|&case| measured_for(case).count())
             .sum::<usize>()
         + if idle {
             idle_runs * placements.len()
@@ -664,7 +709,7 @@ fn coordinate(args: &[String]) -> Res<()> {
     for run in 0..o.runs {
         for &case in &cases {
             for &placement in &placements {
-                for transport in transports_for(case.0) {
+                for transport in measured_for(case) {
                     one(spec_for(transport, case, placement));
                 }
             }
@@ -698,6 +743,12 @@ fn coordinate(args: &[String]) -> Res<()> {
         );
         print!("{report}");
         queue_records = records;
+    }
+    if !skipped.is_empty() {
+        println!("\nSkipped (beyond a transport's limit):");
+        for line in &skipped {
+            println!("  {line}");
+        }
     }
     if !failures.is_empty() {
         println!("\nFailures:");
@@ -755,6 +806,27 @@ fn coordinate(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// Why `transport` cannot measure `pattern` at `size`, if it cannot: iceoryx2's round trip
+/// past [`iox::MAX_RTT_SHM`] of preallocated shared memory (see there).
+fn beyond_limit(transport: Transport, pattern: Pattern, size: usize) -> Option<String> {
+    let iceoryx2 = matches!(
+        transport,
+        Transport::Iceoryx2Event | Transport::Iceoryx2Poll
+    );
+    let shm = iox::RTT_CHUNKS.saturating_mul(size);
+    (iceoryx2 && pattern == Pattern::Rtt && shm > iox::MAX_RTT_SHM).then(|| {
+        format!(
+            "iceoryx2 preallocates and zeroes {} payloads for a round trip, {} of shared memory \
+             at {}, over the {} this harness lets it take (its largest round trip here: {} MiB)",
+            iox::RTT_CHUNKS,
+            size_label(shm),
+            size_label(size),
+            size_label(iox::MAX_RTT_SHM),
+            iox::MAX_RTT_SHM / iox::RTT_CHUNKS >> 20
+        )
+    })
+}
+
 /// What tells a case apart in the progress lines: its size, `N=…` idle nodes, or a size
 /// and `x…` subscribers.
 fn case_label(pattern: Pattern, size: usize, subscribers: usize) -> String {
@@ -768,6 +840,7 @@ fn case_label(pattern: Pattern, size: usize, subscribers: usize) -> String {
 fn size_label(size: usize) -> String {
     match size {
         0 => "-".to_owned(),
+        s if s >= 1 << 30 && s % (1 << 30) == 0 => format!("{} GiB", s >> 30),
         s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
         s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
         s => format!("{s} B"),
@@ -796,6 +869,9 @@ fn brief(m: &Measured) -> String {
     }
     if let Some(v) = m.nodes_cpu_s {
         let _ = write!(s, "nodes {:.3} ms", v * 1e3);
+    }
+    if let Some(v) = m.samples {
+        let _ = write!(s, "({v:.0} samples)");
     }
     s
 }
