@@ -886,6 +886,16 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// CPU seconds per million messages: two decimals, or SI-prefixed from 100,000 (a 1 GiB
+/// round trip costs about 10⁶), so that every cell fits its column.
+fn fmt_cpu(v: f64) -> String {
+    if v >= 1e5 {
+        fmt_si(v)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn fmt_si(v: f64) -> String {
     if v >= 1e9 {
         format!("{:.2}G", v / 1e9)
@@ -944,7 +954,7 @@ fn table(
             "round trip CPU s per million messages",
             Pattern::Rtt,
             |m| m.cpu_s_per_million,
-            |v| format!("{v:.2}"),
+            fmt_cpu,
         ),
         (
             "stream messages/s",
