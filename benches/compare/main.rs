@@ -822,7 +822,7 @@ fn beyond_limit(transport: Transport, pattern: Pattern, size: usize) -> Option<S
             size_label(shm),
             size_label(size),
             size_label(iox::MAX_RTT_SHM),
-            iox::MAX_RTT_SHM / iox::RTT_CHUNKS >> 20
+            (iox::MAX_RTT_SHM / iox::RTT_CHUNKS) >> 20
         )
     })
 }
