@@ -500,8 +500,14 @@ fn run_one(spec: &Spec) -> Res<Measured> {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let limit =
-        Duration::from_millis(spec.warmup_ms + spec.window_ms) * 3 + Duration::from_secs(60);
+    // Round trips of a large payload are each measured (`MIN_WARMUP_ITERS` + `MIN_ITERS`
+    // times) however long they take: a second each per 64 MiB more, only to catch a hang
+    // (a 1 GiB round trip takes 2-5 s on a loaded 2-core machine).
+    let rounds = MIN_ITERS as u64 + MIN_WARMUP_ITERS;
+    let large = Duration::from_secs((spec.size >> 26) as u64 * rounds);
+    let limit = Duration::from_millis(spec.warmup_ms + spec.window_ms) * 3
+        + Duration::from_secs(60)
+        + large;
     let line = rx.recv_timeout(limit);
     if line.is_err() {
         let _ = child.kill();
