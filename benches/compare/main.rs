@@ -26,7 +26,7 @@
 //! A round trip that outlasts the window is measured `MIN_ITERS` (5) times after
 //! `MIN_WARMUP_ITERS` (2) warm-ups, so at 256 MiB and 1 GiB each p50 is the median of 5 or a
 //! few more samples and p99 the slowest of them; the progress lines say how many. shmlink
-//! sends such payloads in hand-off segments (past 8 MiB); `uds` and `tcp` write each frame
+//! sends payloads past its arenas (32 MiB) in hand-off segments; `uds` and `tcp` write each frame
 //! in place in the codec's write buffer. iceoryx2 preallocates its segments for the largest
 //! payload (`iox::RTT_CHUNKS` payloads, zeroed at creation), so its round trips stop at
 //! `iox::MAX_RTT_SHM` / `RTT_CHUNKS` (455 MiB): larger sizes are skipped for it with the

@@ -86,18 +86,14 @@ impl Reply {
     }
 }
 
-/// Session payloads of more than this many bytes go in a hand-off segment of their own, even
-/// when the arenas could carry them: a quarter of the default 32 MiB arenas, so that no one
-/// payload holds more of a node's arenas (and of its peers') than the rest of its traffic
-/// keeps. The price, measured (`benches/handoff.rs`, docs/ARCHITECTURE.md, "Large payloads:
-/// sealed hand-off against copy"): from 8 to 32 MiB the hand-off costs 2-3x a copy through
-/// warm arenas end to end (the sender writes new pages), while its delivery is even.
-pub(crate) const HANDOFF_MIN: u64 = 8 << 20;
-
-/// The size from which a node's session payloads travel in hand-off segments: the larger
-/// ones must (no arena holds them), and from [`HANDOFF_MIN`] they should.
+/// The size past which a node's session payloads travel in hand-off segments: the arenas'
+/// largest payload. Only a payload no arena holds is handed off: within the arenas a copy
+/// through their warm pages wins, measured (`benches/handoff.rs` and the large round trips of
+/// `benches/compare`, docs/ARCHITECTURE.md, "Large payloads: sealed hand-off against copy"):
+/// a sealed segment is never reused, so the sender writes new pages every time, and a 16 MiB
+/// round trip took 60 ms handed off against 7.9 ms through 32 MiB arenas.
 pub(crate) fn handoff_at(arena_max: u64) -> u64 {
-    arena_max.min(HANDOFF_MIN)
+    arena_max
 }
 
 /// A delivery for a session end this node does not know yet (its `OpenOk` or `Accept` is
@@ -268,8 +264,8 @@ pub(crate) struct NodeShared {
     pub(crate) window_bytes: u64,
     /// The largest payload of the transmit arena (topics and queues carry no more).
     pub(crate) max_payload: u64,
-    /// Session payloads of more than this many bytes travel in a hand-off segment of their
-    /// own (see `ipc_core::segment`).
+    /// Session payloads of more than this many bytes (the arenas' largest) travel in a
+    /// hand-off segment of their own (see `ipc_core::segment`).
     pub(crate) handoff_at: u64,
     pub(crate) block: Arc<Block>,
     pub(crate) tx: TxArena,
