@@ -177,6 +177,12 @@ impl Segment {
         self.fd.as_fd()
     }
 
+    /// The memfd itself, given up: what the engine hands to the receiver once the segment
+    /// is sealed (it keeps no descriptor of a delivered segment).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Seals the segment against writing, for good: `F_ADD_SEALS(F_SEAL_WRITE | F_SEAL_SEAL)`.
     /// When this returns `Ok`, nobody can change its bytes any more and its fd may be handed
     /// to a receiver. Sealing an already write-sealed segment is `Ok`.

@@ -159,30 +159,18 @@ impl Router {
         let Some(link) = self.links.get_mut(&dst) else {
             return;
         };
-        let fd = match lent.segment.fd().try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(e) => {
-                // The payload cannot reach the receiver: its session cannot go on intact.
-                tracing::error!(node = dst, error = %e, "cannot hand a segment over");
-                self.close_end(
-                    src_end,
-                    ipc_core::descriptor::close_reason::PEER_DISCONNECTED,
-                );
-                return;
-            }
-        };
         let id = link.next_segment();
-        let size = u32::try_from(lent.segment.len()).unwrap_or(u32::MAX);
+        let Lent { segment, memory } = lent;
+        let size = u32::try_from(segment.len()).unwrap_or(u32::MAX);
+        // The engine's own descriptor goes to the receiver: the receiver's (in flight, then
+        // mapped) keeps the memory; the bytes stay charged to the sender until the release.
         let _ = link.frames.send(Outbound {
             frame: EngineFrame::SegmentDelivery {
                 segment: id,
                 len: size,
             },
-            fd: Some(fd),
+            fd: Some(segment.into_fd()),
         });
-        // The engine's descriptor closes here: the receiver's (in flight, then mapped) keeps
-        // the memory; the bytes stay charged to the sender until the release.
-        let Lent { memory, .. } = lent;
         link.held.insert(
             id,
             Held {
