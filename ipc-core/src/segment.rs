@@ -228,6 +228,22 @@ impl AsFd for Segment {
 #[derive(Debug)]
 pub struct SegmentWriter {
     mapping: SegmentMapping,
+    /// The file's device and inode, in [`WRITERS`] while this writer lives.
+    key: (u64, u64),
+}
+
+/// The files a [`SegmentWriter`] of this process maps: a second writer of the same file (a
+/// duplicate descriptor opened before the first one's seal) is refused.
+static WRITERS: std::sync::Mutex<std::collections::BTreeSet<(u64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+impl Drop for SegmentWriter {
+    fn drop(&mut self) {
+        WRITERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl SegmentWriter {
@@ -250,6 +266,16 @@ impl SegmentWriter {
                 found: seals.bits(),
             });
         }
+        // One writer per file in this process, from the check above to the seal below; after
+        // the seal nothing can open another (it refuses FUTURE_WRITE, above).
+        let stat = rustix::fs::fstat(&fd).map_err(|e| BlockError::sys("fstat", e))?;
+        let key = (stat.st_dev, stat.st_ino);
+        let mut writers = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+        if writers.contains(&key) {
+            return Err(BlockError::Config(
+                "the segment is open for writing already",
+            ));
+        }
         let mapping = SegmentMapping::map(
             fd.as_fd(),
             len,
@@ -257,7 +283,12 @@ impl SegmentWriter {
             MapFlags::SHARED,
         )
         .map_err(|e| BlockError::sys("mmap", e))?;
-        Ok(Self { mapping })
+        // From now on no process can write the file but through this mapping: no `write`, no
+        // new writable mapping (F_SEAL_FUTURE_WRITE), while this one stays writable.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::FUTURE_WRITE)
+            .map_err(|e| BlockError::sys("fcntl(F_ADD_SEALS, FUTURE_WRITE)", e))?;
+        writers.insert(key);
+        Ok(Self { mapping, key })
     }
 
     /// The segment's size in bytes.
@@ -320,11 +351,15 @@ impl std::ops::Deref for SegmentWriter {
     fn deref(&self) -> &[u8] {
         // SAFETY: base..base + len is one live mapping owned by `self` (unmapped only on its
         // drop, which the borrow outlives), fully backed (`open` checked F_SEAL_SHRINK and
-        // the size). Only the writer's process maps it, and only through this value: the
-        // engine, the one other holder of the file, never maps nor writes a segment it lent
-        // (the node trusts its engine, as for its transmit arena), and no reader can exist
-        // before F_SEAL_WRITE, which the kernel refuses while this mapping lives. So the
-        // bytes change only through this value's `&mut` borrows.
+        // the size). Nothing else writes the file while it lives: `open` added
+        // F_SEAL_FUTURE_WRITE right after mapping, so the kernel refuses `write(2)` and new
+        // writable mappings to every process from then on, and refused this open had the
+        // seal been there; no other writer of this process got in between (`WRITERS`). A
+        // writable mapping made before `open` would be another process's (the engine never
+        // maps a segment it lent: the node trusts its engine, as for its transmit arena) or
+        // one made with raw `mmap` outside this module. No reader exists before F_SEAL_WRITE,
+        // which the kernel refuses while this mapping lives. So the bytes change only through
+        // this value's `&mut` borrows.
         unsafe { std::slice::from_raw_parts(self.mapping.base.as_ptr(), self.mapping.len) }
     }
 }
@@ -455,6 +490,25 @@ mod tests {
             SealedView::open(dup(&segment), LEN).unwrap().as_ref(),
             &data
         );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // memfd, seals and mmap are syscalls Miri cannot run
+    fn a_writer_is_the_only_way_to_write_while_it_lives() {
+        let segment = Segment::create(LEN, "handoff").unwrap();
+        let writer = SegmentWriter::open(dup(&segment), LEN).unwrap();
+        // A second writer, on another descriptor of the file: refused (its seal check).
+        assert!(SegmentWriter::open(dup(&segment), LEN).is_err());
+        // No other write path either: F_SEAL_FUTURE_WRITE.
+        assert_eq!(
+            rustix::io::pwrite(segment.fd(), b"evil", 0),
+            Err(Errno::PERM)
+        );
+        writer.finish();
+        // Nor after it: the engine seals, the receiver reads.
+        assert!(SegmentWriter::open(dup(&segment), LEN).is_err());
+        segment.seal_write().unwrap();
+        assert!(SealedView::open(dup(&segment), LEN).is_ok());
     }
 
     #[test]

@@ -706,12 +706,13 @@ fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
             vec![3, 0, 43, 1, 14, 13, 2, 12, 6, 9, 3, 0, 43, 1, 15, 6, 9],
         ),
         (
-            // A hand-off segment (kind 0xf0: 1 + 10 * 64 bytes) sent on the node's session
-            // (shape 2: segment 1, offset 0), to `fuzz-b`, who echoes it; then the same one
-            // again (no longer lent: the node is closed).
+            // A hand-off segment (kind 0xf1: 256 MiB + 1 + 10 * 64 bytes, past the arenas)
+            // sent on the node's session (shape 2: segment 1, offset 0, 600 of its bytes), to
+            // `fuzz-b`, who echoes it; then the same one again (no longer lent: the node is
+            // closed).
             "segment-hand-off",
             seq(&[
-                control(0xf0, 3, 10),
+                control(0xf1, 3, 10),
                 vec![REPLIES, SETTLE],
                 submit(OWN, data, 2, 600, 0, 0),
                 vec![BELL, SETTLE, DELIVER],

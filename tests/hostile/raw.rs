@@ -289,14 +289,14 @@ impl RawNode {
     pub(crate) fn lend(&mut self, len: u32) -> Result<(u32, OwnedFd), String> {
         let req = self.req();
         self.send(&NodeFrame::Segment { req, len }.encode())?;
-        let lent =
-            |f: &EngineFrame| matches!(f, EngineFrame::SegmentOk { req: r, .. } if *r == req);
+        let answer = |f: &EngineFrame| matches!(f, EngineFrame::SegmentOk { req: r, .. } | EngineFrame::Error { req: r, .. } if *r == req);
         self.wait_until(&format!("the segment of request {req}"), |n| {
-            n.frames.iter().any(lent)
+            n.frames.iter().any(answer)
         })?;
-        let at = self.frames.iter().position(lent).expect("found");
-        let Some(EngineFrame::SegmentOk { segment, .. }) = self.frames.remove(at) else {
-            unreachable!("matched above")
+        let at = self.frames.iter().position(answer).expect("found");
+        let segment = match self.frames.remove(at) {
+            Some(EngineFrame::SegmentOk { segment, .. }) => segment,
+            other => return Err(format!("segment of {len} bytes refused: {other:?}")),
         };
         let fd = self
             .segments

@@ -8,14 +8,20 @@ use ipc_core::{RawDescriptor, SegmentWriter};
 use crate::attacks::{Attack, TARGET, closed, survived};
 use crate::raw::{HOSTILE_SEED, PAYLOAD_MAX, RawNode};
 
-/// A segment of `len` bytes, lent and filled with the hostile pattern, then unmapped: ready
-/// to send.
+/// The size of every segment asked for here: the engine lends only what no arena holds.
+fn size(node: &RawNode) -> u32 {
+    node.layout.max_payload() as u32 + 1
+}
+
+/// A segment lent, its first `len` bytes filled with the hostile pattern, then unmapped:
+/// ready to send `len` bytes of it.
 fn filled(node: &mut RawNode, len: u32) -> Result<u32, String> {
-    let (id, fd) = node.lend(len)?;
+    let size = size(node);
+    let (id, fd) = node.lend(size)?;
     let mut writer =
-        SegmentWriter::open(fd, u64::from(len)).map_err(|e| format!("map segment {id}: {e}"))?;
+        SegmentWriter::open(fd, u64::from(size)).map_err(|e| format!("map segment {id}: {e}"))?;
     let pattern = crate::support::pattern(HOSTILE_SEED, 0, PAYLOAD_MAX);
-    writer.copy_from_slice(&pattern[..len as usize]);
+    writer[..len as usize].copy_from_slice(&pattern[..len as usize]);
     writer.finish();
     Ok(id)
 }
@@ -53,8 +59,22 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Attack
         }),
         "seg-len-past-it" => bad(socket, me, 2, |n| {
             let id = filled(n, 1000)?;
-            Ok(vec![RawDescriptor::segment_data(n.session, id, 2000)])
+            Ok(vec![RawDescriptor::segment_data(
+                n.session,
+                id,
+                size(n) + 1,
+            )])
         }),
+        "seg-small" => {
+            let mut node = RawNode::register_open(socket, me, TARGET)?;
+            node.exchange(2)?;
+            // A segment for what the arenas hold: refused, and the node goes on.
+            match node.lend(1000) {
+                Err(e) if e.contains("travel in the arenas") => {}
+                other => return Err(format!("a segment of 1000 bytes: {other:?}")),
+            }
+            survived(node, TARGET, 2, 10)
+        }
         "seg-offset" => bad(socket, me, 2, |n| {
             let id = filled(n, 1000)?;
             Ok(vec![RawDescriptor {
@@ -65,9 +85,11 @@ pub(crate) fn attack(socket: &str, me: &str, name: &str) -> Result<Option<Attack
         "seg-still-mapped" => {
             let mut node = RawNode::register_open(socket, me, TARGET)?;
             node.exchange(2)?;
-            let (id, fd) = node.lend(1000)?;
+            let size = size(&node);
+            let (id, fd) = node.lend(size)?;
             // Kept mapped writable while sent: the engine cannot seal it.
-            let writer = SegmentWriter::open(fd, 1000).map_err(|e| format!("map: {e}"))?;
+            let writer =
+                SegmentWriter::open(fd, u64::from(size)).map_err(|e| format!("map: {e}"))?;
             node.submit(&[RawDescriptor::segment_data(node.session, id, 1000)])?;
             let outcome = closed(node, TARGET, 2, true);
             drop(writer);

@@ -21,8 +21,9 @@ pub(crate) struct Memory {
     used: AtomicU64,
     max: u64,
     per_node: u64,
-    /// Bytes charged to each node: its block and the hand-off segments it asked for.
-    nodes: Mutex<HashMap<u32, u64>>,
+    /// Bytes charged to each node (its block and the hand-off segments it asked for), and
+    /// its hand-off segments alive.
+    nodes: Mutex<HashMap<u32, (u64, u64)>>,
     /// Hand-off segments alive (lent, on their way, or held by their receivers).
     segments: AtomicU64,
 }
@@ -56,26 +57,49 @@ impl Memory {
         bytes: u64,
     ) -> Result<Charge, (Limit, u64)> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let held = nodes.get(&node).copied().unwrap_or(0);
+        let (held, _) = nodes.get(&node).copied().unwrap_or_default();
         if held.saturating_add(bytes) > self.per_node {
             return Err((Limit::NodeMemoryBudget, self.per_node));
         }
         let mut charge = self.charge(bytes)?;
-        *nodes.entry(node).or_default() += bytes;
+        nodes.entry(node).or_default().0 += bytes;
         charge.node = Some(node);
         Ok(charge)
     }
 
     /// Takes `bytes` for a hand-off segment of node `node` (counted in
-    /// [`Memory::segments`] until it drops), or refuses as [`Memory::charge_node`].
+    /// [`Memory::segments`] until it drops): refused past `per_node` segments of that node
+    /// alive or `engine` in all, or as [`Memory::charge_node`].
     pub(crate) fn charge_segment(
         self: &Arc<Self>,
         node: u32,
         bytes: u64,
-    ) -> Result<Charge, (Limit, u64)> {
-        let mut charge = self.charge_node(node, bytes)?;
+        per_node: u64,
+        engine: u64,
+    ) -> Result<Charge, SegmentRefusal> {
+        {
+            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let (_, alive) = nodes.get(&node).copied().unwrap_or_default();
+            if alive >= per_node {
+                return Err(SegmentRefusal::TooMany {
+                    max: per_node,
+                    engine: false,
+                });
+            }
+        }
+        if self.segments.load(Ordering::Relaxed) >= engine {
+            return Err(SegmentRefusal::TooMany {
+                max: engine,
+                engine: true,
+            });
+        }
+        let mut charge = self
+            .charge_node(node, bytes)
+            .map_err(|(limit, max)| SegmentRefusal::Budget(limit, max))?;
         charge.segment = true;
         self.segments.fetch_add(1, Ordering::Relaxed);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.entry(node).or_default().1 += 1;
         Ok(charge)
     }
 
@@ -88,7 +112,7 @@ impl Memory {
     #[cfg(test)]
     pub(crate) fn node_used(&self, node: u32) -> u64 {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.get(&node).copied().unwrap_or(0)
+        nodes.get(&node).copied().unwrap_or_default().0
     }
 
     /// Takes `bytes` of the engine-wide budget: refused past it.
@@ -107,6 +131,15 @@ impl Memory {
     }
 }
 
+/// Why a hand-off segment was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentRefusal {
+    /// A memory budget (which, and its value).
+    Budget(Limit, u64),
+    /// Too many segments alive: of the node, or (`engine`) of the whole engine.
+    TooMany { max: u64, engine: bool },
+}
+
 /// Bytes taken from the budget, given back on drop.
 #[derive(Debug)]
 pub(crate) struct Charge {
@@ -122,9 +155,12 @@ impl Drop for Charge {
     fn drop(&mut self) {
         if let Some(node) = self.node {
             let mut nodes = self.memory.nodes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(held) = nodes.get_mut(&node) {
+            if let Some((held, alive)) = nodes.get_mut(&node) {
                 *held = held.saturating_sub(self.bytes);
-                if *held == 0 {
+                if self.segment {
+                    *alive = alive.saturating_sub(1);
+                }
+                if *held == 0 && *alive == 0 {
                     nodes.remove(&node);
                 }
             }
@@ -186,6 +222,37 @@ mod tests {
         assert_eq!((memory.used(), memory.node_used(1)), (50, 0));
         drop(c);
         assert_eq!((memory.used(), memory.node_used(2)), (0, 0));
+    }
+
+    #[test]
+    fn segments_are_counted_per_node_and_in_all() {
+        let memory = Memory::new(1 << 20, 1 << 20);
+        let a: Vec<_> = (0..2)
+            .map(|_| memory.charge_segment(1, 10, 2, 3).expect("two for node 1"))
+            .collect();
+        assert_eq!(
+            memory.charge_segment(1, 10, 2, 3).unwrap_err(),
+            SegmentRefusal::TooMany {
+                max: 2,
+                engine: false
+            }
+        );
+        let b = memory
+            .charge_segment(2, 10, 2, 3)
+            .expect("the engine's third");
+        assert_eq!(
+            memory.charge_segment(3, 10, 2, 3).unwrap_err(),
+            SegmentRefusal::TooMany {
+                max: 3,
+                engine: true
+            }
+        );
+        assert_eq!(memory.segments(), 3);
+        drop(a);
+        assert_eq!(memory.segments(), 1);
+        let _c = memory.charge_segment(1, 10, 2, 3).expect("room again");
+        drop(b);
+        assert_eq!((memory.segments(), memory.used()), (1, 10));
     }
 
     #[test]

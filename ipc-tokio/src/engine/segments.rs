@@ -18,12 +18,20 @@ use ipc_core::{RawDescriptor, SealError, Segment, validate_segment_release, wind
 
 use crate::engine::command::{EndId, NodeId, Outbound};
 use crate::engine::link::{Held, Inbound, Lent, Source};
+use crate::engine::memory::SegmentRefusal;
 use crate::engine::router::Router;
 use crate::engine::violation::{Violation, ViolationKind};
 
-/// Hand-off segments one node may hold lent (asked for and not yet sent) at once: each is a
-/// descriptor of the engine's, so the count is bounded beside the bytes.
-pub(crate) const MAX_LENT_SEGMENTS: usize = 64;
+/// Hand-off segments of one sender alive at once (lent, on their way, or held by their
+/// receivers): each is a descriptor of the engine's or of a receiver's, so the count is
+/// bounded beside the bytes.
+pub(crate) const MAX_SEGMENTS_PER_NODE: u64 = 64;
+
+/// Hand-off segments alive in the whole engine.
+pub(crate) const MAX_SEGMENTS: u64 = 1024;
+
+/// A segment's bytes are charged in whole pages: a memfd holds no less.
+const PAGE: u64 = 4096;
 
 impl Router {
     /// A node asks for a segment of `len` bytes: lent with its memfd, or refused (a memory
@@ -38,22 +46,35 @@ impl Router {
             code: code as u16,
             message,
         };
-        if link.lent.len() >= MAX_LENT_SEGMENTS {
+        // Only what no arena holds is handed off: a node's sink never asks for less, and
+        // small segments would cost descriptors and pages far beyond their bytes.
+        let arenas = link.block.layout().max_payload();
+        if u64::from(len) <= arenas {
             let frame = refuse(
-                ErrorCode::Resources,
-                format!("{MAX_LENT_SEGMENTS} segments are lent to this node and not yet sent"),
+                ErrorCode::BadFrame,
+                format!("a segment of {len} bytes: payloads up to {arenas} travel in the arenas"),
             );
             let _ = link.frames.send(frame.into());
             return;
         }
-        let charge = match memory.charge_segment(node, u64::from(len)) {
+        let bytes = u64::from(len).div_ceil(PAGE) * PAGE;
+        let charge = match memory.charge_segment(node, bytes, MAX_SEGMENTS_PER_NODE, MAX_SEGMENTS) {
             Ok(charge) => charge,
-            Err((limit, max)) => {
+            Err(SegmentRefusal::Budget(limit, max)) => {
                 let frame = EngineFrame::Limit {
                     req,
                     limit: limit as u16,
                     max,
                 };
+                let _ = link.frames.send(frame.into());
+                return;
+            }
+            Err(SegmentRefusal::TooMany { max, engine }) => {
+                let whose = if engine { "the engine" } else { "this node" };
+                let frame = refuse(
+                    ErrorCode::Resources,
+                    format!("{max} hand-off segments of {whose} are alive: wait for releases"),
+                );
                 let _ = link.frames.send(frame.into());
                 return;
             }

@@ -89,10 +89,23 @@ impl fmt::Debug for SegmentLoan {
 }
 
 impl SegmentLoan {
-    /// Unmaps it and returns its `DATA` entry for session end `end`.
+    /// Unmaps it and returns its `DATA` entry for session end `end`. Truncated to nothing, it
+    /// is an empty payload of the arenas, and the segment goes back unused.
     fn submit(mut self, end: u32) -> RawDescriptor {
+        if self.len == 0 {
+            return RawDescriptor::data(end, 0, 0);
+        }
         self.writer = None;
         RawDescriptor::segment_data(end, self.id, self.len as u32)
+    }
+}
+
+/// Gives back the segment of an answer nobody will take (a loan given up, or asked again
+/// for another length), if the answer came already; one still to come is given back by the
+/// driver when it finds nobody waiting.
+fn forget_segment(node: &NodeShared, mut answer: oneshot::Receiver<Reply>) {
+    if let Ok(Reply::Segment { segment, .. }) = answer.try_recv() {
+        node.release_entry(RawDescriptor::segment_release(segment));
     }
 }
 
@@ -411,6 +424,9 @@ impl<T: Payload<C>, C> SessionSink<T, C> {
     fn poll_segment(&mut self, len: u32, cx: &mut Context<'_>) -> Poll<Result<Loan, SessionError>> {
         let node = self.tx.guard.node.shared.clone();
         if self.segment.as_ref().is_none_or(|(asked, _)| *asked != len) {
+            if let Some((_, stale)) = self.segment.take() {
+                forget_segment(&node, stale);
+            }
             let Some(answer) = node.request_segment(len) else {
                 return Poll::Ready(Err(SessionError::Disconnected));
             };
@@ -723,6 +739,9 @@ impl<T, C> Drop for SessionSink<T, C> {
         }
         // Loans handed over go to the engine whatever happened, to be delivered or freed.
         let shared = &self.tx.guard.node.shared;
+        if let Some((_, answer)) = self.segment.take() {
+            forget_segment(shared, answer);
+        }
         let (entries, listed) = {
             let mut batch = lock_batch(&self.batch);
             batch.seal();
