@@ -4,7 +4,7 @@
 //! back to where they were.
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use shmlink::{Message, SessionError};
 
@@ -207,5 +207,53 @@ async fn segments_come_with_a_burst_and_go_when_it_is_read() {
     assert_eq!(segment_fds(), 0, "no segment stays open");
     assert_eq!(segment_mappings(), 0, "no segment stays mapped");
     drop((opened, accepted, pair.listener, pair.client, pair.server));
+    support::all_gone(engine).await;
+}
+
+/// A large loan given up (its future dropped before the segment came, then its sink dropped)
+/// gives its segment back, and one truncated to nothing goes as an empty payload: no segment
+/// or byte of budget is left behind either way, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_loan_given_up_or_emptied_leaves_no_segment() {
+    let dir = TestDir::new("large-given-up");
+    let engine = support::engine(&dir);
+    let pair = support::pair(&engine, "given-up").await;
+    let baseline = engine.stats().memory_used;
+    let (mut opened, mut accepted) = (pair.opened, pair.accepted);
+    let big = 5 * MIB;
+
+    // Emptied: an empty payload arrives, the segment goes back.
+    let mut loan = within("loan", opened.loan(big)).await.expect("a segment");
+    loan.truncate(0);
+    within("send", opened.send(loan)).await.expect("send");
+    let got = within("receive", accepted.next())
+        .await
+        .expect("the stream goes on")
+        .expect("a payload");
+    assert!(got.is_empty());
+
+    // Given up: the loan's future is polled once (it asks the engine) and dropped, then the
+    // whole session.
+    let asked = opened.loan(big).now_or_never();
+    assert!(asked.is_none(), "a segment cannot have come without a wait");
+    // The engine lent it; its answer is on its way to the sink, or there already.
+    within(
+        "the segment lent",
+        engine.wait_for_stats(|s| s.segments == 1),
+    )
+    .await;
+    let settle = async {
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+    };
+    settle.await;
+    drop((opened, accepted));
+    within(
+        "every segment given back",
+        engine.wait_for_stats(|s| s.segments == 0 && s.memory_used == baseline),
+    )
+    .await;
+    drop((pair.listener, pair.client, pair.server));
     support::all_gone(engine).await;
 }
