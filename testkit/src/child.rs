@@ -355,7 +355,6 @@ where
     F: FnOnce(ChildSpec, Commands) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let role = spec.role.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -364,6 +363,21 @@ where
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(CHILD_TIMEOUT, Duration::from_secs);
+    run_child_on(&runtime, timeout, spec, run);
+}
+
+/// [`run_child`] on a runtime of the caller's (a multi-thread one, for a library that needs
+/// it) with its own deadline.
+pub fn run_child_on<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    timeout: Duration,
+    spec: ChildSpec,
+    run: F,
+) where
+    F: FnOnce(ChildSpec, Commands) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let role = spec.role.clone();
     let result =
         runtime.block_on(async { tokio::time::timeout(timeout, run(spec, Commands::new())).await });
     match result {

@@ -219,28 +219,12 @@ where
     F: FnOnce(ChildSpec, Commands) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let role = spec.role.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let result = runtime.block_on(async {
-        tokio::time::timeout(testkit::setup::STEP * 2, run(spec, Commands::new())).await
-    });
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("child {role} (pid {}) failed: {e}", std::process::id());
-            say(format!("FAIL {e}"));
-            std::process::exit(1);
-        }
-        Err(_) => {
-            eprintln!("child {role} (pid {}) timed out", std::process::id());
-            say("FAIL timeout");
-            std::process::exit(2);
-        }
-    }
+    testkit::child::run_child_on(&runtime, testkit::setup::STEP * 2, spec, run);
 }
 
 /// Host B in a child process: an engine, the quote server and a bridge exporting it,
