@@ -230,8 +230,9 @@ fn received(
 }
 
 /// What a pass of [`drain`] collects to do after it lets go of the node's state.
-#[derive(Default)]
 struct After {
+    /// The arenas' bounds (receive, transmit), read once per pass.
+    bounds: (ipc_core::ArenaBounds, ipc_core::ArenaBounds),
     to_release: Vec<RawDescriptor>,
     tx_freed: bool,
 }
@@ -247,7 +248,12 @@ fn drain(
     scratch: &mut [RawDescriptor],
     stalled: &mut VecDeque<RawDescriptor>,
 ) -> Result<usize, String> {
-    let mut after = After::default();
+    let layout = shared.block.layout();
+    let mut after = After {
+        bounds: (layout.rx.bounds(), layout.tx.bounds()),
+        to_release: Vec::new(),
+        tx_freed: false,
+    };
     let mut moved = 0;
     {
         let mut state = shared.state();
@@ -305,9 +311,9 @@ fn dispatch(
         );
         return Ok(true);
     }
-    let layout = *shared.block.layout();
-    let delivery = validate_deliver(raw, &layout.rx.bounds(), &layout.tx.bounds())
-        .map_err(|e| format!("bad entry from the engine: {e}"))?;
+    let (rx, tx) = &after.bounds;
+    let delivery =
+        validate_deliver(raw, rx, tx).map_err(|e| format!("bad entry from the engine: {e}"))?;
     match delivery {
         Delivery::Segment {
             session,
